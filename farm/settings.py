@@ -1,0 +1,176 @@
+"""One settings object, built once at start-up and passed to whoever needs it.
+
+Precedence, highest first: command-line flag, ``ENCODEFLOW_*`` environment variable, the TOML
+config file the Settings page writes, the embedded default. Nothing here is read at import time,
+so tests (and several farms in one process) can build as many independent settings as they like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+import tomli_w
+
+APP_NAME = "encodeflow"
+DEFAULT_QUEUE = "transcode"
+
+# Setting name -> environment variable. Only these are part of the public contract.
+ENV_VARS = {
+    "data_dir": "ENCODEFLOW_DATA_DIR",
+    "redis_url": "ENCODEFLOW_REDIS_URL",
+    "database_url": "ENCODEFLOW_DATABASE_URL",
+    "storage_url": "ENCODEFLOW_STORAGE_URL",
+    "queue": "ENCODEFLOW_QUEUE",
+    "ffmpeg": "ENCODEFLOW_FFMPEG",
+    "prometheus_url": "ENCODEFLOW_PROMETHEUS_URL",
+}
+CONFIG_ENV = "ENCODEFLOW_CONFIG"  # path of the config file, for tests and multi-farm setups
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message says which and why."""
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]).expanduser()
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the farm's state lives and how to reach its services.
+
+    ``redis_url``, ``database_url`` and ``storage_url`` are ``None`` when not configured; the
+    ``effective_*`` properties then give the embedded defaults under ``data_dir``.
+    """
+
+    data_dir: Path
+    redis_url: str | None = None
+    database_url: str | None = None
+    storage_url: str | None = None
+    queue: str = DEFAULT_QUEUE
+    ffmpeg: str | None = None
+    prometheus_url: str | None = None
+    default_preset: str | None = None
+    keep_local_farm: bool = False
+    notifications: bool = True
+    config_path: Path | None = field(default=None, compare=False)
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'encodeflow.db'}"
+
+    @property
+    def effective_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def work_root(self) -> Path:
+        """Parent of the per-node work dirs, used when a node is given no ``--work-dir``."""
+        return self.data_dir / "work"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> "Settings":
+        """Build settings from flags, environment, config file and defaults, in that order."""
+        environ = os.environ if environ is None else environ
+        path = config_path or default_config_path(environ)
+        from_file = read_config_file(path)
+        from_env = {name: environ[var] for name, var in ENV_VARS.items() if environ.get(var)}
+        from_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+
+        merged: dict[str, Any] = {}
+        for layer in (from_file, from_env, from_flags):
+            merged.update(layer)
+        unknown = set(merged) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SettingsError(
+                f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; "
+                f"known: {', '.join(sorted(f.name for f in dataclasses.fields(cls)))}"
+            )
+        data_dir = merged.pop("data_dir", None) or platformdirs.user_data_dir(APP_NAME)
+        merged.pop("config_path", None)
+        settings = cls(data_dir=Path(data_dir).expanduser().resolve(), config_path=path, **merged)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"ENCODEFLOW_REDIS_URL must start with redis://, rediss:// or unix://, "
+                f"got {redact_url(self.redis_url)!r}"
+            )
+        if self.storage_url and not self.storage_url.startswith(("s3://", "file:///")):
+            raise SettingsError(
+                "ENCODEFLOW_STORAGE_URL must be s3://bucket[/prefix] or file:///absolute/dir, "
+                f"got {redact_url(self.storage_url)!r}"
+            )
+        if not self.queue or any(c in self.queue for c in ": \t\n"):
+            raise SettingsError(f"ENCODEFLOW_QUEUE must be a plain name without ':' or spaces, got {self.queue!r}")
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write the configurable fields to the config file (what the Settings page calls)."""
+        path = path or self.config_path or default_config_path()
+        values = {
+            name: (str(value) if isinstance(value, Path) else value)
+            for name, value in dataclasses.asdict(self).items()
+            if name != "config_path" and value is not None
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(tomli_w.dumps(values).encode())
+        tmp.replace(path)
+        return path
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a URL (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))

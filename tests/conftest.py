@@ -1,0 +1,177 @@
+"""Fixtures shared by every test: an isolated data dir and settings, real services, generated clips.
+
+Every test gets a fresh data dir and an environment with no ``ENCODEFLOW_*`` variables, so a
+developer's own config never leaks in. Services are real: the Redis and PostgreSQL servers this
+machine runs (override with ENCODEFLOW_TEST_REDIS_URL / ENCODEFLOW_TEST_PG_URL), moto's S3 server,
+and the FFmpeg binary the node itself would use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from farm.settings import CONFIG_ENV, ENV_VARS, Settings
+
+TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """A fresh data dir and config file per test; no ENCODEFLOW_* or AWS_* from the developer."""
+    for var in list(os.environ):
+        if var.startswith("ENCODEFLOW_") and not var.startswith("ENCODEFLOW_TEST_"):
+            monkeypatch.delenv(var, raising=False)
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var, raising=False)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    monkeypatch.setenv(ENV_VARS["data_dir"], str(data_dir))
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config.toml"))
+    yield data_dir
+
+
+@pytest.fixture
+def data_dir(isolated_env) -> Path:
+    return isolated_env
+
+
+@pytest.fixture
+def settings(data_dir) -> Settings:
+    """Embedded defaults under the test's data dir (SQLite, folder storage, no Redis URL)."""
+    return Settings.load()
+
+
+@pytest.fixture
+def redis_url(monkeypatch) -> str:
+    """The machine's Redis, with a queue name unique to this test so tests never see each other."""
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {TEST_REDIS_URL} is not running ({exc}); start it or set ENCODEFLOW_TEST_REDIS_URL")
+    finally:
+        client.close()
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv(ENV_VARS["redis_url"], TEST_REDIS_URL)
+    monkeypatch.setenv(ENV_VARS["queue"], queue)
+    yield TEST_REDIS_URL
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    for key in client.scan_iter(match=f"*{queue}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(TEST_PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"encodeflow_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {TEST_PG_URL} is not reachable ({exc}); start it or set ENCODEFLOW_TEST_PG_URL")
+    url = sa.engine.make_url(TEST_PG_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server_url, monkeypatch) -> str:
+    """The session's PostgreSQL database, emptied before each test that uses it."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_server_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    monkeypatch.setenv(ENV_VARS["database_url"], pg_server_url)
+    return pg_server_url
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port: a real HTTP S3 API, not an in-process mock."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server, monkeypatch) -> str:
+    """A fresh bucket on moto's server; sets the AWS_* variables and ENCODEFLOW_STORAGE_URL."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"ef-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/farm"
+    monkeypatch.setenv(ENV_VARS["storage_url"], url)
+    return url
+
+
+# -- media -------------------------------------------------------------------------------------
+
+
+def _ffmpeg() -> str:
+    from farm.media import find_ffmpeg
+
+    return find_ffmpeg()
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def make_clip(clip_dir):
+    """make_clip(width=320, height=240, seconds=2.0, audio=True, name=None) -> Path of an MP4.
+
+    Clips are generated once per session with FFmpeg's test sources and cached by their parameters.
+    """
+
+    def make(width: int = 320, height: int = 240, seconds: float = 2.0, audio: bool = True,
+             name: str | None = None, fps: int = 25) -> Path:
+        name = name or f"clip_{width}x{height}_{seconds}s_{'a' if audio else 'na'}_{fps}.mp4"
+        path = clip_dir / name
+        if path.exists():
+            return path
+        cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"]
+        if audio:
+            cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
+        cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+        if audio:
+            cmd += ["-c:a", "aac", "-shortest"]
+        cmd.append(str(path))
+        subprocess.run(cmd, check=True)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def clip(make_clip) -> Path:
+    """A 2 s 320x240 H.264 + AAC clip."""
+    return make_clip()
