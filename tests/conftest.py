@@ -48,23 +48,38 @@ def settings(data_dir) -> Settings:
     return Settings.load()
 
 
-@pytest.fixture
-def redis_url(monkeypatch) -> str:
-    """The machine's Redis, with a queue name unique to this test so tests never see each other."""
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory) -> str:
+    """The machine's Redis; where none runs (a laptop), a private redis-server for the session."""
     import redis
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2)
     try:
         client.ping()
+        yield TEST_REDIS_URL
+        return
     except redis.ConnectionError as exc:
-        pytest.fail(f"Redis at {TEST_REDIS_URL} is not running ({exc}); start it or set ENCODEFLOW_TEST_REDIS_URL")
+        if "ENCODEFLOW_TEST_REDIS_URL" in os.environ:
+            pytest.fail(f"Redis at {TEST_REDIS_URL} is not reachable ({exc})")
     finally:
         client.close()
+    from farm.embedded import ensure_embedded_redis
+
+    server = ensure_embedded_redis(Settings(data_dir=tmp_path_factory.mktemp("redis-server")))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server_url, monkeypatch) -> str:
+    """A Redis server, with a queue name unique to this test so tests never see each other."""
+    import redis
+
     queue = f"test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv(ENV_VARS["redis_url"], TEST_REDIS_URL)
+    monkeypatch.setenv(ENV_VARS["redis_url"], redis_server_url)
     monkeypatch.setenv(ENV_VARS["queue"], queue)
-    yield TEST_REDIS_URL
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    yield redis_server_url
+    client = redis.Redis.from_url(redis_server_url)
     for key in client.scan_iter(match=f"*{queue}*", count=1000):
         client.delete(key)
     client.close()

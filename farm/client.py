@@ -1,0 +1,237 @@
+"""The farm as a client sees it: submit, list, show, cancel, retry, download, nodes.
+
+One synchronous facade over the database, storage, queue and node registry, shared by the
+``encodeflow`` CLI and the desktop app (which calls it from its background runner, never from the
+GUI thread). Services are opened lazily, so ``encodeflow jobs`` needs no storage and
+``encodeflow nodes`` needs no database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterable
+
+from farm.db import repo
+from farm.db.engine import open_database
+from farm.embedded import resolve_redis_url
+from farm.jobspec import OutputConfig, validate_priority
+from farm.keys import input_key
+from farm.media import MediaInfo, NotAVideoError, probe
+from farm.payload import JobPayload
+from farm.queue import QueueClient
+from farm.settings import Settings
+from farm.storage import open_storage
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class FarmError(RuntimeError):
+    """An operation could not be done; the message says why and what to do."""
+
+
+class SubmitError(FarmError):
+    """Input refused before anything was uploaded or enqueued (the CLI's exit 2)."""
+
+
+class UnknownJobError(FarmError):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    path: Path
+    info: MediaInfo
+
+
+def check_inputs(paths: Iterable[Path]) -> list[CheckedFile]:
+    """Probe every file first, so one bad file refuses the whole submit before any upload."""
+    checked, problems = [], []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            problems.append(f"{path}: no such file")
+        elif not path.is_file():
+            problems.append(f"{path}: not a regular file")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{path}: not readable (check its permissions)")
+        else:
+            try:
+                checked.append(CheckedFile(path, probe(path)))
+            except NotAVideoError as exc:
+                problems.append(f"{path}: {exc}")
+    if problems:
+        raise SubmitError("; ".join(problems))
+    return checked
+
+
+class Farm:
+    def __init__(self, settings: Settings, *, start_embedded: bool = True):
+        self.settings = settings
+        self.start_embedded = start_embedded
+
+    # -- services, opened on first use ------------------------------------------------------
+    @cached_property
+    def db(self):
+        return open_database(self.settings.effective_database_url)
+
+    @cached_property
+    def storage(self):
+        return open_storage(self.settings.effective_storage_url)
+
+    @cached_property
+    def redis_url(self) -> str:
+        return resolve_redis_url(self.settings, start=self.start_embedded)
+
+    def _queue_call(self, fn):
+        """Run ``fn(queue_client)`` (a coroutine function) with a short-lived async client."""
+
+        async def call():
+            client = QueueClient(self.redis_url, self.settings.queue)
+            try:
+                return await fn(client)
+            finally:
+                await client.close()
+
+        return asyncio.run(call())
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.dispose()
+
+    # -- submitting -----------------------------------------------------------------------------
+    def submit(self, paths: Iterable[Path], config: OutputConfig, *, priority: int = 0,
+               submitted_by: str | None = None,
+               progress: Callable[[Path, int, int], None] | None = None,
+               cancel: threading.Event | None = None) -> list[dict]:
+        """Upload, record and enqueue one job per file; returns the jobs' JSON."""
+        validate_priority(priority)
+        checked = check_inputs(paths)
+        submitted_by = submitted_by or _user()
+        jobs = []
+        for item in checked:
+            jobs.append(self.submit_checked(item, config, priority=priority, submitted_by=submitted_by,
+                                            progress=progress, cancel=cancel))
+        return jobs
+
+    def submit_checked(self, item: CheckedFile, config: OutputConfig, *, priority: int = 0,
+                       submitted_by: str | None = None,
+                       progress: Callable[[Path, int, int], None] | None = None,
+                       cancel: threading.Event | None = None) -> dict:
+        video_id = str(uuid.uuid4())
+        key = input_key(video_id, item.path.name)
+        total = item.path.stat().st_size
+        callback = (lambda done: progress(item.path, done, total)) if progress else None
+        size = self.storage.upload_file(item.path, key, progress=callback, cancel=cancel)
+        info = item.info
+        video = repo.create_video(
+            self.db, id=video_id, name=item.path.name, key=key, size=size, duration=info.duration,
+            width=info.width, height=info.height, video_codec=info.video_codec,
+            audio_codec=info.audio_codec, container=info.container,
+            submitted_by=submitted_by or _user(),
+        )
+        job = repo.create_job(self.db, video.id, config.to_payload(), priority=priority)
+        payload = JobPayload.build(job.id, key, item.path.name, config, videoId=video.id)
+        try:
+            self._queue_call(lambda q: q.enqueue(job.id, payload, priority=priority))
+        except Exception as exc:
+            repo.finish_job(self.db, job.id, "failed", attempt=0, error=f"could not enqueue: {exc}")
+            raise FarmError(f"uploaded {item.path.name} but could not enqueue it: {exc}") from exc
+        return self.show(job.id)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def show(self, job_id: str) -> dict:
+        found = repo.get_job_with_video(self.db, job_id)
+        if found is None:
+            raise UnknownJobError(f"no job {job_id!r}; `encodeflow jobs` lists the known ones")
+        return repo.job_to_dict(*found)
+
+    def jobs(self, status: str | None = None, text: str | None = None, limit: int = 100,
+             offset: int = 0) -> list[dict]:
+        return [repo.job_to_dict(job, video) for job, video in
+                repo.list_jobs(self.db, status=status, text=text, limit=limit, offset=offset)]
+
+    def queue_counts(self) -> dict[str, int]:
+        return self._queue_call(lambda q: q.counts())
+
+    # -- acting -----------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> str:
+        job = self.show(job_id)
+        if job["status"] in TERMINAL:
+            raise FarmError(f"job {job_id} is already {job['status']}; nothing to cancel")
+        outcome = self._queue_call(lambda q: q.cancel(job_id))
+        if outcome in ("removed", "absent"):
+            repo.mark_cancelled(self.db, job_id, "cancelled by user")
+        return outcome
+
+    def retry(self, job_id: str) -> str:
+        job = self.show(job_id)
+        if job["status"] not in ("failed", "cancelled"):
+            raise FarmError(f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried")
+        config = OutputConfig.from_payload(job["config"])
+        video = job["video"]
+        payload = JobPayload.build(job_id, video["key"], video["name"], config, videoId=video["id"])
+        repo.requeue(self.db, job_id)
+        return self._queue_call(lambda q: q.retry(job_id, payload, priority=job.get("priority") or 0))
+
+    def download(self, job_id: str, dest: Path, progress: Callable[[int], None] | None = None) -> Path:
+        job = self.show(job_id)
+        output = job.get("output")
+        if job["status"] != "completed" or not output:
+            raise FarmError(f"job {job_id} is {job['status']}; only a completed job has an output to download")
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / output["key"].rsplit("/", 1)[-1]
+        self.storage.download_file(output["key"], dest, progress=progress)
+        return dest
+
+    # -- waiting ----------------------------------------------------------------------------------
+    def wait(self, job_ids: list[str], timeout: float | None = None,
+             on_update: Callable[[dict], None] | None = None) -> list[dict]:
+        """Block until every job is finished; wakes on queue events and re-reads the database."""
+        from farm.events import JobEventListener
+
+        pending = set(job_ids)
+        results: dict[str, dict] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = JobEventListener(self.redis_url, self.settings.queue, block_ms=500)
+
+        def refresh(ids):
+            for job_id in list(ids):
+                job = self.show(job_id)
+                if on_update:
+                    on_update(job)
+                if job["status"] in TERMINAL:
+                    results[job_id] = job
+                    pending.discard(job_id)
+
+        refresh(pending)
+        last_poll = time.monotonic()
+        for event in listener.events(yield_idle=True):
+            if not pending or (deadline and time.monotonic() > deadline):
+                listener.stop()
+                break
+            # The database is the truth; events only say when to look, and a slow poll covers
+            # an event lost while Redis was away.
+            if time.monotonic() - last_poll > 2:
+                refresh(pending)
+                last_poll = time.monotonic()
+            elif event is not None and event.job_id in pending:
+                refresh({event.job_id})
+        for job_id in pending:
+            results[job_id] = self.show(job_id)
+        return [results[j] for j in job_ids]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

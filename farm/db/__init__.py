@@ -1,0 +1,43 @@
+"""The farm's database: models, migrations, and the job operations everyone shares.
+
+    from farm.db import open_database, repo
+
+    db = open_database(settings.effective_database_url)   # migrates to the current schema
+    video = repo.create_video(db, name=..., key=..., size=..., ...)
+    job = repo.create_job(db, video.id, config.to_payload())
+    print(repo.job_to_dict(job))
+"""
+
+from farm.db.engine import Database, DatabaseError, alembic_config, open_database
+from farm.db.models import (
+    FINISHED_STATUSES,
+    STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    JobStatus,
+    Video,
+    new_id,
+    utcnow,
+)
+from farm.db import repo
+from farm.db.repo import PROBE_FIELDS, isoformat, job_to_dict, video_to_dict
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "FINISHED_STATUSES",
+    "Job",
+    "JobStatus",
+    "PROBE_FIELDS",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "Video",
+    "alembic_config",
+    "isoformat",
+    "job_to_dict",
+    "new_id",
+    "open_database",
+    "repo",
+    "utcnow",
+    "video_to_dict",
+]

@@ -1,0 +1,125 @@
+"""A whole farm on one machine: the embedded Redis and N ``farm-node`` processes.
+
+Used by ``encodeflow up``, ``encodeflow demo`` and the desktop app when no Redis is configured.
+Nodes are child processes (not threads) so that they are exactly what a studio runs, and so that
+FFmpeg work never competes with the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from farm.embedded import ensure_embedded_redis
+from farm.media import find_ffmpeg
+from farm.settings import ENV_VARS, Settings
+
+DRAIN_TIMEOUT_S = 600  # a running transcode gets this long to finish on a normal stop
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalFarm:
+    def __init__(self, settings: Settings, nodes: int = 1, concurrency: int = 1,
+                 keep_redis: bool = False, node_prefix: str | None = None):
+        self.settings = settings
+        self.count = nodes
+        self.concurrency = concurrency
+        self.keep_redis = keep_redis
+        self.node_prefix = node_prefix or f"{socket.gethostname()}-local"
+        self.redis = None
+        self.procs: list[tuple[dict, subprocess.Popen]] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "LocalFarm":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.settings.uses_embedded_redis:
+            self.redis = ensure_embedded_redis(self.settings)
+        env = dict(os.environ)
+        for name, var in ENV_VARS.items():
+            value = getattr(self.settings, name, None)
+            if value is not None:
+                env[var] = str(value)
+        for index in range(1, self.count + 1):
+            info = {"name": f"{self.node_prefix}-{index}", "metrics_port": _free_port()}
+            cmd = [sys.executable, "-m", "farm_node", "--name", info["name"],
+                   "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
+                   "--metrics-port", str(info["metrics_port"])]
+            self.procs.append((info, subprocess.Popen(cmd, env=env)))
+
+    def node_info(self) -> list[dict]:
+        return [info | {"pid": proc.pid, "alive": proc.poll() is None} for info, proc in self.procs]
+
+    def wait(self) -> None:
+        """Block until Ctrl-C or SIGTERM (or every node exited)."""
+        previous = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            while not self._stop.is_set() and any(p.poll() is None for _, p in self.procs):
+                self._stop.wait(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop(self, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Drain the nodes (SIGTERM), hand jobs back if they take too long, then stop Redis."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + drain_timeout
+        try:
+            for _, proc in self.procs:
+                _wait(proc, deadline)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, the jobs go back to the queue
+            pass
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in self.procs:
+            _wait(proc, time.monotonic() + 15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if self.redis is not None and self.redis.started_here and not self.keep_redis:
+            self.redis.stop()
+        self.redis = None
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> None:
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def make_sample_clip(path: Path, seconds: float = 5.0) -> Path:
+    """A 720p test-pattern clip with a tone, made with FFmpeg (what `encodeflow demo` transcodes)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+         str(path)],
+        check=True,
+    )
+    return path

@@ -1,0 +1,234 @@
+"""Storage in a plain folder: the local disk of a one-machine farm, or a NAS mount shared by nodes.
+
+Writes go to a temp file in the target's own folder, are flushed to disk, then renamed over the
+target (``os.replace`` is atomic within one file system), so a node reading an object never sees
+half of it, even while another node is still writing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
+from typing import BinaryIO, Iterator
+
+from farm.keys import InvalidKeyError, normalize_prefix, split_key
+from farm.storage.base import (
+    INTERNAL_PREFIX,
+    ObjectNotFound,
+    ProgressCallback,
+    ProgressTracker,
+    Storage,
+    StorageError,
+    StoredObject,
+)
+
+CHUNK_SIZE = 1024 * 1024  # small enough for smooth progress and a prompt cancel
+
+
+class LocalStorage(Storage):
+    """Objects as files under ``root``; a key's parts are the folders and the file name.
+
+    The root is created on the first write or ``check()``, not here, so a missing NAS mount is
+    reported by ``check()`` instead of failing the program's start.
+    """
+
+    def __init__(self, root: Path):
+        root = Path(root)
+        if not root.is_absolute():
+            raise StorageError(f"the storage folder must be an absolute path, got {str(root)!r}")
+        self.root = Path(os.path.normpath(root))
+        self.url = self.root.as_uri()
+
+    # -- transfers ---------------------------------------------------------------------------
+    def upload_file(
+        self,
+        path: Path,
+        key: str,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        target = self._path(key)
+        with _os_errors(f"upload {path} to {key!r} in {self.root}"):
+            with open(path, "rb") as source:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tracker = ProgressTracker(progress, cancel, f"upload of {key!r} to {self.url}")
+                return _copy_atomically(source, target, tracker)
+
+    def download_file(
+        self,
+        key: str,
+        dest: Path,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        source_path = self._path(key)
+        dest = Path(dest)
+        with _os_errors(f"download {key!r} from {self.root} to {dest}"):
+            try:
+                source = open(source_path, "rb")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise ObjectNotFound(f"there is no object {key!r} in {self.root}") from None
+            with source:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tracker = ProgressTracker(progress, cancel, f"download of {key!r} from {self.url}")
+                return _copy_atomically(source, dest, tracker)
+
+    # -- objects -----------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        with _os_errors(f"read the size of {key!r} in {self.root}"):
+            try:
+                return path.stat().st_size if path.is_file() else None
+            except FileNotFoundError:
+                return None
+
+    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+        prefix = normalize_prefix(prefix)
+        top = self._path(prefix) if prefix else self.root
+        if not top.is_dir():
+            return
+        with _os_errors(f"list {prefix or 'the root'} in {self.root}"):
+            for folder, dirs, files in os.walk(top):
+                dirs.sort()
+                relative = Path(folder).relative_to(self.root).parts
+                for name in sorted(files):
+                    if name.startswith(INTERNAL_PREFIX):
+                        continue
+                    try:
+                        stat = os.stat(os.path.join(folder, name))
+                    except FileNotFoundError:  # deleted while we walked
+                        continue
+                    yield StoredObject(
+                        key="/".join((*relative, name)),
+                        size=stat.st_size,
+                        modified=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+                    )
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with _os_errors(f"delete {key!r} in {self.root}"):
+            if path.is_dir():
+                return  # a folder is not an object
+            path.unlink(missing_ok=True)
+            self._prune_empty_folders(path.parent)
+
+    def delete_prefix(self, prefix: str) -> int:
+        prefix = normalize_prefix(prefix)
+        if not prefix:
+            raise InvalidKeyError("refusing to delete every object: give a non-empty prefix")
+        count = 0
+        for obj in list(self.list(prefix)):
+            self.delete(obj.key)
+            count += 1
+        return count
+
+    def presigned_url(self, key: str, expires: int = 3600) -> str:
+        return self._path(key).as_uri()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StorageError(
+                f"storage folder {self.root} is a file, not a folder; remove it or choose another folder"
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create storage folder {self.root}: {_reason(exc)}; "
+                "create it (or mount the share) or choose another folder"
+            ) from None
+        if not self.root.is_dir():
+            raise StorageError(f"storage folder {self.root} is not a folder; choose another folder")
+        probe = self.root / f"{INTERNAL_PREFIX}check-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "xb") as fh:
+                fh.write(b"ok")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StorageError(
+                f"storage folder {self.root} is not writable: {_reason(exc)}; "
+                "fix its permissions or choose another folder"
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        parts = split_key(key)
+        for part in parts:
+            # On Windows "C:x" or "a:stream" would leave the root or name another stream.
+            pure = PurePath(part)
+            if pure.drive or pure.root or pure.parts != (part,):
+                raise InvalidKeyError(f"storage key {key!r} has a part {part!r} this file system cannot hold")
+        return self.root.joinpath(*parts)
+
+    def _prune_empty_folders(self, folder: Path) -> None:
+        """Remove folders a delete left empty, up to (not including) the root."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or already gone
+                return
+            folder = folder.parent
+
+
+def _copy_atomically(source: BinaryIO, target: Path, tracker: ProgressTracker) -> int:
+    """Copy ``source`` to a temp file beside ``target``, sync it, then rename it over ``target``."""
+    temp = target.parent / f"{INTERNAL_PREFIX}tmp-{uuid.uuid4().hex}"
+    try:
+        size = 0
+        with open(temp, "xb") as out:
+            while chunk := source.read(CHUNK_SIZE):
+                tracker.raise_if_cancelled()
+                out.write(chunk)
+                size += len(chunk)
+                tracker.add(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        tracker.raise_if_cancelled()
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    _sync_folder(target.parent)
+    tracker.finish(size)
+    return size
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename durable; not every platform or file system can open a folder for this."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def _os_errors(action: str) -> Iterator[None]:
+    """Turn a file system error into a ``StorageError`` that says what failed and why."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot {action}: {_reason(exc)}") from exc

@@ -1,0 +1,5 @@
+import sys
+
+from farm_node.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""The farm node: a BullMQ worker plus its heartbeat, control listeners and metrics exporter.
+
+``FarmNode.run()`` reads top to bottom: open the services, sweep the work dir, start the helpers,
+work until asked to stop, then tear everything down in ``finally``. Stopping is two-stage (see
+``request_stop``): the first request drains, the second hands running jobs back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from bullmq import Worker
+
+from farm import __version__
+from farm.db.engine import open_database
+from farm.embedded import resolve_redis_url
+from farm.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
+from farm.queue import QueueClient, cancel_channel, redis_client
+from farm.settings import Settings
+from farm.storage import open_storage
+from farm.telemetry import NodeRegistryWriter
+from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
+from farm_node.metrics import NodeMetrics
+from farm_node.processor import JobProcessor
+
+log = logging.getLogger(__name__)
+
+LOCK_DURATION_MS = 60_000  # renewed every 30 s; a blocked loop for a minute loses the job
+STALLED_INTERVAL_MS = 30_000
+MAX_STALLED_COUNT = 3  # a job whose node died this many times fails for good, with that reason
+QUEUE_DEPTH_INTERVAL_S = 5.0
+
+
+class FarmNode:
+    def __init__(self, settings: Settings, *, name: str | None = None, concurrency: int = 1,
+                 work_dir: Path | None = None, tags: list[str] | None = None,
+                 metrics_host: str = "0.0.0.0", metrics_port: int | None = 9464):
+        if concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        self.settings = settings
+        self.name = name or socket.gethostname()
+        self.concurrency = concurrency
+        self.work_dir = (work_dir or settings.work_root / self.name).resolve()
+        self.tags = tags or []
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
+        self.state = "run"  # desired: run, pause, drain
+        self.stop_requests = 0
+        self._stopping = asyncio.Event()
+        self.worker: Worker | None = None
+        self.processor: JobProcessor | None = None
+        self.metrics_url: str | None = None
+
+    # -- status, read by the heartbeat and /health ------------------------------------------------
+    def status(self) -> str:
+        if self.state == "drain" or self.stop_requests:
+            return "draining"
+        if self.state == "pause":
+            return "paused"
+        return "busy" if self.processor and self.processor.running else "idle"
+
+    def running_jobs(self) -> list[dict]:
+        if not self.processor:
+            return []
+        return [{"jobId": r.job_id, "name": r.name, "progress": round(r.progress, 1), "attempt": r.attempt}
+                for r in self.processor.running.values()]
+
+    # -- stopping -----------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """First call: drain (take nothing new, finish running jobs). Second: hand jobs back."""
+        self.stop_requests += 1
+        if self.stop_requests == 1:
+            log.info("draining: finishing %d running job(s), taking no new ones (signal again to stop now)",
+                     len(self.processor.running) if self.processor else 0)
+        else:
+            log.warning("stopping now: handing running jobs back to the queue")
+            if self.processor:
+                self.processor.hand_back_all()
+        self._stopping.set()
+
+    async def apply_desired_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        log.info("remote control: %s -> %s", self.state, state)
+        self.state = state
+        if self.worker is None:
+            return
+        if state == "run":
+            self.worker.resume()
+        else:
+            await self.worker.pause(do_not_wait_active=True)
+            if state == "drain":
+                self.request_stop()
+
+    # -- the run ------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        settings = self.settings
+        redis_url = await asyncio.to_thread(resolve_redis_url, settings)
+        ffmpeg = find_ffmpeg(settings.ffmpeg)
+        db = await asyncio.to_thread(open_database, settings.effective_database_url)
+        storage = open_storage(settings.effective_storage_url)
+        await asyncio.to_thread(storage.check)
+        self.sweep_work_dir()
+
+        redis = redis_client(redis_url, patient=True)
+        queue = QueueClient(redis_url, settings.queue, patient=True)
+        metrics = NodeMetrics(self.name, version=__version__, ffmpeg_version=ffmpeg_version(ffmpeg))
+        self.processor = JobProcessor(node_name=self.name, db=db, storage=storage, ffmpeg=ffmpeg,
+                                      work_dir=self.work_dir, metrics=metrics,
+                                      is_cancel_requested=queue.is_cancel_requested)
+        writer = NodeRegistryWriter(redis, settings.queue, self.name)
+        self.state = await writer.desired_state()
+        if self.state == "drain":  # a drain that ended with our last exit: start afresh
+            self.state = "run"
+            await redis.delete(writer.keys.control(self.name))
+        heartbeat_stop = asyncio.Event()  # set after the worker closed: a draining node stays listed
+        heartbeat: Heartbeat | None = None
+        metrics.health = lambda: heartbeat.health() if heartbeat else {"status": "starting"}
+        if self.metrics_port is not None:
+            _, port = metrics.start_server(self.metrics_host, self.metrics_port)
+            shown_host = socket.gethostname() if self.metrics_host in ("0.0.0.0", "::") else self.metrics_host
+            self.metrics_url = f"http://{shown_host}:{port}/metrics"
+            log.info("metrics on %s", self.metrics_url)
+
+        self.worker = Worker(settings.queue, self.processor, {
+            "connection": redis_url, "concurrency": self.concurrency, "autorun": False,
+            "lockDuration": LOCK_DURATION_MS, "stalledInterval": STALLED_INTERVAL_MS,
+            "maxStalledCount": MAX_STALLED_COUNT, "name": self.name,
+        })
+        self.worker.on("error", lambda err, *a: log.warning("queue error: %s", err))
+        if self.state == "pause":
+            self.worker.paused = True
+            self.worker.resume_event.clear()
+        info = NodeInfo(concurrency=self.concurrency, version=__version__, ffmpeg_version=ffmpeg_version(ffmpeg),
+                        encoders=ffmpeg_encoders(ffmpeg), tags=self.tags, metrics_url=self.metrics_url)
+        heartbeat = Heartbeat(writer, lambda: NodeActivity(self.status(), self.running_jobs()), info,
+                              on_desired_state=self.apply_desired_state,
+                              on_sample=lambda sample: metrics.set_system(sample["cpu"], sample["mem"]))
+        helpers = [
+            asyncio.create_task(heartbeat.run(heartbeat_stop), name="heartbeat"),
+            asyncio.create_task(self._supervise("cancel", lambda: self._cancel_listener(redis)), name="cancel"),
+            asyncio.create_task(self._queue_depth(queue, metrics), name="queue-depth"),
+        ]
+        worker_task = asyncio.create_task(self.worker.run(), name="worker")
+        log.info("node %s up: queue %r, concurrency %d, work dir %s", self.name, settings.queue,
+                 self.concurrency, self.work_dir)
+        try:
+            stop_wait = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({worker_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            await self.worker.close()
+            await worker_task
+        finally:
+            self._stopping.set()
+            heartbeat_stop.set()  # the heartbeat removes the node from the registry as it ends
+            await asyncio.gather(helpers[0], return_exceptions=True)
+            for task in helpers[1:]:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if self.state == "drain":  # the drain is done; a restarted node runs normally
+                with contextlib.suppress(Exception):
+                    await redis.delete(writer.keys.control(self.name))
+            metrics.stop()
+            await queue.close()
+            await redis.aclose()
+            await asyncio.to_thread(db.dispose)
+            self.sweep_work_dir()
+        log.info("node %s stopped", self.name)
+        return 0
+
+    def sweep_work_dir(self) -> None:
+        """Remove what an earlier run (or crash) left; the work dir is this node's alone."""
+        if self.work_dir.exists():
+            for child in self.work_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    async def _cancel_listener(self, redis) -> None:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(cancel_channel(self.settings.queue))
+            async for message in pubsub.listen():
+                if message.get("type") == "message" and self.processor:
+                    if self.processor.cancel(str(message["data"])):
+                        log.info("cancel requested for job %s", message["data"])
+        finally:
+            await pubsub.aclose()
+
+    async def _supervise(self, what: str, start) -> None:
+        """Keep a listener running through Redis outages, backing off exponentially."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            try:
+                await start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() - began > 30:
+                    backoff = 0.5
+                log.warning("%s listener stopped (%s); restarting in %.1f s", what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+
+    async def _queue_depth(self, queue: QueueClient, metrics: NodeMetrics) -> None:
+        while not self._stopping.is_set():
+            try:
+                metrics.set_queue_depth(await queue.counts())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("queue depth unavailable: %s", exc)
+            await asyncio.sleep(QUEUE_DEPTH_INTERVAL_S)

@@ -1,0 +1,261 @@
+"""What a node does with one job, top to bottom.
+
+mark active -> download the input -> probe -> FFmpeg (progress to the queue and the database) ->
+verify the output -> upload it under a key of its own attempt -> finish the Job row with a
+conditional update. A run that may be repeated (a node died, a lock was lost) is harmless: the
+losing run deletes its own output, and the row is finished once.
+
+Errors a retry cannot fix (a file that is not a video, FFmpeg refusing the input, a bad payload)
+raise ``UnrecoverableError`` so BullMQ fails the job at once; anything else (storage, database,
+FFmpeg killed by a signal) is retried with backoff. The job's work dir is removed on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bullmq import UnrecoverableError
+from bullmq.custom_errors import DelayedError
+
+from farm.db import repo
+from farm.jobspec import JobSpecError, OutputConfig, outputs_record
+from farm.keys import InvalidKeyError, output_key, sanitize_name
+from farm.media import MediaInfo, NotAVideoError, probe
+from farm.payload import JobPayload, PayloadError
+from farm_node.ffmpeg_args import build_args
+from farm_node.ffmpeg_runner import FFmpegError, run_ffmpeg
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.5  # at most two progress writes a second per job: queue and database
+DURATION_TOLERANCE_S = 0.5
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    name: str
+    attempt: int
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    hand_back: bool = False  # cold stop: give the job back to the queue instead of failing it
+    progress: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+class JobProcessor:
+    """Runs jobs for one node. ``running`` is read by the heartbeat and the control listeners."""
+
+    def __init__(self, *, node_name: str, db, storage, ffmpeg: str, work_dir: Path,
+                 metrics=None, is_cancel_requested: Callable[[str], Any] | None = None):
+        self.node_name = node_name
+        self.db = db
+        self.storage = storage
+        self.ffmpeg = ffmpeg
+        self.work_dir = work_dir
+        self.metrics = metrics
+        self.is_cancel_requested = is_cancel_requested
+        self.running: dict[str, RunningJob] = {}
+
+    # -- entry point (BullMQ's processor signature) ---------------------------------------------
+    async def __call__(self, job, token: str) -> dict:
+        try:
+            payload = JobPayload.parse(job.id, job.data)
+        except PayloadError as exc:
+            raise UnrecoverableError(f"invalid job payload: {exc}") from None
+        attempt = job.attemptsMade + 1
+        max_attempts = int(job.opts.get("attempts") or 1)
+        run = RunningJob(payload.job_id, payload.input_name, attempt)
+        self.running[payload.job_id] = run
+        job_dir = self.work_dir / f"{sanitize_name(payload.job_id)}-{attempt}"
+        started = time.monotonic()
+        status = "failed"
+        try:
+            result = await self._run(job, payload, run, job_dir)
+            status = "success"
+            return result
+        except JobCancelled:
+            status = "cancelled"
+            if run.hand_back:
+                await self._hand_back(job, token, payload)
+                raise DelayedError() from None
+            await asyncio.to_thread(repo.mark_cancelled, self.db, payload.job_id, "cancelled by user")
+            raise UnrecoverableError("cancelled by user") from None
+        except UnrecoverableError as exc:
+            await self._fail(payload.job_id, attempt, str(exc), getattr(exc, "log_tail", None))
+            raise
+        except Exception as exc:
+            reason = _reason(exc)
+            if attempt >= max_attempts:
+                await self._fail(payload.job_id, attempt, reason, getattr(exc, "log_tail", None))
+            else:
+                await self._note_retry(payload.job_id, attempt, max_attempts, reason)
+            raise
+        finally:
+            self.running.pop(payload.job_id, None)
+            shutil.rmtree(job_dir, ignore_errors=True)
+            if self.metrics is not None:
+                self.metrics.observe_job(payload.config.format, status, time.monotonic() - started)
+                self.metrics.set_active(len(self.running))
+
+    # -- the steps -----------------------------------------------------------------------------
+    async def _run(self, job, payload: JobPayload, run: RunningJob, job_dir: Path) -> dict:
+        if self.is_cancel_requested and await self.is_cancel_requested(payload.job_id):
+            raise JobCancelled()
+        job_dir.mkdir(parents=True, exist_ok=True)
+        source = job_dir / ("input" + Path(sanitize_name(payload.input_name)).suffix.lower())
+
+        known = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+        if known is not None:
+            await self._mark_active(payload, run)
+        await asyncio.to_thread(self.storage.download_file, payload.input_key, source)
+        self._check_cancel(run)
+        info = await self._probe(source)
+        if known is None:
+            await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id,
+                                    payload.raw, _probe_fields(info, payload))
+            await self._mark_active(payload, run)
+
+        config = payload.config
+        target = job_dir / f"output.{config.extension}"
+        args = build_args(self.ffmpeg, source, target, config, info)
+        last_write = 0.0
+
+        async def on_progress(percent: float) -> None:
+            nonlocal last_write
+            run.progress = percent
+            now = time.monotonic()
+            if now - last_write >= PROGRESS_INTERVAL_S or percent >= 100:
+                last_write = now
+                await job.updateProgress(round(percent, 1))
+                await asyncio.to_thread(repo.update_progress, self.db, payload.job_id, percent, self.node_name)
+
+        try:
+            result = await run_ffmpeg(args, duration=info.duration, on_progress=on_progress, cancel=run.cancel)
+        except FFmpegError as exc:
+            if run.cancel.is_set():
+                raise JobCancelled() from None
+            if _killed_by_signal(exc):
+                raise  # OOM killer or an operator: worth another try
+            err = UnrecoverableError(f"FFmpeg failed: {exc.reason}")
+            err.log_tail = exc.log_tail
+            raise err from None
+        if getattr(result, "cancelled", False) or run.cancel.is_set():
+            raise JobCancelled()
+
+        out_info = await self._verify(target, info, config)
+        key = output_key(payload.job_id, run.attempt, f"{Path(sanitize_name(payload.input_name)).stem}-{config.output_name}")
+        self._check_cancel(run)
+        size = await asyncio.to_thread(self.storage.upload_file, target, key)
+        outputs = [outputs_record(config, key=key, size=size)]
+        won = await asyncio.to_thread(
+            repo.finish_job, self.db, payload.job_id, "completed", attempt=run.attempt,
+            outputs=outputs, log_tail=result.log_tail,
+        )
+        if not won:
+            # Another run finished this job first (we lost our lock): leave no second result.
+            log.warning("job %s was finished by another run; deleting this run's output", payload.job_id)
+            await asyncio.to_thread(self.storage.delete, key)
+            return {"duplicate": True}
+        await job.updateProgress(100)
+        return {"outputs": outputs, "width": out_info.width, "height": out_info.height,
+                "duration": out_info.duration, "node": self.node_name}
+
+    async def _mark_active(self, payload: JobPayload, run: RunningJob) -> None:
+        ok = await asyncio.to_thread(repo.mark_active, self.db, payload.job_id, self.node_name, run.attempt)
+        if not ok:
+            # Finished or cancelled meanwhile (a stale queue entry): nothing to do.
+            raise JobCancelled()
+        if self.metrics is not None:
+            job = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+            if job is not None and job.queue_wait_seconds is not None and run.attempt == 1:
+                self.metrics.observe_queue_wait(job.queue_wait_seconds)
+            self.metrics.set_active(len(self.running))
+
+    async def _probe(self, path: Path) -> MediaInfo:
+        try:
+            return await asyncio.to_thread(probe, path)
+        except NotAVideoError as exc:
+            raise UnrecoverableError(str(exc)) from None
+
+    async def _verify(self, target: Path, source: MediaInfo, config: OutputConfig) -> MediaInfo:
+        """Check the output before calling the job done: readable, right streams, full length."""
+        try:
+            out = await asyncio.to_thread(probe, target)
+        except NotAVideoError as exc:
+            raise RuntimeError(f"FFmpeg's output is not readable: {exc}") from None
+        problems = []
+        if out.video_codec != config.video_codec:
+            problems.append(f"video codec {out.video_codec}, expected {config.video_codec}")
+        wants_audio = config.include_audio and source.audio_codec is not None
+        if wants_audio and out.audio_codec != config.audio_codec:
+            problems.append(f"audio codec {out.audio_codec}, expected {config.audio_codec}")
+        if not wants_audio and out.audio_codec is not None:
+            problems.append("has audio, expected none")
+        if abs(out.duration - source.duration) > max(DURATION_TOLERANCE_S, source.duration * 0.01):
+            problems.append(f"lasts {out.duration:.2f} s, source lasts {source.duration:.2f} s")
+        if problems:
+            raise RuntimeError("output failed verification: " + "; ".join(problems))
+        return out
+
+    def _check_cancel(self, run: RunningJob) -> None:
+        if run.cancel.is_set():
+            raise JobCancelled()
+
+    async def _fail(self, job_id: str, attempt: int, reason: str, log_tail: str | None) -> None:
+        try:
+            await asyncio.to_thread(repo.finish_job, self.db, job_id, "failed", attempt=attempt,
+                                    error=reason, log_tail=log_tail)
+        except Exception:  # the queue still records the failure; the row is reconciled later
+            log.exception("could not record failure of job %s", job_id)
+
+    async def _note_retry(self, job_id: str, attempt: int, max_attempts: int, reason: str) -> None:
+        try:
+            await asyncio.to_thread(repo.note_retry, self.db, job_id,
+                                    f"attempt {attempt} of {max_attempts} failed, will retry: {reason}")
+        except Exception:
+            log.exception("could not record retry of job %s", job_id)
+
+    async def _hand_back(self, job, token: str, payload: JobPayload) -> None:
+        """Cold stop: give the job back to the queue at once, without using up an attempt."""
+        await job.moveToDelayed(int(time.time() * 1000), token)
+        await asyncio.to_thread(repo.requeue, self.db, payload.job_id, note=f"handed back by node {self.node_name}")
+
+    # -- control ---------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        run = self.running.get(job_id)
+        if run is None:
+            return False
+        run.cancel.set()
+        return True
+
+    def hand_back_all(self) -> None:
+        for run in self.running.values():
+            run.hand_back = True
+            run.cancel.set()
+
+
+def _killed_by_signal(exc: FFmpegError) -> bool:
+    code = getattr(exc, "returncode", None)
+    return code is not None and code < 0
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _probe_fields(info: MediaInfo, payload: JobPayload) -> dict:
+    return {
+        "size": info.size, "duration": info.duration, "width": info.width, "height": info.height,
+        "video_codec": info.video_codec, "audio_codec": info.audio_codec, "container": info.container,
+    }

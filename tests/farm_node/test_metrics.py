@@ -1,0 +1,144 @@
+"""The Prometheus exporter, scraped over real HTTP as Prometheus would."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from farm_node.metrics import NodeMetrics
+
+
+@pytest.fixture
+def served():
+    """start(metrics) -> base URL; every server started is stopped after the test."""
+    started = []
+
+    def start(metrics: NodeMetrics) -> str:
+        _, port = metrics.start_server("127.0.0.1", 0)
+        started.append(metrics)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for metrics in started:
+        metrics.stop()
+
+
+def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def samples_of(text: str) -> dict[tuple[str, frozenset], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_endpoint_serves_what_the_node_recorded(served):
+    metrics = NodeMetrics("render-01", version="0.1.0", ffmpeg_version="7.0.2")
+    base = served(metrics)
+    metrics.observe_job("mp4", "success", 42.0)
+    metrics.observe_job("webm", "failed", 3.0)
+    metrics.observe_queue_wait(2.5)
+    metrics.set_active(2)
+    metrics.set_system(37.5, 0.42)
+    metrics.set_queue_depth({"waiting": 5, "active": 2, "failed": 1, "delayed": 0})
+
+    status, content_type, text = get(f"{base}/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    assert 'workers_jobs_processed_total{node="render-01",status="success"} 1.0' in text
+
+    node = ("node", "render-01")
+    values = samples_of(text)
+    assert values[("worker_cpu_usage", frozenset({node}))] == 37.5
+    assert values[("worker_memory_usage_ratio", frozenset({node}))] == 0.42
+    assert values[("worker_active_jobs", frozenset({node}))] == 2
+    mp4_success = frozenset({node, ("format", "mp4"), ("status", "success")})
+    assert values[("worker_job_duration_seconds_count", mp4_success)] == 1
+    assert values[("worker_job_duration_seconds_sum", mp4_success)] == 42.0
+    assert values[("worker_job_duration_seconds_bucket", mp4_success | {("le", "60.0")})] == 1
+    assert values[("worker_job_duration_seconds_bucket", mp4_success | {("le", "30.0")})] == 0
+    assert values[("worker_job_duration_seconds_bucket", mp4_success | {("le", "14400.0")})] == 1
+    assert values[("workers_jobs_processed_total", frozenset({node, ("status", "failed")}))] == 1
+    assert values[("workers_jobs_processed_total", frozenset({node, ("status", "cancelled")}))] == 0
+    assert values[("worker_job_queue_wait_seconds_count", frozenset({node}))] == 1
+    for state, count in {"waiting": 5, "active": 2, "failed": 1, "delayed": 0}.items():
+        assert values[("queue_jobs", frozenset({("state", state)}))] == count
+    build = frozenset({("version", "0.1.0"), ("ffmpeg_version", "7.0.2"), node})
+    assert values[("encodeflow_build_info", build)] == 1
+
+
+def test_openmetrics_is_served_when_asked_for(served):
+    base = served(NodeMetrics("render-01"))
+    status, content_type, text = get(f"{base}/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200 and content_type.startswith("application/openmetrics-text")
+    assert text.endswith("# EOF\n")
+
+
+def test_health_reports_the_node_and_turns_503_when_unhealthy(served):
+    report = {"status": "ok", "running": 1}
+    base = served(NodeMetrics("render-01", health=lambda: report))
+
+    status, content_type, body = get(f"{base}/health")
+    assert (status, content_type) == (200, "application/json")
+    assert json.loads(body) == {"status": "ok", "node": "render-01", "running": 1}
+
+    report.update(status="draining", running=0)
+    assert get(f"{base}/health")[0] == 200
+
+    report.update(status="unhealthy", redis_unreachable_s=75.0)
+    status, _, body = get(f"{base}/health")
+    assert status == 503 and json.loads(body)["redis_unreachable_s"] == 75.0
+
+
+def test_a_failing_health_check_is_a_503(served):
+    def broken():
+        raise RuntimeError("boom")
+
+    status, _, body = get(f"{served(NodeMetrics('render-01', health=broken))}/health")
+    assert status == 503 and json.loads(body) == {"status": "error", "node": "render-01", "error": "boom"}
+
+
+def test_unknown_paths_are_404(served):
+    assert get(f"{served(NodeMetrics('render-01'))}/nope")[0] == 404
+
+
+def test_two_nodes_in_one_process_keep_their_own_metrics(served):
+    first, second = NodeMetrics("node-a"), NodeMetrics("node-b")
+    url_a, url_b = served(first), served(second)
+    first.set_active(3)
+
+    assert url_a != url_b
+    assert 'worker_active_jobs{node="node-a"} 3.0' in get(f"{url_a}/metrics")[2]
+    text_b = get(f"{url_b}/metrics")[2]
+    assert 'worker_active_jobs{node="node-b"} 0.0' in text_b and "node-a" not in text_b
+
+
+def test_unknown_job_status_is_refused():
+    with pytest.raises(ValueError, match="success, failed, cancelled"):
+        NodeMetrics("render-01").observe_job("mp4", "exploded", 1.0)
+
+
+def test_stop_frees_the_port_and_allows_a_restart():
+    metrics = NodeMetrics("render-01")
+    _, port = metrics.start_server("127.0.0.1", 0)
+    with pytest.raises(RuntimeError, match="already running"):
+        metrics.start_server("127.0.0.1", 0)
+    metrics.stop()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    _, port = metrics.start_server("127.0.0.1", port)
+    try:
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+    finally:
+        metrics.stop()
