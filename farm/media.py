@@ -324,7 +324,7 @@ def _describe(container, name: str, size: int) -> MediaInfo:
         rotation=rotation,
         video_codec=video.codec_context.name,
         audio_codec=audio.codec_context.name if audio is not None else None,
-        fps=_rate(video.average_rate) or _rate(video.guessed_rate),
+        fps=_fps(video, raw=bool(demuxer_names & _RAW_STREAM_DEMUXERS)),
         bit_rate=container.bit_rate or None,
         size=size,
     )
@@ -332,6 +332,12 @@ def _describe(container, name: str, size: int) -> MediaInfo:
 
 def _rate(rate: Fraction | None) -> float:
     return float(rate) if rate else 0.0
+
+
+def _fps(video, raw: bool) -> float:
+    if raw:  # the raw demuxers' average_rate is their 25 fps default; the codec's timing is real
+        return _rate(video.codec_context.framerate) or _rate(video.guessed_rate) or _rate(video.average_rate)
+    return _rate(video.average_rate) or _rate(video.guessed_rate)
 
 
 def _duration(container, video) -> float:
@@ -344,14 +350,19 @@ def _duration(container, video) -> float:
 
 
 def _measure_raw_duration(url: str, info: MediaInfo) -> float:
-    """A raw elementary stream has no header to say how long it is: count its frames."""
+    """A raw elementary stream has no header to say how long it is: add up its frames."""
     import av
 
-    if not info.fps:
-        return 0.0
+    frames, timed = 0, Fraction(0)
     with av.open(url, format=info.demuxer, container_options=_guard_options(ACCEPTED_DEMUXERS)) as container:
-        frames = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
-    return frames / info.fps
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                frames += 1
+                if packet.duration and packet.time_base:
+                    timed += packet.duration * packet.time_base
+    if timed > 0:
+        return float(timed)
+    return frames / info.fps if info.fps else 0.0
 
 
 def _first_frame(container, video):

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s farm-node: %(message)s")
+    # Migrations and HTTP clients narrate every step at INFO; a node's log is for its jobs.
+    for noisy in ("alembic", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = Settings.load(flags={k: getattr(args, k) for k in
                                         ("data_dir", "redis_url", "database_url", "storage_url", "queue")})

@@ -203,7 +203,8 @@ class Heartbeat:
     async def _apply_desired(self, state: str) -> None:
         if state == self.desired_state:
             return
-        log.info("node %s: desired state %s -> %s", self.writer.name, self.desired_state, state)
+        if self.desired_state is not None:  # the first read is the start-up state, not a change
+            log.info("node %s: desired state %s -> %s", self.writer.name, self.desired_state, state)
         self.desired_state = state
         if self.on_desired_state is None:
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,11 @@ from bullmq import UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
 from farm.db import repo
-from farm.jobspec import JobSpecError, OutputConfig, outputs_record
-from farm.keys import InvalidKeyError, output_key, sanitize_name
+from farm.jobspec import OutputConfig, outputs_record
+from farm.keys import output_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, probe
 from farm.payload import JobPayload, PayloadError
+from farm.storage import ObjectNotFound, TransferCancelled
 from farm_node.ffmpeg_args import build_args
 from farm_node.ffmpeg_runner import FFmpegError, run_ffmpeg
 
@@ -47,6 +49,8 @@ class RunningJob:
     name: str
     attempt: int
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    # The same request for storage transfers, which run in threads.
+    transfer_cancel: threading.Event = field(default_factory=threading.Event)
     hand_back: bool = False  # cold stop: give the job back to the queue instead of failing it
     progress: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -117,7 +121,13 @@ class JobProcessor:
         known = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
         if known is not None:
             await self._mark_active(payload, run)
-        await asyncio.to_thread(self.storage.download_file, payload.input_key, source)
+        try:
+            await asyncio.to_thread(self.storage.download_file, payload.input_key, source,
+                                    cancel=run.transfer_cancel)
+        except ObjectNotFound:
+            raise UnrecoverableError(f"the input {payload.input_key} is not in storage") from None
+        except TransferCancelled:
+            raise JobCancelled() from None
         self._check_cancel(run)
         info = await self._probe(source)
         if known is None:
@@ -155,7 +165,10 @@ class JobProcessor:
         out_info = await self._verify(target, info, config)
         key = output_key(payload.job_id, run.attempt, f"{Path(sanitize_name(payload.input_name)).stem}-{config.output_name}")
         self._check_cancel(run)
-        size = await asyncio.to_thread(self.storage.upload_file, target, key)
+        try:
+            size = await asyncio.to_thread(self.storage.upload_file, target, key, cancel=run.transfer_cancel)
+        except TransferCancelled:
+            raise JobCancelled() from None
         outputs = [outputs_record(config, key=key, size=size)]
         won = await asyncio.to_thread(
             repo.finish_job, self.db, payload.job_id, "completed", attempt=run.attempt,
@@ -236,12 +249,14 @@ class JobProcessor:
         if run is None:
             return False
         run.cancel.set()
+        run.transfer_cancel.set()
         return True
 
     def hand_back_all(self) -> None:
         for run in self.running.values():
             run.hand_back = True
             run.cancel.set()
+            run.transfer_cancel.set()
 
 
 def _killed_by_signal(exc: FFmpegError) -> bool:

@@ -108,6 +108,22 @@ def test_portrait_phone_clip_stays_portrait(make_clip, tmp_path, fmt):
     assert_is_rendition(source, out, config, percents)
 
 
+@pytest.mark.parametrize("suffix, remux", [
+    (".mkv", []), (".webm", ["-c:v", "libvpx-vp9", "-cpu-used", "8", "-c:a", "libopus"]),
+    (".ts", []), (".mpg", ["-c:v", "mpeg2video", "-c:a", "mp2"]), (".h264", ["-an", "-f", "h264"]),
+])
+def test_other_source_containers(make_clip, tmp_path, suffix, remux):
+    """The node forces the probed demuxer with -f: each accepted container still reads under it."""
+    source = tmp_path / f"source{suffix}"
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
+                    "-i", str(make_clip(640, 360, 1.0, audio=True, fps=10)),
+                    *(remux or ["-c", "copy"]), str(source)], check=True)
+    config = OutputConfig("360p", "mp4")
+    info, out, percents = transcode(source, tmp_path, config)
+    assert (out.width, out.height, out.video_codec) == (640, 360, "h264")
+    assert out.duration == pytest.approx(info.duration, abs=0.2)
+
+
 # -- stopping and failing ----------------------------------------------------------------------
 
 

@@ -1,0 +1,80 @@
+"""A real local farm in processes: the embedded Redis, SQLite and folder storage of the test's data
+dir, and ``farm-node`` processes started the way an admin starts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from farm.embedded import ensure_embedded_redis
+from farm.settings import Settings
+from tests.e2e.helpers import wait_for
+
+
+class NodeProcess:
+    def __init__(self, name: str, data_dir: Path, extra: list[str] = ()):
+        self.name = name
+        self.work_dir = data_dir / "work" / name
+        self.log = data_dir / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "farm_node", "--name", name, "--metrics-host", "127.0.0.1",
+             "--metrics-port", "0", *extra],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )
+
+    def ffmpeg_children(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [c for c in children if "ffmpeg" in (c.name() or "")]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    return self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def local_farm(data_dir):
+    """start(n) -> list of NodeProcess sharing the test's data dir and its embedded Redis."""
+    settings = Settings.load()
+    redis_server = ensure_embedded_redis(settings)
+    nodes: list[NodeProcess] = []
+
+    def start(count: int = 1, extra: list[str] = ()) -> list[NodeProcess]:
+        from farm.telemetry import NodeRegistry
+        import redis
+
+        started = [NodeProcess(f"node-{len(nodes) + i + 1}", data_dir, list(extra)) for i in range(count)]
+        nodes.extend(started)
+        registry = NodeRegistry(redis.Redis.from_url(redis_server.url, decode_responses=True), settings.queue)
+        wait_for(lambda: {n.name for n in started} <= {n.name for n in registry.nodes() if n.online},
+                 timeout=60, what="nodes to register")
+        return started
+
+    start.nodes = nodes
+    start.settings = settings
+    start.redis_url = redis_server.url
+    yield start
+    for node in nodes:
+        node.stop()
+    leftovers = [c for node in nodes for c in node.ffmpeg_children()]
+    redis_server.stop()
+    assert not leftovers, f"FFmpeg left running: {leftovers}"
