@@ -1,0 +1,133 @@
+"""The queue client against a real Redis: what a producer sees of BullMQ."""
+
+import asyncio
+import os
+
+import pytest
+from bullmq import Queue
+
+from farm.jobspec import OutputConfig
+from farm.payload import JobPayload
+from farm.queue import JOB_NAME, QueueClient, QueueStateError, cancel_channel, cancel_key
+
+
+def _payload(job_id):
+    return JobPayload.build(job_id, f"inputs/v-{job_id}/a.mp4", "a.mp4", OutputConfig())
+
+
+def run(coro_fn):
+    async def main():
+        client = QueueClient(os.environ["ENCODEFLOW_REDIS_URL"], os.environ["ENCODEFLOW_QUEUE"])
+        try:
+            return await coro_fn(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def test_enqueue_uses_the_contracts_wire_format(redis_url):
+    async def body(q: QueueClient):
+        await q.enqueue("job-a", _payload("job-a"), priority=5)
+        job = await q.queue.getJob("job-a")
+        return job, await q.state("job-a"), await q.counts()
+
+    job, state, counts = run(body)
+    assert job.name == JOB_NAME and job.id == "job-a"
+    assert job.data["outputConfig"] == {"resolution": "720p", "format": "mp4", "includeAudio": True}
+    assert job.opts["attempts"] == 3 and job.opts["backoff"]["type"] == "exponential"
+    assert job.opts["priority"] == 5
+    assert state == "prioritized"
+    assert counts["waiting"] == 1 and counts["active"] == 0
+
+
+def test_priorities_order_the_queue(redis_url):
+    async def body(q: QueueClient):
+        await q.enqueue("low", _payload("low"), priority=10)
+        await q.enqueue("high", _payload("high"), priority=1)
+        return [j.id for j in await q.queue.getJobs(["prioritized"], asc=True)]
+
+    assert run(body) == ["high", "low"]
+
+
+def test_cancel_a_waiting_job_removes_it(redis_url):
+    async def body(q: QueueClient):
+        await q.enqueue("job-w", _payload("job-w"))
+        outcome = await q.cancel("job-w")
+        return outcome, await q.queue.getJob("job-w"), await q.is_cancel_requested("job-w")
+
+    outcome, job, requested = run(body)
+    assert outcome == "removed"
+    assert job is None
+    assert requested, "a node that raced us to the job must still see the request"
+
+
+def test_cancel_an_active_job_asks_its_node(redis_url):
+    async def body(q: QueueClient):
+        await q.enqueue("job-r", _payload("job-r"))
+        pubsub = q.redis.pubsub()
+        await pubsub.subscribe(cancel_channel(q.queue_name))
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        # Take the job as a worker would, without processing it.
+        from bullmq import Worker
+
+        taken = asyncio.Event()
+
+        async def hold(job, token):
+            taken.set()
+            await asyncio.sleep(3)
+
+        worker = Worker(q.queue_name, hold, {"connection": os.environ["ENCODEFLOW_REDIS_URL"]})
+        await asyncio.wait_for(taken.wait(), 10)
+        outcome = await q.cancel("job-r")
+        message = await pubsub.get_message(timeout=2)
+        await pubsub.aclose()
+        await worker.close(force=True)
+        return outcome, message
+
+    outcome, message = run(body)
+    assert outcome == "requested"
+    assert message["data"] == "job-r"
+
+
+def test_cancel_of_an_unknown_job_is_absent(redis_url):
+    assert run(lambda q: q.cancel("never-queued")) == "absent"
+
+
+def test_retry_requeues_failed_and_removed_jobs(redis_url):
+    async def body(q: QueueClient):
+        # A job removed while waiting (cancelled) comes back as a new BullMQ job with the same id.
+        await q.enqueue("job-x", _payload("job-x"))
+        await q.cancel("job-x")
+        first = await q.retry("job-x", _payload("job-x"))
+        state_after_first = await q.state("job-x")
+        cancel_cleared = not await q.is_cancel_requested("job-x")
+        with pytest.raises(QueueStateError, match="already waiting"):
+            await q.retry("job-x", _payload("job-x"))
+        return first, state_after_first, cancel_cleared
+
+    first, state, cleared = run(body)
+    assert first == "requeued" and state == "waiting" and cleared
+
+
+def test_retry_of_a_failed_job_resets_its_attempts(redis_url):
+    async def body(q: QueueClient):
+        from bullmq import Worker
+
+        await q.enqueue("job-f", _payload("job-f"), attempts=1)
+        failed = asyncio.Event()
+
+        async def boom(job, token):
+            raise RuntimeError("disk on fire")
+
+        worker = Worker(q.queue_name, boom, {"connection": os.environ["ENCODEFLOW_REDIS_URL"]})
+        worker.on("failed", lambda *a: failed.set())
+        await asyncio.wait_for(failed.wait(), 10)
+        await worker.close()
+        before = await q.state("job-f")
+        outcome = await q.retry("job-f", _payload("job-f"))
+        job = await q.queue.getJob("job-f")
+        return before, outcome, await q.state("job-f"), job.attemptsMade
+
+    before, outcome, after, attempts = run(body)
+    assert (before, outcome, after, attempts) == ("failed", "retried", "waiting", 0)
