@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from farm.client import Farm, FarmError, SubmitError, UnknownJobError
-from farm.jobspec import PresetStore
+from farm.jobspec import JobSpecError, PresetStore
 from farm.settings import Settings
 
 
@@ -25,9 +25,7 @@ def run(args, settings: Settings) -> int:
     farm = Farm(settings, start_embedded=args.command == "submit")
     try:
         return handler(args, settings, farm)
-    except SubmitError as exc:
-        raise CLIError(str(exc), code=2) from None
-    except UnknownJobError as exc:
+    except (SubmitError, UnknownJobError, JobSpecError) as exc:
         raise CLIError(str(exc), code=2) from None
     except FarmError as exc:
         raise CLIError(str(exc)) from None

@@ -96,7 +96,11 @@ def pg_server_url() -> str:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {TEST_PG_URL} is not reachable ({exc}); start it or set ENCODEFLOW_TEST_PG_URL")
+        message = f"PostgreSQL at {TEST_PG_URL} is not reachable ({exc}); start it or set ENCODEFLOW_TEST_PG_URL"
+        # CI and anyone who named a server must run these tests; a laptop without PostgreSQL skips them.
+        if os.environ.get("CI") or "ENCODEFLOW_TEST_PG_URL" in os.environ:
+            pytest.fail(message)
+        pytest.skip(message)
     url = sa.engine.make_url(TEST_PG_URL).set(database=name).render_as_string(hide_password=False)
     yield url
     with admin.connect() as conn:

@@ -53,9 +53,14 @@ class NodeProcess:
 
 @pytest.fixture
 def local_farm(data_dir):
-    """start(n) -> list of NodeProcess sharing the test's data dir and its embedded Redis."""
+    """start(n) -> list of NodeProcess sharing the test's data dir and settings.
+
+    With no ENCODEFLOW_REDIS_URL (the default) the farm uses the data dir's embedded Redis; a test
+    that requests `redis_url`, `pg_url` or `s3_url` first runs the nodes on those services instead.
+    """
     settings = Settings.load()
-    redis_server = ensure_embedded_redis(settings)
+    redis_server = None if settings.redis_url else ensure_embedded_redis(settings)
+    redis_url = settings.redis_url or redis_server.url
     nodes: list[NodeProcess] = []
 
     def start(count: int = 1, extra: list[str] = ()) -> list[NodeProcess]:
@@ -64,17 +69,18 @@ def local_farm(data_dir):
 
         started = [NodeProcess(f"node-{len(nodes) + i + 1}", data_dir, list(extra)) for i in range(count)]
         nodes.extend(started)
-        registry = NodeRegistry(redis.Redis.from_url(redis_server.url, decode_responses=True), settings.queue)
+        registry = NodeRegistry(redis.Redis.from_url(redis_url, decode_responses=True), settings.queue)
         wait_for(lambda: {n.name for n in started} <= {n.name for n in registry.nodes() if n.online},
                  timeout=60, what="nodes to register")
         return started
 
     start.nodes = nodes
     start.settings = settings
-    start.redis_url = redis_server.url
+    start.redis_url = redis_url
     yield start
     for node in nodes:
         node.stop()
     leftovers = [c for node in nodes for c in node.ffmpeg_children()]
-    redis_server.stop()
+    if redis_server is not None:
+        redis_server.stop()
     assert not leftovers, f"FFmpeg left running: {leftovers}"

@@ -1,0 +1,159 @@
+"""Farm overhead: a 30 s 1080p clip to 720p MP4 through the farm, against the same FFmpeg command
+run directly. Target: farm/direct (medians) at most 1.10.
+
+Farm run: ``Farm.submit`` (probe, upload, database rows, enqueue) until ``Farm.wait`` returns the
+job ``completed``, on a ``LocalFarm`` with one warm node (embedded Redis, SQLite, folder storage in
+a temp data dir). Direct run: the command ``farm_node.ffmpeg_args.build_args`` makes for the probed
+clip, run with ``subprocess``. One warm-up pair is run first and kept out of the statistics; the
+measured runs alternate (farm, direct), (direct, farm), ... so that drifting background load on a
+shared machine falls on both sides.
+
+    python bench/farm_overhead.py [--runs 5] [--out bench/results/farm_overhead.json]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+from common import (
+    describe,
+    environment,
+    isolated_data_dir,
+    load_settings,
+    make_clip,
+    parse_args,
+    placeholder_args,
+    running_farm,
+    shown_path,
+    write_result,
+)
+from farm.client import Farm
+from farm.jobspec import OutputConfig
+from farm.media import find_ffmpeg, probe
+from farm_node.ffmpeg_args import build_args
+
+NAME = "farm_overhead"
+TARGET_RATIO = 1.10
+CLIP = {"seconds": 30, "width": 1920, "height": 1080}
+CONFIG = OutputConfig(resolution="720p", format="mp4", include_audio=True)
+
+
+def _epoch(iso: str | None) -> float | None:
+    """Epoch seconds of a job JSON timestamp (``2024-05-01T12:00:00.123Z``)."""
+    if not iso:
+        return None
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def farm_run(farm: Farm, clip: Path) -> dict:
+    began_wall, began = time.time(), time.perf_counter()
+    [job] = farm.submit([clip], CONFIG, submitted_by="bench")
+    submitted = time.perf_counter()
+    [job] = farm.wait([job["id"]], timeout=600)
+    ended, ended_wall = time.perf_counter(), time.time()
+    if job["status"] != "completed":
+        raise RuntimeError(f"farm job {job['id']} ended {job['status']}: {job.get('error')}")
+    created, started, finished = (_epoch(job[k]) for k in ("created_at", "started_at", "finished_at"))
+    return {
+        "seconds": ended - began,
+        "job_id": job["id"],
+        "output_bytes": job["output"]["size"],
+        # Where the time went, from the job's own timestamps (millisecond resolution).
+        "breakdown": {
+            "submit_call_s": submitted - began,  # probe + upload + rows + enqueue, in this process
+            "submit_to_row_created_s": created - began_wall,  # probe + upload + video row
+            "queue_wait_s": job["queue_wait_seconds"],  # job row created -> node marks it active
+            "node_run_s": finished - started,  # download, probe, FFmpeg, verify, upload, finish row
+            "finished_to_wait_returned_s": ended_wall - finished,  # event -> Farm.wait sees it
+        },
+    }
+
+
+def direct_run(args: list[str], output: Path) -> dict:
+    output.unlink(missing_ok=True)
+    began = time.perf_counter()
+    subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+    seconds = time.perf_counter() - began
+    return {"seconds": seconds, "output_bytes": output.stat().st_size}
+
+
+def main() -> int:
+    opts = parse_args(NAME, __doc__.splitlines()[0], runs=5, runs_help="measured farm/direct pairs")
+    with isolated_data_dir(NAME, keep=opts.keep) as root:
+        print(f"making a {CLIP['seconds']} s {CLIP['width']}x{CLIP['height']} clip ...", flush=True)
+        clip = root / "clips" / "bench-1080p-30s.mp4"
+        clip_info = make_clip(clip, **CLIP)
+        settings = load_settings()
+        info = probe(clip)
+        direct_out = root / "direct" / f"output.{CONFIG.extension}"
+        direct_out.parent.mkdir()
+        args = build_args(find_ffmpeg(settings.ffmpeg), clip, direct_out, CONFIG, info)
+
+        with running_farm(settings, root / "node.log") as local:
+            farm = Farm(settings)
+            env = environment(local.redis.url)
+            try:
+                print("warm-up pair ...", flush=True)
+                warmup = {"farm": farm_run(farm, clip), "direct": direct_run(args, direct_out)}
+                runs = []
+                for index in range(opts.runs):
+                    order = ("farm", "direct") if index % 2 == 0 else ("direct", "farm")
+                    pair = {"order": list(order)}
+                    for side in order:
+                        pair[side] = farm_run(farm, clip) if side == "farm" else direct_run(args, direct_out)
+                    runs.append(pair)
+                    print(f"  run {index + 1}/{opts.runs}: farm {pair['farm']['seconds']:.2f} s, "
+                          f"direct {pair['direct']['seconds']:.2f} s", flush=True)
+            finally:
+                farm.close()
+
+    farm_s = describe([r["farm"]["seconds"] for r in runs])
+    direct_s = describe([r["direct"]["seconds"] for r in runs])
+    ratio = farm_s["median"] / direct_s["median"]
+    breakdown = {key: describe([r["farm"]["breakdown"][key] for r in runs])
+                 for key in runs[0]["farm"]["breakdown"]}
+    node_overhead = describe([r["farm"]["breakdown"]["node_run_s"] - direct_s["median"] for r in runs])
+    result = {
+        "benchmark": NAME,
+        "target": {"ratio_farm_over_direct_max": TARGET_RATIO},
+        "result": {
+            "ratio_of_medians": round(ratio, 4),
+            "met": ratio <= TARGET_RATIO,
+            "farm_seconds": farm_s,
+            "direct_seconds": direct_s,
+            "pairwise_ratios": [round(r["farm"]["seconds"] / r["direct"]["seconds"], 4) for r in runs],
+            "farm_breakdown_seconds": breakdown,
+            "node_run_minus_direct_median_seconds": node_overhead,
+        },
+        "method": {
+            "clip": clip_info,
+            "output_config": CONFIG.to_payload(),
+            "ffmpeg_command": placeholder_args(args, {str(clip): "<input>", str(direct_out): "<output>"}),
+            "farm": "LocalFarm, 1 node (concurrency 1), embedded Redis, SQLite, folder storage in a temp "
+                    "data dir; timed from before Farm.submit to Farm.wait returning the job completed",
+            "direct": "subprocess.run of the same build_args command (stdout to /dev/null, stderr piped), "
+                      "timed around the call; the farm's idle node stays up meanwhile",
+            "runs": opts.runs,
+            "warmup_pairs": 1,
+            "order": "alternating: (farm, direct), (direct, farm), ...",
+            "statistic": "median of the runs; ratio = median(farm) / median(direct)",
+        },
+        "environment": env,
+        "samples": {"warmup": warmup, "runs": runs},
+    }
+    path = write_result(opts.out, result)
+    print(f"farm overhead (30 s 1080p -> 720p mp4, {opts.runs} runs): farm median {farm_s['median']:.2f} s, "
+          f"direct median {direct_s['median']:.2f} s, ratio {ratio:.3f} "
+          f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'MISSED'})")
+    b = {k: v["median"] for k, v in breakdown.items()}
+    print(f"  farm breakdown (medians): submit {b['submit_call_s']:.2f} s, queue wait {b['queue_wait_s']:.3f} s, "
+          f"node run {b['node_run_s']:.2f} s, wait notices {b['finished_to_wait_returned_s']:.3f} s")
+    print(f"  wrote {shown_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
