@@ -61,7 +61,9 @@ class LocalFarm:
             cmd = [sys.executable, "-m", "farm_node", "--name", info["name"],
                    "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
                    "--metrics-port", str(info["metrics_port"])]
-            self.procs.append((info, subprocess.Popen(cmd, env=env)))
+            # Own process group: a terminal's Ctrl-C reaches only us, and we drain the nodes once;
+            # had they got it too, our SIGTERM would be their second signal (a cold stop).
+            self.procs.append((info, subprocess.Popen(cmd, env=env, start_new_session=True)))
 
     def node_info(self) -> list[dict]:
         return [info | {"pid": proc.pid, "alive": proc.poll() is None} for info, proc in self.procs]

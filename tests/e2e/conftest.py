@@ -74,7 +74,20 @@ def local_farm(data_dir):
                  timeout=60, what="nodes to register")
         return started
 
+    def start_named(name: str, extra: list[str] = ()) -> NodeProcess:
+        """Start one node with the given name (e.g. to restart a node that exited)."""
+        from farm.telemetry import NodeRegistry
+        import redis
+
+        node = NodeProcess(name, data_dir, list(extra))
+        nodes.append(node)
+        registry = NodeRegistry(redis.Redis.from_url(redis_server.url, decode_responses=True), settings.queue)
+        wait_for(lambda: any(n.name == name and n.online and n.pid == node.proc.pid for n in registry.nodes()),
+                 timeout=60, what=f"node {name} to register")
+        return node
+
     start.nodes = nodes
+    start.start_named = start_named
     start.settings = settings
     start.redis_url = redis_url
     yield start
