@@ -25,7 +25,7 @@ from farm.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
 from farm.queue import QueueClient, cancel_channel, redis_client
 from farm.settings import Settings
 from farm.storage import open_storage
-from farm.telemetry import NodeRegistryWriter
+from farm.telemetry import NodeRegistryWriter, check_node_name
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
@@ -45,7 +45,9 @@ class FarmNode:
         if concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
         self.settings = settings
-        self.name = name or socket.gethostname()
+        # Checked here, not first by the registry writer deep in run(): a bad --name is a usage error
+        # (exit 2, one line) and must not leave a work dir or a database behind.
+        self.name = check_node_name(name or socket.gethostname())
         self.concurrency = concurrency
         self.work_dir = (work_dir or settings.work_root / self.name).resolve()
         self.tags = tags or []
@@ -124,7 +126,12 @@ class FarmNode:
         heartbeat: Heartbeat | None = None
         metrics.health = lambda: heartbeat.health() if heartbeat else {"status": "starting"}
         if self.metrics_port is not None:
-            _, port = metrics.start_server(self.metrics_host, self.metrics_port)
+            try:
+                _, port = metrics.start_server(self.metrics_host, self.metrics_port)
+            except OSError as exc:
+                # Alone, "[Errno 98] Address already in use" says neither which address nor what to do.
+                raise RuntimeError(f"cannot serve /metrics on {self.metrics_host}:{self.metrics_port}: "
+                                   f"{exc.strerror or exc}; choose another --metrics-port, or --no-metrics") from None
             shown_host = socket.gethostname() if self.metrics_host in ("0.0.0.0", "::") else self.metrics_host
             self.metrics_url = f"http://{shown_host}:{port}/metrics"
             log.info("metrics on %s", self.metrics_url)

@@ -82,7 +82,7 @@ class JobProcessor:
         self.running[payload.job_id] = run
         job_dir = self.work_dir / f"{sanitize_name(payload.job_id)}-{attempt}"
         started = time.monotonic()
-        status = "failed"
+        status: str | None = "failed"
         try:
             result = await self._run(job, payload, run, job_dir)
             status = "success"
@@ -90,6 +90,7 @@ class JobProcessor:
         except JobCancelled:
             status = "cancelled"
             if run.hand_back:
+                status = None  # not an outcome: the job will run again elsewhere
                 await self._hand_back(job, token, payload)
                 raise DelayedError() from None
             await asyncio.to_thread(repo.mark_cancelled, self.db, payload.job_id, "cancelled by user")
@@ -108,7 +109,8 @@ class JobProcessor:
             self.running.pop(payload.job_id, None)
             shutil.rmtree(job_dir, ignore_errors=True)
             if self.metrics is not None:
-                self.metrics.observe_job(payload.config.format, status, time.monotonic() - started)
+                if status is not None:
+                    self.metrics.observe_job(payload.config.format, status, time.monotonic() - started)
                 self.metrics.set_active(len(self.running))
 
     # -- the steps -----------------------------------------------------------------------------
@@ -129,7 +131,7 @@ class JobProcessor:
         except TransferCancelled:
             raise JobCancelled() from None
         self._check_cancel(run)
-        info = await self._probe(source)
+        info = await self._probe(source, payload.input_name)
         if known is None:
             await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id,
                                     payload.raw, _probe_fields(info, payload))
@@ -194,11 +196,16 @@ class JobProcessor:
                 self.metrics.observe_queue_wait(job.queue_wait_seconds)
             self.metrics.set_active(len(self.running))
 
-    async def _probe(self, path: Path) -> MediaInfo:
+    async def _probe(self, path: Path, shown_name: str) -> MediaInfo:
         try:
             return await asyncio.to_thread(probe, path)
         except NotAVideoError as exc:
-            raise UnrecoverableError(str(exc)) from None
+            # probe names the file it read, our scratch copy ("input.mp4"), which the user never
+            # saw; the reason on the job must name the file they know.
+            reason = str(exc)
+            if reason.startswith(path.name):
+                reason = shown_name + reason[len(path.name):]
+            raise UnrecoverableError(reason) from None
 
     async def _verify(self, target: Path, source: MediaInfo, config: OutputConfig) -> MediaInfo:
         """Check the output before calling the job done: readable, right streams, full length."""
@@ -240,8 +247,17 @@ class JobProcessor:
 
     async def _hand_back(self, job, token: str, payload: JobPayload) -> None:
         """Cold stop: give the job back to the queue at once, without using up an attempt."""
-        await job.moveToDelayed(int(time.time() * 1000), token)
+        # The row first: once the job is back in the queue another node may take it at once, and
+        # our "queued" must not overwrite its "active".
         await asyncio.to_thread(repo.requeue, self.db, payload.job_id, note=f"handed back by node {self.node_name}")
+        await job.moveToDelayed(int(time.time() * 1000), token)
+        # A job delayed until "now" still sits in BullMQ's delayed set until some worker happens to
+        # promote it: with no other node running it showed as "delayed", not waiting, in dashboards
+        # and in queue_jobs{state="waiting"}. Promote it so it is back in wait at once.
+        try:
+            await job.promote()
+        except Exception as exc:  # another worker promoted (and maybe took) it first: fine
+            log.debug("job %s was promoted by someone else: %s", payload.job_id, exc)
 
     # -- control ---------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:

@@ -18,10 +18,11 @@ import urllib.request
 
 import psutil
 import pytest
+import redis
 from bullmq import Queue
 
 from farm.client import Farm
-from farm.media import probe
+from farm.telemetry import NodeRegistry, NodeStatus
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 # About 8 s of HEVC work on a 2-core machine: long enough to still be running when the test acts.
@@ -35,6 +36,14 @@ def farm(local_farm):
     farm = Farm(local_farm.settings, start_embedded=False)
     yield farm
     farm.close()
+
+
+@pytest.fixture
+def registry(local_farm):
+    """The node list the CLI reads, polled directly: a CLI call per poll would be too coarse."""
+    client = redis.Redis.from_url(local_farm.redis_url, decode_responses=True)
+    yield NodeRegistry(client, local_farm.settings.queue)
+    client.close()
 
 
 @pytest.fixture
@@ -55,7 +64,15 @@ def nodes() -> dict[str, dict]:
 
 
 def node_status(name: str) -> str | None:
+    """The node's status as ``encodeflow nodes --json`` shows it."""
     return nodes().get(name, {}).get("status")
+
+
+def shows(registry: NodeRegistry, name: str, status: str, timeout: float) -> None:
+    """Wait until the node list shows ``status`` for the node, then check the CLI says so too."""
+    wait_for(lambda: (registry.node(name) or NodeStatus(name, status="unknown")).status == status,
+             timeout=timeout, interval=0.05, what=f"node {name} to show {status}")
+    assert node_status(name) == status
 
 
 def bull_job(local_farm, job_id: str) -> tuple[str, object]:
@@ -112,14 +129,14 @@ def http_get(url: str) -> tuple[int, str, str]:
 # -- signals -----------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, farm, long_clip, clip):
+def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, registry, farm, long_clip, clip):
     (node,) = local_farm(1)
     first = submit(long_clip, *LONG_JOB)
     wait_for(lambda: running(farm, first), timeout=60, what="the first job to run")
     second = submit(clip, *SHORT_JOB)  # waits behind the first: the node runs one job at a time
 
     node.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: node_status(node.name) == "draining", timeout=5, what="the node to show draining")
+    shows(registry, node.name, "draining", timeout=3)
     assert farm.show(first)["status"] == "active", "the running job must not be stopped"
 
     assert node.proc.wait(timeout=90) == 0
@@ -131,7 +148,7 @@ def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, farm, l
     assert node_status(node.name) == "offline"
 
 
-def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_farm, farm, long_clip):
+def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_farm, registry, farm, long_clip):
     (first,) = local_farm(1)
     job_id = submit(long_clip, *LONG_JOB)
     wait_for(lambda: running(farm, job_id), timeout=60, what="the job to run")
@@ -140,7 +157,7 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
     first.proc.send_signal(signal.SIGTERM)
     # The second signal after the first was seen, as an admin would send it (two signals sent at
     # once may be merged into one by the kernel).
-    wait_for(lambda: node_status(first.name) == "draining", timeout=5, what="the node to drain")
+    shows(registry, first.name, "draining", timeout=3)
     stopped_at = time.monotonic()
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(timeout=15) == 0
@@ -167,12 +184,12 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
 # -- remote control ------------------------------------------------------------------------------
 
 
-def test_pause_resume_and_drain_from_the_cli(local_farm, farm, clip, long_clip):
+def test_pause_resume_and_drain_from_the_cli(local_farm, registry, farm, clip, long_clip):
     (node,) = local_farm(1)
 
     result = run_cli("node", "pause", node.name)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: node_status(node.name) == "paused", timeout=3, what="the node to show paused")
+    shows(registry, node.name, "paused", timeout=3)
     job_id = submit(clip, *SHORT_JOB)
     assert holds(lambda: farm.show(job_id)["status"] == "queued", seconds=3), "a paused node must take no job"
     assert node_status(node.name) == "paused"
@@ -186,14 +203,14 @@ def test_pause_resume_and_drain_from_the_cli(local_farm, farm, clip, long_clip):
     wait_for(lambda: running(farm, long_id), timeout=60, what="the long job to run")
     result = run_cli("node", "drain", node.name)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: node_status(node.name) == "draining", timeout=3, what="the node to show draining")
+    shows(registry, node.name, "draining", timeout=3)
     assert node.proc.wait(timeout=90) == 0
     assert farm.show(long_id)["status"] == "completed"
     assert node_status(node.name) == "offline"
 
     # A finished drain is forgotten: the same node started again takes jobs at once.
     again = local_farm.start_named(node.name)
-    wait_for(lambda: node_status(node.name) == "idle", timeout=5, what="the restarted node to be idle")
+    shows(registry, node.name, "idle", timeout=5)
     job_id = submit(clip, *SHORT_JOB)
     wait_for(lambda: farm.show(job_id)["status"] == "completed", timeout=30, what="the restarted node to work")
     assert again.stop() == 0
@@ -210,14 +227,14 @@ def test_control_of_an_unknown_node_exits_2_with_one_line(local_farm):
     assert node_status(node.name) == "idle", "a refused command must not touch other nodes"
 
 
-def test_a_paused_node_comes_back_paused(local_farm, clip, farm):
+def test_a_paused_node_comes_back_paused(local_farm, registry, clip, farm):
     (node,) = local_farm(1)
     assert run_cli("node", "pause", node.name).returncode == 0
-    wait_for(lambda: node_status(node.name) == "paused", timeout=3, what="the node to show paused")
+    shows(registry, node.name, "paused", timeout=3)
     assert node.stop() == 0
 
     again = local_farm.start_named(node.name)
-    wait_for(lambda: node_status(node.name) == "paused", timeout=5, what="the node to come back paused")
+    shows(registry, node.name, "paused", timeout=5)
     job_id = submit(clip, *SHORT_JOB)
     assert holds(lambda: farm.show(job_id)["status"] == "queued", seconds=2)
     assert run_cli("node", "resume", node.name).returncode == 0
