@@ -131,7 +131,13 @@ class JobProcessor:
         except TransferCancelled:
             raise JobCancelled() from None
         self._check_cancel(run)
-        info = await self._probe(source, payload.input_name)
+        try:
+            info = await self._probe(source, payload.input_name)
+        except UnrecoverableError:
+            if known is None:  # a job from another producer: record it, so its failure is listed
+                await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id, payload.raw,
+                                        _unreadable_fields(source))
+            raise
         if known is None:
             await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id,
                                     payload.raw, _probe_fields(info, payload))
@@ -283,6 +289,12 @@ def _killed_by_signal(exc: FFmpegError) -> bool:
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _unreadable_fields(source: Path) -> dict:
+    """Video columns for an input that could not be probed: only its size is known."""
+    return {"size": source.stat().st_size, "duration": 0.0, "width": 0, "height": 0,
+            "video_codec": "", "container": "unreadable"}
 
 
 def _probe_fields(info: MediaInfo, payload: JobPayload) -> dict:

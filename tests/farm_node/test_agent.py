@@ -226,6 +226,22 @@ def test_an_input_that_is_not_a_video_fails_at_once_with_the_reason(settings_on_
 
 
 @pytest.mark.postgres
+def test_a_foreign_job_whose_input_is_not_a_video_is_listed_as_failed(settings_on_services, farm, start_node, tmp_path):
+    start_node()
+    text = tmp_path / "readme.mov"
+    text.write_text("plain text\n" * 20)
+    _, key = upload_input(settings_on_services, text)
+    job_id = "foreign-bad-input"
+    bull_add(settings_on_services, job_id, payload(job_id, key, text.name), attempts=3)
+
+    job = wait_for(lambda: finished(farm, job_id), timeout=30, what="the job to finish")
+    assert (job["status"], job["attempts"]) == ("failed", 1)
+    assert "readme.mov is not a video" in job["error"]
+    assert job["video"]["name"] == "readme.mov" and job["video"]["size"] == text.stat().st_size
+    assert [j["id"] for j in farm.jobs(status="failed")] == [job_id]
+
+
+@pytest.mark.postgres
 def test_a_missing_input_fails_at_once(settings_on_services, farm, start_node):
     start_node()
     job_id = str(uuid.uuid4())
