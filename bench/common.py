@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import psutil
 import redis
@@ -40,13 +40,17 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 # -- command line ------------------------------------------------------------------------------
 
-def parse_args(name: str, description: str, runs: int, runs_help: str) -> argparse.Namespace:
+def parse_args(name: str, description: str, runs: int, runs_help: str,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--runs``, ``--out`` and ``--keep``, plus what ``extra(parser)`` adds."""
     parser = argparse.ArgumentParser(prog=f"bench/{name}.py", description=description)
     parser.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help=f"where the JSON result goes (default bench/results/{name}.json)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp data dir (node log, Redis log, clips) and print where it is")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")

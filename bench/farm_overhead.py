@@ -48,7 +48,8 @@ def _epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def farm_run(farm: Farm, clip: Path) -> dict:
+def farm_run(farm: Farm, clip: Path, previous: dict | None) -> dict:
+    """One job through the farm; ``previous`` is the farm run before it (the node's last job)."""
     began_wall, began = time.time(), time.perf_counter()
     [job] = farm.submit([clip], CONFIG, submitted_by="bench")
     submitted = time.perf_counter()
@@ -60,6 +61,9 @@ def farm_run(farm: Farm, clip: Path) -> dict:
     return {
         "seconds": ended - began,
         "job_id": job["id"],
+        "finished_at_epoch_s": finished,
+        # How long the node had been idle when this submit began (its pick-up depends on it).
+        "node_idle_before_s": None if previous is None else began_wall - previous["finished_at_epoch_s"],
         "output_bytes": job["output"]["size"],
         # Where the time went, from the job's own timestamps (millisecond resolution).
         "breakdown": {
@@ -97,13 +101,16 @@ def main() -> int:
             env = environment(local.redis.url)
             try:
                 print("warm-up pair ...", flush=True)
-                warmup = {"farm": farm_run(farm, clip), "direct": direct_run(args, direct_out)}
-                runs = []
+                warmup = {"farm": farm_run(farm, clip, None), "direct": direct_run(args, direct_out)}
+                runs, last_farm = [], warmup["farm"]
                 for index in range(opts.runs):
                     order = ("farm", "direct") if index % 2 == 0 else ("direct", "farm")
                     pair = {"order": list(order)}
                     for side in order:
-                        pair[side] = farm_run(farm, clip) if side == "farm" else direct_run(args, direct_out)
+                        if side == "farm":
+                            pair["farm"] = last_farm = farm_run(farm, clip, last_farm)
+                        else:
+                            pair["direct"] = direct_run(args, direct_out)
                     runs.append(pair)
                     print(f"  run {index + 1}/{opts.runs}: farm {pair['farm']['seconds']:.2f} s, "
                           f"direct {pair['direct']['seconds']:.2f} s", flush=True)
@@ -116,6 +123,10 @@ def main() -> int:
     breakdown = {key: describe([r["farm"]["breakdown"][key] for r in runs])
                  for key in runs[0]["farm"]["breakdown"]}
     node_overhead = describe([r["farm"]["breakdown"]["node_run_s"] - direct_s["median"] for r in runs])
+    # The same ratio with each farm run's queue wait taken out: what the farm costs once a node
+    # has picked the job up, i.e. without the pick-up delay of an idle node (see dispatch_latency).
+    without_wait = describe([r["farm"]["seconds"] - r["farm"]["breakdown"]["queue_wait_s"] for r in runs])
+    ratio_without_wait = without_wait["median"] / direct_s["median"]
     result = {
         "benchmark": NAME,
         "target": {"ratio_farm_over_direct_max": TARGET_RATIO},
@@ -125,6 +136,8 @@ def main() -> int:
             "farm_seconds": farm_s,
             "direct_seconds": direct_s,
             "pairwise_ratios": [round(r["farm"]["seconds"] / r["direct"]["seconds"], 4) for r in runs],
+            "ratio_of_medians_without_queue_wait": round(ratio_without_wait, 4),
+            "farm_seconds_without_queue_wait": without_wait,
             "farm_breakdown_seconds": breakdown,
             "node_run_minus_direct_median_seconds": node_overhead,
         },
@@ -151,6 +164,8 @@ def main() -> int:
     b = {k: v["median"] for k, v in breakdown.items()}
     print(f"  farm breakdown (medians): submit {b['submit_call_s']:.2f} s, queue wait {b['queue_wait_s']:.3f} s, "
           f"node run {b['node_run_s']:.2f} s, wait notices {b['finished_to_wait_returned_s']:.3f} s")
+    waits = ", ".join(f"{r['farm']['breakdown']['queue_wait_s']:.2f}" for r in runs)
+    print(f"  queue waits per run: {waits} s; ratio with them taken out: {ratio_without_wait:.3f}")
     print(f"  wrote {shown_path(path)}")
     return 0
 

@@ -141,19 +141,28 @@ def get_video(db: Database, video_id: str) -> Video | None:
         return session.get(Video, video_id)
 
 
+# What ``list_jobs`` can sort by (the panel's sortable columns).
+ORDER_FIELDS = ("created_at", "name", "status", "progress", "finished_at")
+
+
 def list_jobs(
     db: Database, status: str | Collection[str] | None = None, text: str | None = None,
     since: datetime | None = None, until: datetime | None = None,
     limit: int = 100, offset: int = 0, newest_first: bool = True,
+    order_by: str = "created_at", descending: bool | None = None,
 ) -> list[tuple[Job, Video]]:
     """One page of ``(job, video)`` pairs, newest first unless told otherwise.
 
     ``status`` is one status or several; ``text`` matches part of the video's name or the
-    job id, ignoring case; ``since <= created_at < until``.
+    job id, ignoring case; ``since <= created_at < until``. ``order_by`` is one of
+    ``ORDER_FIELDS`` (``descending`` defaults to ``newest_first``); ties are broken by age and
+    id in the same direction, so pages never overlap. ``order_key`` sorts job dicts the same way.
     """
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must not be negative")
-    order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
+    descending = newest_first if descending is None else descending
+    columns = _order_columns(order_by, db.engine.dialect.name)
+    order = [column.desc() if descending else column.asc() for column in columns]
     query = (
         _filtered(sa.select(Job).join(Job.video), status, text, since, until)
         .options(contains_eager(Job.video))
@@ -163,6 +172,29 @@ def list_jobs(
     )
     with db.session(read_only=True) as session:
         return [(job, job.video) for job in session.scalars(query)]
+
+
+def order_key(order_by: str = "created_at"):
+    """A ``sorted`` key for ``job_to_dict`` dicts that matches ``list_jobs(order_by=...)`` ascending
+    (use ``reverse=True`` for descending), so a client can place one changed job among a page."""
+    if order_by not in ORDER_FIELDS:
+        raise ValueError(f"cannot sort jobs by {order_by!r}; choose from {', '.join(ORDER_FIELDS)}")
+
+    def key(job: Mapping[str, Any]) -> tuple:
+        if order_by == "name":
+            primary: tuple = ((job.get("video") or {}).get("name", "").lower(),)
+        elif order_by == "status":
+            primary = (_status_rank(job["status"]),)
+        elif order_by == "progress":
+            primary = (float(job.get("progress") or 0.0),)
+        elif order_by == "finished_at":
+            primary = (job.get("finished_at") is None, job.get("finished_at") or "")
+        else:
+            primary = ()
+        # ISO strings from ``isoformat`` all have one form, so they compare as the moments do.
+        return (*primary, job["created_at"] or "", job["id"])
+
+    return key
 
 
 def count_jobs(
@@ -379,6 +411,31 @@ def _filtered(query: sa.Select, status: str | Collection[str] | None, text: str 
     if until is not None:
         query = query.where(Job.created_at < until)
     return query
+
+
+def _order_columns(order_by: str, dialect: str) -> list[Any]:
+    """The ORDER BY columns for ``list_jobs``, all to be sorted in one direction."""
+    if order_by not in ORDER_FIELDS:
+        raise ValueError(f"cannot sort jobs by {order_by!r}; choose from {', '.join(ORDER_FIELDS)}")
+    tie_break = [Job.created_at, Job.id]
+    if order_by == "name":
+        name = sa.func.lower(Video.name)
+        # Code-point order on both backends (and in ``order_key``), whatever the server's locale.
+        return [name.collate("C") if dialect == "postgresql" else name, *tie_break]
+    if order_by == "status":  # the job's life order, not the alphabet
+        rank = sa.case({status: i for i, status in enumerate(STATUSES)}, value=Job.status, else_=len(STATUSES))
+        return [rank, *tie_break]
+    if order_by == "progress":
+        return [Job.progress, *tie_break]
+    if order_by == "finished_at":
+        # Unfinished jobs sort after finished ones (before them, descending) on every backend.
+        unfinished = sa.case((Job.finished_at.is_(None), 1), else_=0)
+        return [unfinished, Job.finished_at, *tie_break]
+    return tie_break
+
+
+def _status_rank(status: str) -> int:
+    return STATUSES.index(status) if status in STATUSES else len(STATUSES)
 
 
 def _payload_input(payload: Mapping[str, Any]) -> tuple[str, str]:

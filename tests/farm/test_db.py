@@ -183,6 +183,62 @@ def test_list_jobs_pages_filters_and_counts(db):
         "completed": 0, "failed": 0, "cancelled": 0}
 
 
+@pytest.mark.parametrize("order_by", repo.ORDER_FIELDS)
+def test_list_jobs_sorts_by_each_field_both_ways_and_order_key_agrees(db, order_by):
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    names = ["delta.mp4", "Alpha.mov", "charlie.mp4", "bravo.mkv", "alpha.mov", "Echo.mp4"]
+    jobs = [add_job(db, name) for name in names]
+    for i, job in enumerate(jobs):
+        set_created_at(db, job.id, base + timedelta(minutes=i))
+    repo.mark_active(db, jobs[0].id, "node-a", 1)
+    repo.update_progress(db, jobs[0].id, 40)
+    repo.mark_active(db, jobs[1].id, "node-a", 1)
+    repo.finish_job(db, jobs[1].id, "completed", attempt=1)
+    repo.mark_active(db, jobs[2].id, "node-a", 1)
+    repo.update_progress(db, jobs[2].id, 40)  # ties with jobs[0]: broken by age
+    repo.finish_job(db, jobs[2].id, "failed", attempt=1, error="boom")
+    repo.mark_cancelled(db, jobs[3].id, "cancelled by user")
+
+    ascending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=False)]
+    descending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=True)]
+    assert [j["id"] for j in descending] == [j["id"] for j in reversed(ascending)]
+    key = repo.order_key(order_by)
+    assert [j["id"] for j in sorted(descending, key=key)] == [j["id"] for j in ascending]
+    paged = [j.id for offset in (0, 2, 4) for j, _ in repo.list_jobs(db, order_by=order_by, descending=False,
+                                                                        limit=2, offset=offset)]
+    assert paged == [j["id"] for j in ascending]
+
+    expected_first = {
+        "created_at": "delta.mp4",
+        "name": "Alpha.mov",  # case-insensitive, then the older of the two "alpha"s
+        "progress": "bravo.mkv",  # 0 % (the cancelled one is the oldest of those at 0)
+        "finished_at": "Alpha.mov",  # finished first; the unfinished ones come last
+    }
+    if order_by == "status":  # the job's life order, not the alphabet
+        assert [j["status"] for j in ascending] == ["queued", "queued", "active", "completed", "failed", "cancelled"]
+    else:
+        assert ascending[0]["video"]["name"] == expected_first[order_by]
+    if order_by == "finished_at":
+        assert [j["finished_at"] is None for j in ascending] == [False, False, False, True, True, True]
+    if order_by == "name":
+        assert [j["video"]["name"] for j in ascending] == [
+            "Alpha.mov", "alpha.mov", "bravo.mkv", "charlie.mp4", "delta.mp4", "Echo.mp4"]
+
+
+def test_list_jobs_default_order_is_unchanged_and_unknown_fields_are_refused(db):
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    jobs = [add_job(db, f"{i}.mp4") for i in range(3)]
+    for i, job in enumerate(jobs):
+        set_created_at(db, job.id, base + timedelta(minutes=i))
+    assert [j.id for j, _ in repo.list_jobs(db)] == [j.id for j in reversed(jobs)]
+    assert [j.id for j, _ in repo.list_jobs(db, newest_first=False)] == [j.id for j in jobs]
+    assert [j.id for j, _ in repo.list_jobs(db, order_by="created_at", descending=False)] == [j.id for j in jobs]
+    with pytest.raises(ValueError, match="cannot sort jobs by 'size'"):
+        repo.list_jobs(db, order_by="size")
+    with pytest.raises(ValueError, match="cannot sort jobs by"):
+        repo.order_key("size")
+
+
 def test_listing_stays_fast_with_many_jobs(db):
     video = add_job(db).video
     now = datetime.now(timezone.utc)

@@ -1,0 +1,2 @@
+"""The PySide6 control panel. Widgets take the services they use in their constructor; every
+network, database and storage call goes through ``app.runner.BackgroundRunner``."""

@@ -1,0 +1,160 @@
+"""Metrics: the whole fleet's CPU and memory (one curve per node), queue depth, and jobs per minute.
+
+Everything is live from the hub: node samples (``samples_added``), queue counts
+(``counts_updated``, once a second) and job events (``job_event``: completed and failed, counted
+per minute by ``farm.rates.MinuteRates``). When the page is first shown it also loads the nodes'
+stored samples (the last 10 minutes) through the runner, so the charts do not start empty.
+"""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from app.hub import FarmHub
+from app.runner import BackgroundRunner
+from app.services import AppServices
+from app.widgets.live_chart import LiveChart
+from farm.rates import MINUTE, MinuteRates, minute_start, stream_id_time
+from farm.telemetry import MAX_SAMPLES
+
+RATE_WINDOW_MINUTES = 60
+QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))
+RATE_SERIES = (("completed", "Completed", "#2e9e5b"), ("failed", "Failed", "#d62728"))
+
+
+def load_fleet_samples(services: AppServices) -> dict[str, list[dict]]:
+    """Every known node's stored samples, oldest first (blocking: run it through the runner)."""
+    registry = services.registry()
+    try:
+        return {node.name: registry.samples(node.name) for node in registry.nodes()}
+    finally:
+        registry.redis.close()
+
+
+class MetricsPage(QWidget):
+    title = "Metrics"
+
+    def __init__(self, services: AppServices, runner: BackgroundRunner, hub: FarmHub, parent=None):
+        super().__init__(parent)
+        self.services, self.runner, self.hub = services, runner, hub
+        self.setObjectName("page")
+        self.rates = MinuteRates(("completed", "failed"), RATE_WINDOW_MINUTES)
+        self._history = "not loaded"  # "loading", "loaded"
+        self._rate_minute = 0.0
+
+        heading = QLabel(self.title)
+        heading.setObjectName("pageTitle")
+        self.summary = QLabel("Waiting for the farm's first report…")
+        self.summary.setObjectName("statLabel")
+        top = QHBoxLayout()
+        top.addWidget(heading)
+        top.addSpacing(12)
+        top.addWidget(self.summary, 1)
+        self.error = QLabel()
+        self.error.setObjectName("notice")
+        self.error.setWordWrap(True)
+        self.error.hide()
+
+        self.cpu_chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES)
+        self.mem_chart = LiveChart("Memory in use per node (% of the machine)", "%", y_range=(0, 100),
+                                   capacity=MAX_SAMPLES)
+        self.queue_chart = LiveChart("Queue depth (jobs)", "jobs", y_range=None, capacity=MAX_SAMPLES)
+        self.rate_chart = LiveChart("Jobs finished per minute (last hour)", "jobs / min", y_range=None,
+                                    window_s=RATE_WINDOW_MINUTES * MINUTE, capacity=RATE_WINDOW_MINUTES + 1)
+        for key, label, color in QUEUE_SERIES:
+            self.queue_chart.add_series(key, label, color)
+        for key, label, color in RATE_SERIES:
+            self.rate_chart.add_series(key, label, color, step=True, fill=True)
+        self._update_rates()
+
+        grid = QGridLayout()
+        grid.setSpacing(12)
+        for index, chart in enumerate((self.cpu_chart, self.mem_chart, self.queue_chart, self.rate_chart)):
+            chart.setMinimumSize(320, 200)
+            grid.addWidget(chart, index // 2, index % 2)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.addLayout(top)
+        layout.addWidget(self.error)
+        layout.addLayout(grid, 1)
+
+        hub.samples_added.connect(self.add_samples)
+        hub.counts_updated.connect(self.add_counts)
+        hub.job_event.connect(self.add_job_event)
+
+    # -- the page contract ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Load the nodes' stored samples once (again after a failure)."""
+        if self._history != "not loaded":
+            return
+        self._history = "loading"
+        self.runner.run(lambda: load_fleet_samples(self.services), self._history_loaded, self._history_failed)
+
+    # -- feeding -------------------------------------------------------------------------------------
+    def add_samples(self, fresh: dict) -> None:
+        """``{node: [{"t", "cpu", "mem"}, ...]}``, oldest first."""
+        for node, samples in sorted(fresh.items()):
+            self._ensure_node(node)
+            for sample in samples:
+                t = sample.get("t")
+                if t is not None:
+                    self.cpu_chart.append(node, t, float(sample.get("cpu", 0.0)))
+                    self.mem_chart.append(node, t, float(sample.get("mem", 0.0)) * 100)
+
+    def add_counts(self, counts: dict) -> None:
+        now = time.time()
+        for key, _, _ in QUEUE_SERIES:
+            self.queue_chart.append(key, now, counts.get(key, 0))
+        if minute_start(now) != self._rate_minute:  # the hour window moved on
+            self._update_rates(now)
+        self._show_summary(counts)
+
+    def add_job_event(self, event) -> None:
+        if event.event in ("completed", "failed"):
+            if self.rates.add(event.event, stream_id_time(event.stream_id, time.time())):
+                self._update_rates()
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _ensure_node(self, node: str) -> None:
+        # Both charts get the node at the same time, so it has the same colour in each.
+        if not self.cpu_chart.has_series(node):
+            self.cpu_chart.add_series(node, node)
+            self.mem_chart.add_series(node, node)
+
+    def _update_rates(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._rate_minute = minute_start(now)
+        starts, counts = self.rates.series(now)
+        # One more point at the end of this minute, so the current minute's step has its width.
+        times = starts + [starts[-1] + MINUTE]
+        for key, _, _ in RATE_SERIES:
+            self.rate_chart.set_data(key, times, counts[key] + counts[key][-1:])
+
+    def _show_summary(self, counts: dict) -> None:
+        nodes = self.hub.nodes
+        online = sum(1 for n in nodes if n.online)
+        self.summary.setText(
+            f"{online} of {len(nodes)} node{'s' if len(nodes) != 1 else ''} online · "
+            f"{counts.get('waiting', 0)} waiting, {counts.get('active', 0)} running · last hour: "
+            f"{self.rates.total('completed')} completed, {self.rates.total('failed')} failed")
+
+    def _history_loaded(self, history: dict[str, list[dict]]) -> None:
+        self._history = "loaded"
+        self.error.hide()
+        for node, samples in sorted(history.items()):
+            samples = [s for s in samples if s.get("t") is not None]
+            if not samples:
+                continue
+            self._ensure_node(node)
+            times = [s["t"] for s in samples]
+            self.cpu_chart.merge(node, times, [float(s.get("cpu", 0.0)) for s in samples])
+            self.mem_chart.merge(node, times, [float(s.get("mem", 0.0)) * 100 for s in samples])
+
+    def _history_failed(self, exc: Exception) -> None:
+        self._history = "not loaded"  # the next visit tries again
+        self.error.setText(f"Could not load the nodes' last 10 minutes from Redis ({exc}). The charts fill "
+                           "from now on; check the Redis connection in the status bar.")
+        self.error.show()

@@ -1,0 +1,271 @@
+"""Live time-series charts: a fixed-size ring buffer per series, drawn by one pyqtgraph plot.
+
+The habits of pyqtgraph's own examples: each curve is created once, when its series first
+appears; new points go into a :class:`RingBuffer`; a ``QTimer`` tick (500 ms) pushes the series
+that changed to their curves with ``setData`` and slides the time window. The tick never does I/O
+and skips its work while the chart is hidden (what changed meanwhile is drawn when it is shown).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+# Distinct on light and dark backgrounds, in the order series appear.
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                 "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+
+class RingBuffer:
+    """The last ``capacity`` (time, value) points, oldest first, in two preallocated numpy arrays."""
+
+    def __init__(self, capacity: int = 600):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._t = np.zeros(capacity, dtype=float)
+        self._v = np.zeros(capacity, dtype=float)
+        self._start = 0  # index of the oldest point
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def last_time(self) -> float | None:
+        if not self._size:
+            return None
+        return float(self._t[(self._start + self._size - 1) % self.capacity])
+
+    @property
+    def oldest_time(self) -> float | None:
+        return float(self._t[self._start]) if self._size else None
+
+    def append(self, t: float, value: float) -> None:
+        if self._size < self.capacity:
+            end = (self._start + self._size) % self.capacity
+            self._size += 1
+        else:  # full: the newest point takes the oldest one's place
+            end = self._start
+            self._start = (self._start + 1) % self.capacity
+        self._t[end] = t
+        self._v[end] = value
+
+    def extend(self, times: Iterable[float], values: Iterable[float]) -> None:
+        for t, value in zip(times, values):
+            self.append(t, value)
+
+    def replace(self, times: Sequence[float], values: Sequence[float]) -> None:
+        """Hold exactly the last ``capacity`` of these points."""
+        times = np.asarray(times, dtype=float)[-self.capacity:]
+        values = np.asarray(values, dtype=float)[-self.capacity:]
+        n = len(times)
+        self._t[:n], self._v[:n] = times, values
+        self._start, self._size = 0, n
+
+    def clear(self) -> None:
+        self._start = self._size = 0
+
+    def _order(self) -> np.ndarray:
+        return (self._start + np.arange(self._size)) % self.capacity
+
+    def times(self) -> np.ndarray:
+        return self._t[self._order()]
+
+    def values(self) -> np.ndarray:
+        return self._v[self._order()]
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (times, values), oldest first."""
+        order = self._order()
+        return self._t[order], self._v[order]
+
+
+class ClockAxis(pg.AxisItem):
+    """A time axis for epoch seconds: clock-time labels (``14:05``, or ``14:05:30`` when zoomed
+    in) at a round step that leaves about 90 pixels between labels."""
+
+    STEPS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600)
+
+    def tickValues(self, minVal, maxVal, size):
+        if maxVal <= minVal or size <= 0:
+            return []
+        wanted = max(2, int(size / 90))
+        step = next((s for s in self.STEPS if (maxVal - minVal) / s <= wanted), self.STEPS[-1])
+        first = math.ceil(minVal / step) * step
+        return [(step, list(np.arange(first, maxVal + 1e-9, step)))]
+
+    def tickStrings(self, values, scale, spacing):
+        fmt = "%H:%M:%S" if spacing < 60 else "%H:%M"
+        return [time.strftime(fmt, time.localtime(v)) for v in values]
+
+
+class LiveChart(QWidget):
+    """One plot of several live series against clock time, the last ``window_s`` seconds.
+
+    ``y_range`` fixes the y axis (``(0, 100)`` for percentages); ``None`` scales it to the data
+    (never below zero). Series are added with :meth:`add_series` (or on their first point) and
+    fed with :meth:`append`, :meth:`merge` (history, in any order) or :meth:`set_data`.
+    """
+
+    def __init__(self, title: str = "", y_label: str = "", *, y_range: tuple[float, float] | None = (0, 100),
+                 window_s: float = 600.0, min_span_s: float = 60.0, capacity: int = 600,
+                 interval_ms: int = 500, parent=None):
+        super().__init__(parent)
+        self.window_s = window_s
+        self.min_span_s = min(min_span_s, window_s)
+        self.capacity = capacity
+        self._buffers: dict[str, RingBuffer] = {}
+        self._curves: dict[str, pg.PlotDataItem] = {}
+        self._labels: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._legend: pg.LegendItem | None = None
+
+        palette = self.palette()
+        background = palette.color(QPalette.ColorRole.Base)
+        foreground = palette.color(QPalette.ColorRole.Text)
+        self.plot = pg.PlotWidget(background=background,
+                                  axisItems={"bottom": ClockAxis(orientation="bottom")})
+        item = self.plot.getPlotItem()
+        if title:
+            item.setTitle(title, color=foreground.name(), size="10pt")
+        for side in ("left", "bottom"):
+            axis = item.getAxis(side)
+            axis.setPen(foreground)
+            axis.setTextPen(foreground)
+        if y_label:
+            item.setLabel("left", y_label, color=foreground.name())
+        item.showGrid(x=True, y=True, alpha=0.25)
+        item.setDownsampling(mode="peak")
+        item.setClipToView(True)
+        item.setMouseEnabled(x=False, y=False)  # a monitor follows the clock; panning would fight it
+        item.setMenuEnabled(False)
+        item.hideButtons()
+        if y_range is not None:
+            item.setYRange(*y_range, padding=0.05)
+            item.enableAutoRange(y=False)
+        else:
+            item.enableAutoRange(y=True)
+            item.setAutoVisible(y=True)
+            item.getViewBox().setLimits(yMin=0)
+        self._slide_window()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    # -- series -------------------------------------------------------------------------------
+    def add_series(self, key: str, label: str | None = None, color: str | None = None, *,
+                   step: bool = False, fill: bool = False) -> pg.PlotDataItem:
+        """Create the series' curve (once; later calls return the same curve)."""
+        if key in self._curves:
+            return self._curves[key]
+        color = QColor(color or SERIES_COLORS[len(self._curves) % len(SERIES_COLORS)])
+        options = {"pen": pg.mkPen(color, width=2)}
+        if step:
+            options["stepMode"] = "left"
+        if fill:
+            shade = QColor(color)
+            shade.setAlpha(70)
+            options.update(fillLevel=0, brush=shade)
+        curve = self.plot.getPlotItem().plot([], [], **options)
+        self._curves[key] = curve
+        self._buffers[key] = RingBuffer(self.capacity)
+        self._labels[key] = label or key
+        self._update_legend(key)
+        return curve
+
+    def has_series(self, key: str) -> bool:
+        return key in self._curves
+
+    def series_keys(self) -> list[str]:
+        return list(self._curves)
+
+    def curve(self, key: str) -> pg.PlotDataItem:
+        return self._curves[key]
+
+    def buffer(self, key: str) -> RingBuffer:
+        return self._buffers[key]
+
+    # -- data ---------------------------------------------------------------------------------
+    def append(self, key: str, t: float, value: float) -> bool:
+        """Add one point; a point not newer than the series' last one is ignored (returns False)."""
+        self.add_series(key)
+        buffer = self._buffers[key]
+        last = buffer.last_time
+        if last is not None and t <= last:
+            return False
+        buffer.append(t, value)
+        self._dirty.add(key)
+        return True
+
+    def merge(self, key: str, times: Sequence[float], values: Sequence[float]) -> None:
+        """Add points in any order (history loaded after live points arrived); duplicates dropped."""
+        self.add_series(key)
+        buffer = self._buffers[key]
+        old_t, old_v = buffer.data()
+        t = np.concatenate([old_t, np.asarray(times, dtype=float)])
+        v = np.concatenate([old_v, np.asarray(values, dtype=float)])
+        t, first = np.unique(t, return_index=True)  # sorted; keeps the first of equal times
+        buffer.replace(t, v[first])
+        self._dirty.add(key)
+
+    def set_data(self, key: str, times: Sequence[float], values: Sequence[float]) -> None:
+        """Replace the whole series (a series computed elsewhere, like counts per minute)."""
+        self.add_series(key)
+        self._buffers[key].replace(times, values)
+        self._dirty.add(key)
+
+    def flush(self) -> None:
+        """Push the changed series to their curves now (the tick does this while visible)."""
+        for key in self._dirty:
+            self._curves[key].setData(*self._buffers[key].data())
+        self._dirty.clear()
+        self._slide_window()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self.isVisible():
+            self.flush()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self.flush()
+
+    def _slide_window(self) -> None:
+        # The right edge is now, or the newest point if a node's clock runs ahead of ours. The left
+        # edge is the oldest point (at least ``min_span_s`` back, at most ``window_s``), so that a
+        # chart with a minute of data shows that minute across its width, not a sliver at the edge.
+        right = time.time()
+        oldest = None
+        for buffer in self._buffers.values():
+            if len(buffer):
+                first, last = buffer.oldest_time, buffer.last_time
+                right = max(right, last)
+                oldest = first if oldest is None else min(oldest, first)
+        span = self.window_s if oldest is None else min(self.window_s, max(self.min_span_s, right - oldest))
+        self.plot.getPlotItem().setXRange(right - span, right, padding=0)
+
+    def _update_legend(self, key: str) -> None:
+        if len(self._curves) < 2:
+            return
+        if self._legend is None:
+            self._legend = self.plot.getPlotItem().addLegend(offset=(8, 8), labelTextSize="8pt")
+            self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
+            for existing in self._curves:
+                if existing != key:
+                    self._legend.addItem(self._curves[existing], self._labels[existing])
+        self._legend.addItem(self._curves[key], self._labels[key])
+        self._legend.setColumnCount(max(1, math.ceil(len(self._curves) / 8)))

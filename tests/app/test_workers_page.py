@@ -1,0 +1,133 @@
+"""The Workers page on a real local farm: the node's card and row, a running job, the live chart,
+pause / resume / drain, and the card turning offline when the node stops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from app.models.nodes_model import COLUMN
+from app.pages.workers_page import WorkersPage
+from farm.jobspec import OutputConfig
+
+NODE = "test-node-1"
+STYLE = Path(__file__).resolve().parents[2] / "resources" / "style.qss"
+
+
+def screenshot(widget, path: Path) -> None:
+    """What a user sees, with the app's stylesheet (the window applies it app-wide)."""
+    app = QApplication.instance()
+    app.setStyleSheet(STYLE.read_text() if STYLE.exists() else "")
+    try:
+        app.processEvents()
+        widget.grab().save(str(path))
+    finally:
+        app.setStyleSheet("")
+
+
+def points(curve) -> int:
+    x, _ = curve.getData()
+    return 0 if x is None else len(x)
+
+
+def cell(page: WorkersPage, column: str) -> str:
+    row = page.model.row_of(NODE)
+    return page.model.index(row, COLUMN[column]).data()
+
+
+def answer_next_dialog(button_text: str) -> None:
+    """Click ``button_text`` in the modal dialog about to open."""
+    def click():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, click)
+            return
+        next(b for b in box.buttons() if b.text() == button_text).click()
+    QTimer.singleShot(20, click)
+
+
+def test_workers_page_follows_the_local_node(local_node, services, runner, hub, qtbot, make_clip, tmp_path):
+    page = WorkersPage(services, runner, hub)
+    qtbot.addWidget(page)
+    page.resize(1100, 700)
+    page.show()
+    qtbot.waitExposed(page)
+
+    qtbot.waitUntil(lambda: NODE in page.cards and page.cards[NODE].status == "idle", timeout=30_000)
+    card = page.cards[NODE]
+    assert card.name_label.text() == NODE
+    assert card.badge.text() == "idle"
+    assert "libx264" in card.encoders.text()
+    host = page.model.node_named(NODE).host
+    assert card.meta.text().startswith(host)
+    assert card.last_seen.text().startswith("Last seen")
+    assert page.model.rowCount() == 1 and cell(page, "status") == "idle" and cell(page, "name") == NODE
+    assert page.summary.text() == "1 node: 1 idle"
+
+    # A job on an 8 s 720p clip: the card shows it running, and the node's chart grows meanwhile.
+    with qtbot.waitSignal(page.detail_opened, timeout=2000) as opened:
+        qtbot.mouseClick(card, Qt.MouseButton.LeftButton)
+    detail = opened.args[0]
+    assert page.open_detail(NODE) is detail, "a second click brings the same window forward"
+    clip = make_clip(1280, 720, 8.0, name="interview_720p.mp4")
+    services.farm.submit([clip], OutputConfig(resolution="720p", format="hevc"))
+    qtbot.waitUntil(lambda: card.status == "busy" and card.job_rows()
+                    and card.job_rows()[0][1] > 0, timeout=30_000)
+    assert card.job_rows()[0][0] == "interview_720p.mp4"
+    assert "interview_720p.mp4" in cell(page, "jobs")
+    screenshot(page, tmp_path / "workers_busy.png")
+    qtbot.waitUntil(lambda: detail.sample_count() >= 2, timeout=10_000)
+    seen, drawn = detail.sample_count(), points(detail.cpu_chart.curve("cpu"))
+    qtbot.waitUntil(lambda: detail.sample_count() >= seen + 2 and points(detail.cpu_chart.curve("cpu")) > drawn
+                    and points(detail.mem_chart.curve("mem")) > drawn, timeout=10_000)
+    detail.resize(900, 620)
+    screenshot(detail, tmp_path / "worker_detail.png")
+    detail.close()
+    qtbot.waitUntil(lambda: NODE not in page.details, timeout=2000)
+
+    # Pause from the card; resume from the table's context menu.
+    qtbot.mouseClick(card.buttons["pause"], Qt.MouseButton.LeftButton)
+    assert card.note.text() == "Pause requested…"
+    qtbot.waitUntil(lambda: card.status == "paused" and cell(page, "status") == "paused", timeout=10_000)
+    assert card.note.isHidden() and not card.buttons["pause"].isEnabled() and card.buttons["run"].isEnabled()
+    page.set_view("table")
+    menu = page.table_menu(0)
+    resume = next(a for a in menu.actions() if a.text() == "Resume")
+    assert resume.isEnabled() and not next(a for a in menu.actions() if a.text() == "Pause").isEnabled()
+    resume.trigger()
+    qtbot.waitUntil(lambda: card.status in ("idle", "busy"), timeout=10_000)
+    screenshot(page, tmp_path / "workers_table.png")
+    page.set_view("cards")
+
+    # Drain asks first; "Cancel" sends nothing.
+    answer_next_dialog("Cancel")
+    qtbot.mouseClick(card.buttons["drain"], Qt.MouseButton.LeftButton)
+    assert card.note.isHidden() and NODE not in page._pending
+    qtbot.waitUntil(lambda: card.status == "idle", timeout=30_000)  # the job finished
+    assert page.cards[NODE].status == "idle"
+
+    # The node stops: its card turns offline, greyed, with its actions limited.
+    local_node.stop(drain_timeout=20)
+    qtbot.waitUntil(lambda: card.status == "offline", timeout=15_000)
+    assert card.badge.text() == "offline" and "no heartbeat" in card.last_seen.text()
+    assert "dashed" in card.styleSheet(), "an offline card is greyed out"
+    assert not card.buttons["drain"].isEnabled()
+    assert host and card.meta.text().startswith(host), "an offline card still says which machine it is"
+    assert "libx264" in card.encoders.text()
+    assert cell(page, "status") == "offline" and cell(page, "cpu") == "–"
+    assert page.summary.text() == "1 node: 1 offline"
+    assert page.cards[NODE] is card, "cards are updated in place, never rebuilt"
+    screenshot(page, tmp_path / "workers_offline.png")
+    print(tmp_path)
+
+
+def test_a_failed_action_is_shown_with_its_reason(services, runner, hub, qtbot):
+    page = WorkersPage(services, runner, hub)
+    qtbot.addWidget(page)
+    page.request_state("no-such-node", "pause")
+    qtbot.waitUntil(lambda: page.error.isVisibleTo(page), timeout=10_000)
+    assert "Could not pause no-such-node" in page.error.text()
+    assert "no node named 'no-such-node'" in page.error.text()
+    assert page.empty.isVisibleTo(page) and page.summary.text() == "no nodes"
