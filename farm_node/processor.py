@@ -150,6 +150,8 @@ class JobProcessor:
 
         async def on_progress(percent: float) -> None:
             nonlocal last_write
+            if run.cancel.is_set():  # a killed FFmpeg still prints "progress=end": not a 100 %
+                return
             run.progress = percent
             now = time.monotonic()
             if now - last_write >= PROGRESS_INTERVAL_S or percent >= 100:

@@ -286,7 +286,8 @@ class JobsModel(QAbstractTableModel):
         if column == COL_STATUS:
             return job["status"]
         if column == COL_PROGRESS:
-            return "" if job["status"] == "queued" and not job.get("progress") else f"{float(job.get('progress') or 0):.0f}%"
+            value = float(job.get("progress") or 0)
+            return "" if job["status"] == "queued" and not value else f"{value:.0f}%"
         if column == COL_FORMAT:
             return format_config(job.get("config"))
         if column == COL_NODE:

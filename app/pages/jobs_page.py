@@ -22,9 +22,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame
                                QWidget)
 
 from app.dialogs.job_details import JobDetailsDialog
-from app.models.jobs_model import (BAR_ENABLED_ROLE, COL_CREATED, COL_ERROR, COL_FILE, COL_FINISHED, COL_FORMAT, COL_JOB, COL_NODE,
-                                   COL_PROGRESS, COL_STATUS, PROGRESS_ROLE, SORT_FIELDS, JobQuery, JobsModel,
-                                   short_id)
+from app.models.jobs_model import (BAR_ENABLED_ROLE, COL_CREATED, COL_FILE, COL_FINISHED, COL_FORMAT, COL_JOB,
+                                   COL_NODE, COL_PROGRESS, COL_STATUS, PROGRESS_ROLE, SORT_FIELDS, JobQuery,
+                                   JobsModel, short_id)
 from app.widgets.progress_delegate import ProgressDelegate
 from farm.db import repo
 
@@ -99,6 +99,7 @@ class JobsPage(QWidget):
         self._pending_ids: set[str] = set()  # jobs to re-read at the next refetch tick
         self._refetching = False
         self._touched_while_loading: dict[str, float | None] = {}  # id -> latest progress seen
+        self._probed: set[str] = set()  # running jobs without a row, read once per load to place them
         self._wanted: str | None = None  # select_job's target, until it is loaded and selected
         self.details_dialog: JobDetailsDialog | None = None
         self.context_menu: QMenu | None = None
@@ -281,6 +282,7 @@ class JobsPage(QWidget):
         generation = self.model.begin_load(query)
         self._loading = True
         self._touched_while_loading = {}
+        self._probed = set()
         if self.model.rowCount() == 0:
             self.table.placeholder = "Loading jobs…"
             self.table.viewport().update()
@@ -382,7 +384,13 @@ class JobsPage(QWidget):
                 return
             if self._loading:
                 self._touched_while_loading[job_id] = percent
-            if self.model.set_progress(job_id, percent):
+            if self.model.row_of(job_id) is None:
+                # Its "active" may have been read before the node recorded it; read it once more,
+                # so that a running job missing from an "active" filter shows up.
+                if job_id not in self._probed and self.model.query.status in (None, "active"):
+                    self._probed.add(job_id)
+                    self._schedule_refetch(job_id)
+            elif self.model.set_progress(job_id, percent):
                 self._schedule_refetch(job_id)  # it started: read its node too
         elif event.event in STATE_EVENTS:
             if self._loading:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QModelIndex, QSize, Qt
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (QApplication, QStyle, QStyledItemDelegate, QStyleOptionProgressBar,
                                QStyleOptionViewItem)
 
 
 class ProgressDelegate(QStyledItemDelegate):
     """Paints ``index.data(role)`` (0-100, or None for no bar) with the style's own progress bar;
-    where ``index.data(enabled_role)`` is False the bar is drawn disabled (greyed)."""
+    where ``index.data(enabled_role)`` is False the bar is drawn grey (a run that did not succeed)."""
 
     def __init__(self, role: int, parent=None, *, enabled_role: int | None = None, margin: int = 3):
         super().__init__(parent)
@@ -32,13 +33,14 @@ class ProgressDelegate(QStyledItemDelegate):
         value = min(100.0, max(0.0, float(value)))
         bar = QStyleOptionProgressBar()
         bar.rect = option.rect.adjusted(self.margin + 1, self.margin, -self.margin - 1, -self.margin)
-        enabled = option.state & QStyle.StateFlag.State_Enabled
+        bar.palette = QPalette(option.palette)
         if self.enabled_role is not None and index.data(self.enabled_role) is False:
-            enabled = QStyle.StateFlag.State_None
-        bar.state = enabled | QStyle.StateFlag.State_Horizontal
+            # Greyed, but with dark text: the style's disabled colours are too faint to read.
+            bar.palette.setColor(QPalette.ColorRole.Highlight, QColor("#c4c8cf"))
+            bar.palette.setColor(QPalette.ColorRole.HighlightedText, QColor("#1f2430"))
+        bar.state = (option.state & QStyle.StateFlag.State_Enabled) | QStyle.StateFlag.State_Horizontal
         bar.direction = option.direction
         bar.fontMetrics = option.fontMetrics
-        bar.palette = option.palette
         bar.minimum, bar.maximum = 0, 1000
         bar.progress = round(value * 10)
         bar.text = f"{value:.0f}%"

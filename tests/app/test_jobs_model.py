@@ -165,7 +165,8 @@ def test_what_the_cells_say(qapp):
     assert model.index(0, COL_ERROR).data() == "the input is not a video"
     assert model.index(0, COL_CREATED).data() == format_time(job["created_at"])
     assert model.index(0, COL_STATUS).data(Qt.ItemDataRole.ForegroundRole).color().name() == STATUS_COLOURS["failed"][0]
-    assert model.index(1, COL_STATUS).data(Qt.ItemDataRole.BackgroundRole).color().name() == STATUS_COLOURS["completed"][1]
+    background = model.index(1, COL_STATUS).data(Qt.ItemDataRole.BackgroundRole)
+    assert background.color().name() == STATUS_COLOURS["completed"][1]
     assert model.index(2, COL_STATUS).data(Qt.ItemDataRole.BackgroundRole) is None  # queued: plain
     now = datetime(2024, 5, 1, 18, 0, tzinfo=timezone.utc).astimezone()
     assert len(format_time(isoformat(now), now=now)) == 8  # today: the time only

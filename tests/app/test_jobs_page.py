@@ -86,8 +86,8 @@ def test_a_running_job_moves_its_bar_from_events_and_its_output_can_be_opened(
     wait_for_event_stream(qtbot, hub)
     resets = count_resets(page)
     seen = []
-    page.model.dataChanged.connect(
-        lambda tl, br, roles=(): seen.append(tl.data(PROGRESS_ROLE)) if tl.column() == br.column() == COL_PROGRESS else None)
+    page.model.dataChanged.connect(lambda tl, br, roles=(): seen.append(tl.data(PROGRESS_ROLE))
+                                   if tl.column() == br.column() == COL_PROGRESS else None)
 
     job = services.farm.submit([make_clip(1280, 720, 15.0)], OutputConfig(resolution="360p"))[0]
     qtbot.waitUntil(lambda: status(page, job["id"]) is not None, timeout=10_000)
@@ -167,7 +167,8 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
     db = services.farm.db
     failed = jobs["drone.mp4"]
     repo.mark_active(db, failed["id"], "node-x", 1)
-    repo.finish_job(db, failed["id"], "failed", attempt=1, error="FFmpeg failed: Invalid data found when processing input\nsecond line",
+    error = "FFmpeg failed: Invalid data found when processing input\nsecond line"
+    repo.finish_job(db, failed["id"], "failed", attempt=1, error=error,
                     log_tail="frame=  1 fps=0.0\n[h264] error while decoding MB 3 4\nInvalid data found")
     repo.mark_active(db, jobs["B-roll_1.mp4"]["id"], "node-x", 1)
     repo.update_progress(db, jobs["B-roll_1.mp4"]["id"], 37)
@@ -255,9 +256,10 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
     page.act_details.trigger()
     qtbot.waitUntil(lambda: page.details_dialog is not None and page.details_dialog.isVisible(), timeout=5_000)
     dialog = page.details_dialog
-    assert dialog.error_text.toPlainText() == "FFmpeg failed: Invalid data found when processing input\nsecond line"
+    assert dialog.error_text.toPlainText() == error
     assert "error while decoding MB 3 4" in dialog.log_text.toPlainText()
-    assert dialog.log_text.isReadOnly() and dialog.log_text.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse
+    assert dialog.log_text.isReadOnly()
+    assert dialog.log_text.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse
     dialog.copy_all()
     assert failed["id"] in QGuiApplication.clipboard().text()
     dialog.grab().save(str(tmp_path / "details.png"))
