@@ -48,6 +48,7 @@ class MetricsPage(QWidget):
         heading.setObjectName("pageTitle")
         self.summary = QLabel("Waiting for the farm's first report…")
         self.summary.setObjectName("statLabel")
+        self.summary.setToolTip("Jobs finished are counted from the job events seen since this window opened.")
         top = QHBoxLayout()
         top.addWidget(heading)
         top.addSpacing(12)

@@ -126,6 +126,7 @@ class WorkersPage(QWidget):
         self.empty.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.card_grid = _CardGrid()
         card_page = QWidget()
+        card_page.setObjectName("cardPage")
         card_layout = QVBoxLayout(card_page)
         card_layout.setContentsMargins(0, 0, 0, 0)
         card_layout.addWidget(self.empty)
@@ -135,6 +136,9 @@ class WorkersPage(QWidget):
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         self.scroll.setWidget(card_page)
+        # The cards sit on the page's own background, not on a box of another grey.
+        self.scroll.setStyleSheet("QScrollArea { background: transparent; } QWidget#cardPage { background: transparent; }")
+        self.scroll.viewport().setAutoFillBackground(False)
 
         self.proxy = QSortFilterProxyModel(self)
         self.proxy.setSourceModel(self.model)
@@ -148,7 +152,7 @@ class WorkersPage(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.setWordWrap(False)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)

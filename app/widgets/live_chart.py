@@ -107,16 +107,26 @@ class ClockAxis(pg.AxisItem):
         return [time.strftime(fmt, time.localtime(v)) for v in values]
 
 
+class CountAxis(pg.AxisItem):
+    """A y axis for counts: ticks only at whole numbers (no "0.5 jobs")."""
+
+    def tickValues(self, minVal, maxVal, size):
+        levels = [(spacing, values) for spacing, values in super().tickValues(minVal, maxVal, size)
+                  if spacing >= 1]
+        return levels or [(1.0, list(np.arange(math.ceil(minVal), math.floor(maxVal) + 1)))]
+
+
 class LiveChart(QWidget):
     """One plot of several live series against clock time, the last ``window_s`` seconds.
 
     ``y_range`` fixes the y axis (``(0, 100)`` for percentages); ``None`` scales it to the data
-    (never below zero). Series are added with :meth:`add_series` (or on their first point) and
+    (never below zero, at least ``0..min_count_range``) with whole-number ticks, for counts. Series are added with :meth:`add_series` (or on their first point) and
     fed with :meth:`append`, :meth:`merge` (history, in any order) or :meth:`set_data`.
     """
 
     def __init__(self, title: str = "", y_label: str = "", *, y_range: tuple[float, float] | None = (0, 100),
-                 window_s: float = 600.0, min_span_s: float = 60.0, capacity: int = 600,
+                 window_s: float = 600.0, min_span_s: float = 60.0, min_count_range: float = 4,
+                 capacity: int = 600,
                  interval_ms: int = 500, parent=None):
         super().__init__(parent)
         self.window_s = window_s
@@ -131,8 +141,10 @@ class LiveChart(QWidget):
         palette = self.palette()
         background = palette.color(QPalette.ColorRole.Base)
         foreground = palette.color(QPalette.ColorRole.Text)
-        self.plot = pg.PlotWidget(background=background,
-                                  axisItems={"bottom": ClockAxis(orientation="bottom")})
+        axes = {"bottom": ClockAxis(orientation="bottom")}
+        if y_range is None:
+            axes["left"] = CountAxis(orientation="left")
+        self.plot = pg.PlotWidget(background=background, axisItems=axes)
         item = self.plot.getPlotItem()
         if title:
             item.setTitle(title, color=foreground.name(), size="10pt")
@@ -154,7 +166,7 @@ class LiveChart(QWidget):
         else:
             item.enableAutoRange(y=True)
             item.setAutoVisible(y=True)
-            item.getViewBox().setLimits(yMin=0)
+            item.getViewBox().setLimits(yMin=0, minYRange=min_count_range)
         self._slide_window()
 
         layout = QVBoxLayout(self)
@@ -262,7 +274,10 @@ class LiveChart(QWidget):
         if len(self._curves) < 2:
             return
         if self._legend is None:
-            self._legend = self.plot.getPlotItem().addLegend(offset=(8, 8), labelTextSize="8pt")
+            base = self.palette().color(QPalette.ColorRole.Base)
+            base.setAlpha(210)  # curves stay visible under it, labels stay readable
+            self._legend = self.plot.getPlotItem().addLegend(offset=(8, 8), labelTextSize="8pt", brush=base,
+                                                             pen=pg.mkPen("#d5d9e0"))
             self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
             for existing in self._curves:
                 if existing != key:

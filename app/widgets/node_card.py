@@ -24,8 +24,6 @@ QFrame#nodeCard { background: #ffffff; border: 1px solid #dfe3ea; border-radius:
 QFrame#nodeCard:hover { border-color: #9fb7e0; }
 QLabel#nodeName { font-size: 15px; font-weight: 600; color: #1f2430; }
 QLabel#nodeMeta, QLabel#nodeCaption { color: #5b6475; }
-QLabel#nodeNote { color: #5b6475; font-style: italic; }
-QLabel#nodeError { color: #b3261e; }
 QProgressBar { border: 1px solid #d5d9e0; border-radius: 4px; background: #f1f3f6; text-align: center;
                max-height: 14px; font-size: 11px; color: #1f2430; }
 QProgressBar::chunk { border-radius: 3px; background: %(chunk)s; }
@@ -186,7 +184,6 @@ class NodeCard(QFrame):
 
     def set_note(self, text: str, error: bool = False) -> None:
         """A line under the actions: a pending request, or what went wrong (``""`` hides it)."""
-        self.note.setObjectName("nodeError" if error else "nodeNote")
         self.note.setStyleSheet("color: #b3261e;" if error else "color: #5b6475; font-style: italic;")
         self.note.setText(text)
         self.note.setVisible(bool(text))

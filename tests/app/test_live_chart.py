@@ -24,7 +24,7 @@ def test_ring_buffer_keeps_the_last_600_points_in_order():
     assert times[0] == 400 and times[-1] == 999
     assert np.all(np.diff(times) == 1)
     assert np.array_equal(values, times * 2)
-    assert buffer.last_time == 999
+    assert buffer.last_time == 999 and buffer.oldest_time == 400
 
 
 def test_ring_buffer_before_and_at_wraparound():
@@ -105,3 +105,24 @@ def test_merge_adds_history_in_order_without_duplicates(qtbot):
     assert list(chart.buffer("s").values()) == [70, 80, 90, 1, 2]
     chart.flush()
     assert list(chart.curve("s").getData()[1]) == [70, 80, 90, 1, 2]
+
+
+def test_time_axis_spans_the_data_between_one_minute_and_the_window(qtbot):
+    chart = LiveChart(window_s=600, min_span_s=60)
+    qtbot.addWidget(chart)
+    view = chart.plot.getPlotItem().getViewBox()
+
+    def span():
+        chart.flush()
+        left, right = view.viewRange()[0]
+        return right - left
+
+    now = time.time()
+    chart.append("s", now - 5, 1)
+    assert span() == pytest.approx(60, abs=1), "a few seconds of data fill a minute, not a sliver"
+    chart.merge("s", [now - 300], [1])
+    assert span() == pytest.approx(300, abs=1)
+    chart.merge("s", [now - 3000], [1])
+    assert span() == pytest.approx(600, abs=1)
+    assert chart.plot.getPlotItem().getAxis("bottom").tickStrings([now], 1, 120)[0] == \
+        time.strftime("%H:%M", time.localtime(now))

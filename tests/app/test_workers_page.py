@@ -8,9 +8,10 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app.models.nodes_model import COLUMN
+from app.models.nodes_model import COLUMN, NodesModel, format_ago
 from app.pages.workers_page import WorkersPage
 from farm.jobspec import OutputConfig
+from farm.telemetry import NodeStatus
 
 NODE = "test-node-1"
 STYLE = Path(__file__).resolve().parents[2] / "resources" / "style.qss"
@@ -105,6 +106,9 @@ def test_workers_page_follows_the_local_node(local_node, services, runner, hub, 
     answer_next_dialog("Cancel")
     qtbot.mouseClick(card.buttons["drain"], Qt.MouseButton.LeftButton)
     assert card.note.isHidden() and NODE not in page._pending
+    registry = services.registry()
+    assert registry.desired_state(NODE) == "run", "a cancelled drain sends nothing"
+    registry.redis.close()
     qtbot.waitUntil(lambda: card.status == "idle", timeout=30_000)  # the job finished
     assert page.cards[NODE].status == "idle"
 
@@ -131,3 +135,38 @@ def test_a_failed_action_is_shown_with_its_reason(services, runner, hub, qtbot):
     assert "Could not pause no-such-node" in page.error.text()
     assert "no node named 'no-such-node'" in page.error.text()
     assert page.empty.isVisibleTo(page) and page.summary.text() == "no nodes"
+
+
+def test_nodes_model_updates_rows_in_place(qtmodeltester):
+    model = NodesModel(clock=lambda: 1000.0)
+    qtmodeltester.check(model)
+    inserted, removed, resets = [], [], []
+    model.rowsInserted.connect(lambda _, first, last: inserted.append(first))
+    model.rowsRemoved.connect(lambda _, first, last: removed.append(first))
+    model.modelReset.connect(lambda: resets.append(1))
+
+    def nodes(*specs):
+        return [NodeStatus(name=n, host=f"{n}.lan", status=s, cpu=50, memory=0.25, last_seen=995,
+                           encoders=["libx264", "libx265", "libvpx-vp9", "aac"]) for n, s in specs]
+
+    model.set_nodes(nodes(("b", "idle"), ("d", "busy")))
+    model.set_nodes(nodes(("a", "idle"), ("b", "paused"), ("c", "idle"), ("d", "busy")))
+    assert inserted == [0, 1, 0, 2] and removed == [] and resets == []
+    assert [model.index(r, COLUMN["name"]).data() for r in range(4)] == ["a", "b", "c", "d"]
+    assert model.index(1, COLUMN["status"]).data() == "paused"
+    assert model.index(0, COLUMN["memory"]).data() == "25 %"
+    assert model.index(0, COLUMN["last_seen"]).data() == "5 s ago"
+    assert model.index(0, COLUMN["encoders"]).data() == "libx264, libx265, libvpx-vp9 +1 more"
+
+    # "c" is gone from the registry; "b" stopped beating: listed offline, still with its host.
+    model.set_nodes([*nodes(("a", "idle"), ("d", "busy")), NodeStatus(name="b", status="offline", last_seen=990)])
+    assert removed == [2] and model.rowCount() == 3
+    assert model.index(1, COLUMN["status"]).data() == "offline"
+    assert model.index(1, COLUMN["host"]).data() == "b.lan"
+    assert model.index(1, COLUMN["cpu"]).data() == "–"
+    qtmodeltester.check(model)
+
+
+def test_format_ago():
+    assert [format_ago(s) for s in (0.4, 2, 89, 120, 7200, 3 * 86400)] == \
+        ["just now", "2 s ago", "89 s ago", "2 min ago", "2 h ago", "3 d ago"]
