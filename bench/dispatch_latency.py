@@ -144,7 +144,9 @@ class ListeningProbe(threading.Thread):
         self.stop_at = math.inf
 
     def run(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
+        # Quiet spells are short (the heartbeat writes every second), but redis-py's default 5 s read
+        # timeout is the very thing this probe looks at in the node: stay clear of it.
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=60)
         with client.monitor() as monitor:
             self.ready.set()
             for command in monitor.listen():  # the heartbeat sends commands every second, so this ticks

@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,9 @@ class NodeRegistryWriter:
         self.max_samples = max_samples
         self.retention = retention
 
-    async def publish(self, status: NodeStatus, sample: Mapping[str, Any] | None = None) -> None:
-        """Write the status (refreshing its TTL) and append ``sample``, in one transaction."""
+    async def publish(self, status: NodeStatus,
+                      sample: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Write the status (refreshing its TTL) and append the sample(s), in one transaction."""
         if status.name != self.name:
             raise ValueError(f"status of node {status.name!r} given to the writer of {self.name!r}")
         now = status.last_seen or time.time()
@@ -181,8 +182,9 @@ class NodeRegistryWriter:
             pipe.set(self.keys.node(self.name), status.to_json(), px=max(1, _ms(self.ttl)))
             pipe.zadd(self.keys.nodes, {self.name: _ms(now)})
             pipe.zremrangebyscore(self.keys.nodes, "-inf", f"({_ms(now - self.retention)}")
-            if sample is not None:
-                pipe.rpush(samples_key, json.dumps(dict(sample), separators=(",", ":")))
+            samples = [sample] if isinstance(sample, Mapping) else list(sample or [])
+            if samples:
+                pipe.rpush(samples_key, *(json.dumps(dict(s), separators=(",", ":")) for s in samples))
                 pipe.ltrim(samples_key, -self.max_samples, -1)
                 pipe.expire(samples_key, math.ceil(self.retention))
             await pipe.execute()

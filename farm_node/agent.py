@@ -36,6 +36,7 @@ LOCK_DURATION_MS = 60_000  # renewed every 30 s; a blocked loop for a minute los
 STALLED_INTERVAL_MS = 30_000
 MAX_STALLED_COUNT = 3  # a job whose node died this many times fails for good, with that reason
 QUEUE_DEPTH_INTERVAL_S = 5.0
+DRAIN_DELAY_S = 2
 
 
 class FarmNode:
@@ -140,6 +141,9 @@ class FarmNode:
             "connection": redis_url, "concurrency": self.concurrency, "autorun": False,
             "lockDuration": LOCK_DURATION_MS, "stalledInterval": STALLED_INTERVAL_MS,
             "maxStalledCount": MAX_STALLED_COUNT, "name": self.name,
+            # The idle wait (BZPOPMIN) must end before redis-py's 5 s read timeout, or every wait
+            # ends in a TimeoutError and BullMQ backs off for up to 20 s, deaf to new jobs.
+            "drainDelay": DRAIN_DELAY_S,
         })
         self.worker.on("error", lambda err, *a: log.warning("queue error: %s", err))
         if self.state == "pause":

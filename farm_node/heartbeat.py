@@ -32,7 +32,8 @@ from farm.telemetry import NodeRegistryWriter, NodeStatus, control_listener
 
 log = logging.getLogger(__name__)
 
-FIRST_SAMPLE_DELAY = 0.25  # lets the primed CPU counter cover a measurable span before the first beat
+FIRST_SAMPLE_DELAY = 0.25
+MAX_PENDING_SAMPLES = 600  # what the registry keeps anyway; older ones are dropped during an outage  # lets the primed CPU counter cover a measurable span before the first beat
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Heartbeat:
         info: NodeInfo,
         *,
         interval: float = 1.0,
+        publish_every: int = 2,
         on_desired_state: Callable[[str], Awaitable[None] | None] | None = None,
         on_sample: Callable[[dict[str, float]], None] | None = None,
         listen: bool = True,
@@ -83,6 +85,7 @@ class Heartbeat:
         self.activity = activity
         self.info = info
         self.interval = interval
+        self.publish_every = max(1, publish_every)
         self.on_desired_state = on_desired_state
         self.on_sample = on_sample
         self.listen = listen
@@ -97,6 +100,8 @@ class Heartbeat:
         self.failures = 0  # consecutive failed publishes
         self.outage_since: float | None = None  # epoch s of the first failed publish of an outage
         self.published = 0
+        self._pending: list[dict[str, float]] = []  # samples not yet in Redis
+        self._beats = 0
 
         self._process = psutil.Process()
         self._retry_at = 0.0  # monotonic time before which Redis is not tried again
@@ -145,11 +150,19 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
 
     async def beat(self) -> None:
-        """One tick: sample; then, unless backing off, publish and follow remote control."""
+        """One tick: sample; every ``publish_every`` ticks, unless backing off, publish the
+        buffered samples with the status and follow remote control. Sampling every second keeps
+        the charts at 1 s; publishing every other second halves an idle node's Redis traffic."""
         sample = self._step("sample", self._take_sample)
+        if sample is not None:
+            self._pending = (self._pending + [sample])[-MAX_PENDING_SAMPLES:]
+        self._beats += 1
+        if self._beats % self.publish_every and self.published:
+            return
         if time.monotonic() < self._retry_at:
             return
-        if await self._publish(sample):
+        if await self._publish(self._pending):
+            self._pending = []
             await self._follow_control()
             self._ensure_listener()
 
@@ -166,12 +179,12 @@ class Heartbeat:
             self._step("on_sample", self.on_sample, sample)
         return sample
 
-    async def _publish(self, sample: dict[str, float] | None) -> bool:
+    async def _publish(self, samples: list[dict[str, float]]) -> bool:
         activity = self._step("activity", self.activity) or self.last_activity
         self.last_activity = activity
         status = self._status(activity)
         try:
-            await asyncio.wait_for(self.writer.publish(status, sample), self.step_timeout)
+            await asyncio.wait_for(self.writer.publish(status, samples), self.step_timeout)
         except Exception as exc:  # noqa: BLE001 - any failure: back off, keep beating
             self._publish_failed(exc)
             return False

@@ -129,7 +129,7 @@ class NodeMetrics:
             raise RuntimeError(f"metrics server of node {self.node} is already running")
         server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
         server = server_class((host, port), _handler_for(self))
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 1.0},
                                         name=f"metrics-{self.node}", daemon=True)
         self._thread.start()
         self._server = server

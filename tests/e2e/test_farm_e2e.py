@@ -80,3 +80,13 @@ def test_bad_inputs_exit_2_and_enqueue_nothing(local_farm, clip, tmp_path):
     assert run_cli("jobs", "--json").stdout.strip() == ""
     storage_root = local_farm.settings.data_dir / "storage"
     assert not storage_root.exists() or not any(p.is_file() for p in storage_root.rglob("*"))
+
+
+def test_a_node_idle_for_a_while_still_picks_up_a_job_at_once(local_farm, clip):
+    """Regression: an idle worker's blocking wait used to outlast redis-py's read timeout, and
+    BullMQ then backed off for up to 20 s without listening for jobs."""
+    local_farm(1)
+    time.sleep(12)  # idle long enough for several 5 s waits and the backoff they caused
+    (job,) = json_lines(run_cli("submit", str(clip), "--resolution", "360p", "--wait", "--json").stdout)
+    assert job["status"] == "completed"
+    assert job["queue_wait_seconds"] < 2.0, f"picked up after {job['queue_wait_seconds']:.1f} s"
