@@ -68,7 +68,10 @@ class DashboardPage(QWidget):
         layout.addWidget(recent_title)
         self.recent = QTableWidget(0, 5)  # ten rows of text: a widget table is the simple thing here
         self.recent.setHorizontalHeaderLabels(["File", "Status", "Progress", "Node", "Created"])
-        self.recent.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        header = self.recent.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        self.recent.setWordWrap(False)
         self.recent.verticalHeader().setVisible(False)
         self.recent.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.recent.setSelectionMode(QAbstractItemView.NoSelection)
