@@ -142,6 +142,54 @@ def _tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
+# -- other load on the machine -----------------------------------------------------------------
+
+class ForeignCpu:
+    """CPU that processes other than the benchmark's own used over a span.
+
+    On a shared machine, one run of a benchmark can overlap someone else's burst of work. This
+    reads the machine's busy CPU time (``psutil.cpu_times``: user, nice, system, irq, softirq) and
+    that of this process tree plus ``extra_pids`` (the embedded Redis) at both ends of a span;
+    ``stop()`` returns seconds of CPU used by everything else, and the hypervisor's steal time.
+    Children that exit during the span are counted once reaped (``children_user``/``_system``).
+    """
+
+    def __init__(self, extra_pids: Iterable[int | None] = ()):
+        self.extra_pids = [pid for pid in extra_pids if pid]
+        self._start: tuple[float, float, float, float] | None = None
+
+    def _own(self) -> float:
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        for pid in self.extra_pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        return total
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        return busy, getattr(t, "steal", 0.0)
+
+    def start(self) -> "ForeignCpu":
+        self._start = (*self._machine(), self._own(), time.monotonic())
+        return self
+
+    def stop(self) -> dict[str, float]:
+        busy0, steal0, own0, t0 = self._start
+        busy, steal = self._machine()
+        own, elapsed = self._own(), time.monotonic() - t0
+        return {"foreign_cpu_s": round(max(0.0, (busy - busy0) - (own - own0)), 3),
+                "own_cpu_s": round(own - own0, 3), "steal_s": round(steal - steal0, 3),
+                "span_s": round(elapsed, 3)}
+
+
 # -- clips -------------------------------------------------------------------------------------
 
 def make_clip(path: Path, *, seconds: float, width: int, height: int, rate: int = 25) -> dict:
@@ -217,6 +265,15 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _code_origin() -> str:
+    import farm
+    import farm_node
+    where = {Path(m.__file__).resolve().parent.parent for m in (farm, farm_node)}
+    if where == {REPO_ROOT}:
+        return "this checkout"
+    return "outside this checkout (PYTHONPATH): " + ", ".join(sorted(p.name for p in where))
+
+
 def environment(redis_url: str | None = None) -> dict[str, Any]:
     """The machine and software a result was measured with (no paths, no host name)."""
     ffmpeg = find_ffmpeg()
@@ -234,6 +291,10 @@ def environment(redis_url: str | None = None) -> dict[str, Any]:
         "ffmpeg_binary": Path(ffmpeg).name,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
+        # What was uncommitted (repository-relative paths), and where the farm's code was imported
+        # from: this checkout, or elsewhere (e.g. an export of a commit named on PYTHONPATH).
+        "git_changed_paths": [line.strip() for line in status.splitlines()] if status else [],
+        "farm_code_from": _code_origin(),
         "packages": {p: _version(p) for p in ("encodeflow", "bullmq", "redis", "SQLAlchemy", "av", "psutil")},
     }
     if redis_url:

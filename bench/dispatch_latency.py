@@ -7,7 +7,8 @@ too and are told apart by that argument. Each job's input is uploaded and its ro
 the clock starts, so the clock covers only ``QueueClient.enqueue`` and what follows. Jobs go one
 at a time: the next is enqueued a random 0.5-8 s after the previous one finished, so the node is
 idle each time, and the moment falls anywhere in its 1 s heartbeat and in one whole cycle of its
-queue wait (a 5 s blocking pop, then whatever pause follows it; see the listening probe).
+queue wait (a blocking pop of BullMQ's drainDelay, then whatever pause follows it; see the
+listening probe).
 
 Per job, on one clock (``time.time``, shared by this process, the node and the wrapper):
 
@@ -64,7 +65,8 @@ TARGET_P50_MS = 50.0
 CLIP = {"seconds": 0.5, "width": 320, "height": 240}
 CONFIG = OutputConfig(resolution="720p", format="mp4", include_audio=True)
 IDLE_GAP_S = (0.5, 8.0)
-SHORT_IDLE_S = 5.0  # the worker's blocking pop lasts 5 s (BullMQ drainDelay)
+SHORT_IDLE_S = 5.0  # redis-py's read timeout: before the drainDelay fix, an idle wait that reached it left
+                    # the node deaf for 2-20 s; the split by idle time is kept at 5 s to compare runs
 CALIBRATION_SPAWNS = 20
 
 

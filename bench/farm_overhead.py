@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from common import (
+    ForeignCpu,
     describe,
     environment,
     isolated_data_dir,
@@ -48,13 +49,15 @@ def _epoch(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def farm_run(farm: Farm, clip: Path, previous: dict | None) -> dict:
+def farm_run(farm: Farm, clip: Path, previous: dict | None, redis_pid: int | None = None) -> dict:
     """One job through the farm; ``previous`` is the farm run before it (the node's last job)."""
+    foreign = ForeignCpu([redis_pid]).start()
     began_wall, began = time.time(), time.perf_counter()
     [job] = farm.submit([clip], CONFIG, submitted_by="bench")
     submitted = time.perf_counter()
     [job] = farm.wait([job["id"]], timeout=600)
     ended, ended_wall = time.perf_counter(), time.time()
+    load = foreign.stop()
     if job["status"] != "completed":
         raise RuntimeError(f"farm job {job['id']} ended {job['status']}: {job.get('error')}")
     created, started, finished = (_epoch(job[k]) for k in ("created_at", "started_at", "finished_at"))
@@ -65,6 +68,8 @@ def farm_run(farm: Farm, clip: Path, previous: dict | None) -> dict:
         # How long the node had been idle when this submit began (its pick-up depends on it).
         "node_idle_before_s": None if previous is None else began_wall - previous["finished_at_epoch_s"],
         "output_bytes": job["output"]["size"],
+        # CPU used meanwhile by processes other than this benchmark, its node and its Redis.
+        "other_load": load,
         # Where the time went, from the job's own timestamps (millisecond resolution).
         "breakdown": {
             "submit_call_s": submitted - began,  # probe + upload + rows + enqueue, in this process
@@ -76,12 +81,16 @@ def farm_run(farm: Farm, clip: Path, previous: dict | None) -> dict:
     }
 
 
-def direct_run(args: list[str], output: Path) -> dict:
+def direct_run(args: list[str], output: Path, redis_pid: int | None = None) -> dict:
     output.unlink(missing_ok=True)
+    foreign = ForeignCpu([redis_pid]).start()
     began = time.perf_counter()
-    subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - began
-    return {"seconds": seconds, "output_bytes": output.stat().st_size}
+    if done.returncode != 0:  # say why: a bare CalledProcessError hides FFmpeg's message
+        raise RuntimeError(f"direct FFmpeg run exited {done.returncode}: "
+                           f"{done.stderr.decode(errors='replace')[-2000:].strip() or '(no message)'}")
+    return {"seconds": seconds, "output_bytes": output.stat().st_size, "other_load": foreign.stop()}
 
 
 def main() -> int:
@@ -99,21 +108,25 @@ def main() -> int:
         with running_farm(settings, root / "node.log") as local:
             farm = Farm(settings)
             env = environment(local.redis.url)
+            redis_pid = local.redis.pid
             try:
                 print("warm-up pair ...", flush=True)
-                warmup = {"farm": farm_run(farm, clip, None), "direct": direct_run(args, direct_out)}
+                warmup = {"farm": farm_run(farm, clip, None, redis_pid),
+                          "direct": direct_run(args, direct_out, redis_pid)}
                 runs, last_farm = [], warmup["farm"]
                 for index in range(opts.runs):
                     order = ("farm", "direct") if index % 2 == 0 else ("direct", "farm")
                     pair = {"order": list(order)}
                     for side in order:
                         if side == "farm":
-                            pair["farm"] = last_farm = farm_run(farm, clip, last_farm)
+                            pair["farm"] = last_farm = farm_run(farm, clip, last_farm, redis_pid)
                         else:
-                            pair["direct"] = direct_run(args, direct_out)
+                            pair["direct"] = direct_run(args, direct_out, redis_pid)
                     runs.append(pair)
                     print(f"  run {index + 1}/{opts.runs}: farm {pair['farm']['seconds']:.2f} s, "
-                          f"direct {pair['direct']['seconds']:.2f} s", flush=True)
+                          f"direct {pair['direct']['seconds']:.2f} s (other processes' CPU meanwhile: "
+                          f"{pair['farm']['other_load']['foreign_cpu_s']:.1f} s, "
+                          f"{pair['direct']['other_load']['foreign_cpu_s']:.1f} s)", flush=True)
             finally:
                 farm.close()
 
@@ -140,6 +153,8 @@ def main() -> int:
             "farm_seconds_without_queue_wait": without_wait,
             "farm_breakdown_seconds": breakdown,
             "node_run_minus_direct_median_seconds": node_overhead,
+            "other_processes_cpu_seconds": {side: describe([r[side]["other_load"]["foreign_cpu_s"] for r in runs])
+                                            for side in ("farm", "direct")},
         },
         "method": {
             "clip": clip_info,
@@ -153,6 +168,8 @@ def main() -> int:
             "warmup_pairs": 1,
             "order": "alternating: (farm, direct), (direct, farm), ...",
             "statistic": "median of the runs; ratio = median(farm) / median(direct)",
+            "other_load": "per run, CPU seconds the machine spent outside this benchmark's process tree and "
+                          "its Redis (psutil.cpu_times busy minus the tree's cpu_times), and steal time",
         },
         "environment": env,
         "samples": {"warmup": warmup, "runs": runs},

@@ -28,6 +28,7 @@ import redis
 
 from common import (
     REPO_ROOT,
+    ForeignCpu,
     describe,
     environment,
     isolated_data_dir,
@@ -43,6 +44,7 @@ from farm.localfarm import _free_port
 NAME = "idle_node"
 TARGET_CPU_PERCENT = 1.0
 TARGET_RSS_MB = 120.0
+BUSY_PERCENT = 25.0  # other processes' CPU (% of a core) above which a window is flagged as taken on a busy machine
 MB = 2**20
 
 
@@ -77,6 +79,32 @@ def _memory(procs: list[psutil.Process], uss: bool) -> dict:
     return out
 
 
+def _schedstat(pid: int) -> dict[int, tuple[int, int, int]]:
+    """Per thread of ``pid``: (ns on a CPU, ns waiting for one, times scheduled) from
+    /proc/<pid>/task/*/schedstat; ``{}`` where the kernel has no schedstat."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            run_ns, wait_ns, slices = (int(x) for x in (task / "schedstat").read_text().split()[:3])
+            out[int(task.name)] = (run_ns, wait_ns, slices)
+    return out
+
+
+def _sched_delta(before: dict, after: dict, elapsed: float) -> dict | None:
+    """Wake-ups (times a thread was put on a CPU) and CPU per wake-up over the window, for the
+    threads alive at both ends: the count is what the code decides, the cost per wake-up is what
+    the machine makes of it."""
+    common = before.keys() & after.keys()
+    if not common:
+        return None
+    run = sum(after[t][0] - before[t][0] for t in common) / 1e9
+    wait = sum(after[t][1] - before[t][1] for t in common) / 1e9
+    slices = sum(after[t][2] - before[t][2] for t in common)
+    return {"threads": len(common), "cpu_s": round(run, 4), "runqueue_wait_s": round(wait, 4),
+            "wakeups": slices, "wakeups_per_second": round(slices / elapsed, 2),
+            "cpu_ms_per_wakeup": round(1000 * run / slices, 3) if slices else None}
+
+
 def _commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
 
@@ -86,6 +114,8 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
     redis_proc = psutil.Process(redis_pid) if redis_pid else None
     commands_before = _commandstats(client)
     connections_before = int(client.info("stats")["total_connections_received"])
+    foreign = ForeignCpu([redis_pid]).start()
+    sched_before = _schedstat(node_pid)
     began = time.monotonic()
     cpu_before = _cpu_seconds(procs)
     redis_before = _cpu_seconds([redis_proc]) if redis_proc else None
@@ -104,6 +134,8 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
             break
     elapsed = time.monotonic() - began
     cpu_after = _cpu_seconds(procs)
+    sched = _sched_delta(sched_before, _schedstat(node_pid), elapsed)
+    other_load = foreign.stop()
     redis_after = _cpu_seconds([redis_proc]) if redis_proc else None
     commands_after = _commandstats(client)
     connections_after = int(client.info("stats")["total_connections_received"])
@@ -126,6 +158,10 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
         "redis_commands_in_window": sent,
         "redis_commands_per_second": round(sum(sent.values()) / elapsed, 2),
         "redis_connections_opened_in_window": connections_after - connections_before,
+        # The rest of the machine meanwhile (a busy machine makes an idle node's wake-ups dearer).
+        "other_processes_cpu_percent": round(100 * other_load["foreign_cpu_s"] / elapsed, 1),
+        "other_load": other_load,
+        "node_schedstat": sched,
         "per_second_cpu_percent": [round(x, 2) for x in per_second],
         "per_second_memory": [{k: round(v, 2) for k, v in m.items()} for m in memory],
     }
@@ -164,6 +200,11 @@ def _where(filename: str) -> str:
         return "/".join(parts[parts.index("site-packages") + 1:])
     with contextlib.suppress(ValueError):
         return str(path.relative_to(REPO_ROOT))
+    # The project's code imported from elsewhere (an export of a commit on PYTHONPATH): name it
+    # from its package, as _TASKS does.
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] in ("farm", "farm_node", "app") and "site-packages" not in parts:
+            return "/".join(parts[index:])
     for index, part in enumerate(parts):
         if part.startswith("python3"):
             return "stdlib/" + "/".join(parts[index + 1:])
@@ -173,7 +214,7 @@ def _where(filename: str) -> str:
 # Top-level activities of an idle node, by the functions their asyncio tasks start from (a coroutine
 # that another awaits through asyncio.wait_for runs in a task of its own, so it is listed too).
 _TASKS = {
-    "heartbeat: sample + publish + control read (1 Hz)": (
+    "heartbeat: sample (1 Hz) + publish + control read (every publish_every beats)": (
         ("farm_node/heartbeat.py", "_loop"), ("farm/telemetry.py", "publish"),
         ("farm/telemetry.py", "desired_state")),
     "queue-depth poll for /metrics (every 5 s)": (("farm_node/agent.py", "_queue_depth"),),
@@ -287,6 +328,8 @@ def main() -> int:
             "rss_mb_max": rss["median"],
             "uss_mb_max": uss.get("median"),
             "cpu_met": cpu_met,
+            # Windows in which other processes used at least BUSY_PERCENT of a core: read them as a lower bound.
+            "windows_on_a_busy_machine": sum(w["other_processes_cpu_percent"] >= BUSY_PERCENT for w in windows),
             "memory_met": mem_met,
             "over_runs": {"cpu_percent": cpu, "rss_mb_max": rss, "uss_mb_max": uss},
         },
@@ -299,6 +342,9 @@ def main() -> int:
                    "its children, at both ends of the window, / wall time; 100 % = one core",
             "memory": "sum over the node and its children of RSS once a second and USS "
                       "(memory_full_info) every 10 s; reported: the window's maximum",
+            "wakeups": "node_schedstat: /proc/<node>/task/*/schedstat deltas (CPU ns, run-queue wait, times "
+                       "scheduled) over the threads alive at both ends",
+            "other_load": "CPU used meanwhile by processes other than this script, the node and Redis",
             "context": "embedded Redis CPU over the same window and INFO commandstats deltas (not part of "
                        "the node's numbers)",
             "runs": opts.runs,
@@ -315,7 +361,18 @@ def main() -> int:
           f"(target < {TARGET_RSS_MB:.0f} MB: {'met' if mem_met else 'MISSED'})")
     print(f"  context: Redis CPU {w['redis_cpu_percent_of_one_core']:.2f} %, {w['redis_commands_per_second']} "
           f"commands/s from the node, {w['redis_connections_opened_in_window']} connection(s) opened, "
-          f"{w['threads']} threads")
+          f"{w['threads']} threads; other processes used {w['other_processes_cpu_percent']:.0f} % of a core meanwhile")
+    busy = [w["other_processes_cpu_percent"] for w in windows if w["other_processes_cpu_percent"] >= BUSY_PERCENT]
+    if busy:
+        print(f"  note: other processes kept the machine busy ({', '.join(f'{b:.0f}' for b in busy)} % of a core) in "
+              f"{len(busy)} window(s); on this kind of VM an idle node's wake-ups cost less CPU then, so "
+              f"these windows read low against a quiet machine (see docs/benchmarks.md)")
+    for i, win in enumerate(windows, 1):
+        sch = win["node_schedstat"]
+        if sch:
+            print(f"  run {i}: {win['cpu_percent_of_one_core']:.2f} %, {sch['wakeups_per_second']} wake-ups/s, "
+                  f"{sch['cpu_ms_per_wakeup']} ms CPU per wake-up, other processes "
+                  f"{win['other_processes_cpu_percent']:.0f} % of a core")
     print(f"  wrote {shown_path(path)}")
     return 0
 

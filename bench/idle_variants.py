@@ -1,0 +1,193 @@
+"""Idle node, side by side: several ``farm-node`` processes with different idle timings, measured
+over the same windows, so that they see the same machine. Answers two questions that a single
+idle measurement on a shared machine cannot: does a change of the node's idle timing change its
+CPU (compare variants within a window), and how much does the rest of the machine change it
+(compare windows).
+
+Each variant is a ``farm-node`` started from this script with a few of the node's module-level
+settings replaced in that process only (product code is not changed):
+
+- ``drain``: BullMQ ``drainDelay``, the length of the idle blocking pop (``farm_node.agent.DRAIN_DELAY_S``)
+- ``socket_timeout``: a read timeout for the worker's own Redis connection (added to its URL), which
+  must exceed ``drain`` (redis-py's default is 5 s)
+- ``publish_every``: heartbeats between two publishes (``Heartbeat(publish_every=...)``)
+- ``poll``: the metrics HTTP server's ``serve_forever`` poll interval
+- ``queue_depth_every``: seconds between the queue-depth reads for ``/metrics``
+
+Per window and variant: CPU (% of one core, from schedstat's nanoseconds), wake-ups (times its threads were put on a
+CPU, ``/proc/<pid>/task/*/schedstat``) per second, CPU per wake-up; per window, the CPU that other
+processes on the machine used meanwhile.
+
+    python bench/idle_variants.py [--runs 15] [--window 20] [--variants JSON] [--out bench/results/idle_variants.json]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+
+from common import (
+    ForeignCpu,
+    environment,
+    isolated_data_dir,
+    load_settings,
+    parse_args,
+    shown_path,
+    write_result,
+)
+from farm.embedded import ensure_embedded_redis
+from farm.localfarm import _free_port
+from idle_node import _cpu_seconds, _sched_delta, _schedstat
+
+NAME = "idle_variants"
+VARIANTS = {
+    "current": {},
+    "first_run": {"drain": 5, "publish_every": 1, "poll": 0.2},
+    "fewer_wakeups": {"drain": 10, "socket_timeout": 15, "publish_every": 5, "poll": 5, "queue_depth_every": 30},
+}
+
+_NODE = """
+import json, runpy, sys
+cfg = json.loads(sys.argv[1])
+sys.argv = ["farm-node", *sys.argv[2:]]
+import farm_node.agent as agent
+import farm_node.heartbeat as heartbeat
+if "drain" in cfg:
+    agent.DRAIN_DELAY_S = cfg["drain"]
+if "queue_depth_every" in cfg:
+    agent.QUEUE_DEPTH_INTERVAL_S = cfg["queue_depth_every"]
+if "publish_every" in cfg:
+    class Heartbeat(heartbeat.Heartbeat):
+        def __init__(self, *a, **k):
+            k["publish_every"] = cfg["publish_every"]
+            super().__init__(*a, **k)
+    agent.Heartbeat = Heartbeat
+if "poll" in cfg:
+    import socketserver
+    serve = socketserver.BaseServer.serve_forever
+    socketserver.BaseServer.serve_forever = lambda self, poll_interval=0.5: serve(self, cfg["poll"])
+if "socket_timeout" in cfg:
+    class Worker(agent.Worker):
+        def __init__(self, name, processor, opts, *a, **k):
+            opts = dict(opts)
+            url = opts["connection"]
+            opts["connection"] = url + ("&" if "?" in url else "?") + f"socket_timeout={cfg['socket_timeout']}"
+            super().__init__(name, processor, opts, *a, **k)
+    agent.Worker = Worker
+runpy.run_module("farm_node", run_name="__main__", alter_sys=True)
+"""
+
+
+def main() -> int:
+    def extra(parser):
+        parser.add_argument("--settle", type=float, default=10.0, help="seconds before the first window (default 10)")
+        parser.add_argument("--window", type=float, default=20.0, help="seconds per window (default 20)")
+        parser.add_argument("--variants", type=json.loads, default=VARIANTS,
+                            help="JSON object: variant name -> settings (default: current, first_run, fewer_wakeups)")
+
+    opts = parse_args(NAME, __doc__.splitlines()[0], runs=15, runs_help="windows", extra=extra)
+    windows = []
+    with isolated_data_dir(NAME, keep=opts.keep) as root:
+        settings = load_settings()
+        server = ensure_embedded_redis(settings)
+        env = environment(server.url)
+        procs: dict[str, subprocess.Popen] = {}
+        try:
+            for name, cfg in opts.variants.items():
+                log = (root / f"{name}.log").open("w")
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-c", _NODE, json.dumps(cfg), "--name", f"variant-{name.replace('_', '-')}",
+                     "--metrics-host", "127.0.0.1", "--metrics-port", str(_free_port())],
+                    stdout=log, stderr=subprocess.STDOUT)
+            print(f"{len(procs)} idle nodes; settling {opts.settle:.0f} s, then {opts.runs} windows of "
+                  f"{opts.window:.0f} s ...", flush=True)
+            time.sleep(opts.settle)
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"variant {name} exited: {(root / f'{name}.log').read_text()[-2000:]}")
+            nodes = {name: psutil.Process(proc.pid) for name, proc in procs.items()}
+            for index in range(opts.runs):
+                cpu0 = {n: _cpu_seconds([p]) for n, p in nodes.items()}
+                sched0 = {n: _schedstat(p.pid) for n, p in nodes.items()}
+                other = ForeignCpu([server.pid]).start()
+                began = time.monotonic()
+                time.sleep(opts.window)
+                elapsed = time.monotonic() - began
+                row = {"at": time.strftime("%H:%M:%S", time.gmtime()), "window_s": round(elapsed, 2),
+                       "other_load": other.stop(), "variants": {}}
+                row["other_processes_cpu_percent"] = round(100 * row["other_load"]["foreign_cpu_s"] / elapsed, 1)
+                for n, p in nodes.items():
+                    sched = _sched_delta(sched0[n], _schedstat(p.pid), elapsed)
+                    ticks = 100 * (_cpu_seconds([p]) - cpu0[n]) / elapsed  # 10 ms resolution
+                    row["variants"][n] = {"cpu_percent": round(100 * sched["cpu_s"] / elapsed, 3) if sched else ticks,
+                                          "cpu_percent_psutil": round(ticks, 3), "sched": sched}
+                windows.append(row)
+                print(f"  window {index + 1}/{opts.runs}: other processes {row['other_processes_cpu_percent']:.0f} % "
+                      f"of a core; " + ", ".join(f"{n} {v['cpu_percent']:.2f} %" for n, v in row["variants"].items()),
+                      flush=True)
+            errors = {n: (root / f"{n}.log").read_text().count("queue error") for n in procs}
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            server.stop()
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    summary = {}
+    for n in opts.variants:
+        rows = [w["variants"][n] for w in windows]
+        summary[n] = {
+            "settings": opts.variants[n],
+            "cpu_percent_median": med(r["cpu_percent"] for r in rows),
+            "cpu_percent_max": max(r["cpu_percent"] for r in rows),
+            "wakeups_per_second_median": med(r["sched"]["wakeups_per_second"] for r in rows if r["sched"]),
+            "cpu_ms_per_wakeup_median": med(r["sched"]["cpu_ms_per_wakeup"] for r in rows if r["sched"]),
+            "queue_errors_in_log": errors[n],
+        }
+    result = {
+        "benchmark": NAME,
+        "result": {"by_variant": summary,
+                   "other_processes_cpu_percent": {"min": min(w["other_processes_cpu_percent"] for w in windows),
+                                                   "median": med(w["other_processes_cpu_percent"] for w in windows),
+                                                   "max": max(w["other_processes_cpu_percent"] for w in windows)}},
+        "method": {
+            "farm": "embedded Redis, SQLite, folder storage in a temp data dir; one farm-node process per variant, "
+                    "all idle on the same empty queue at the same time",
+            "variants": "module-level settings replaced in the variant's own process before farm_node runs "
+                        "(see the script's docstring); no product file is changed",
+            "cpu": "schedstat CPU ns of each node's threads over each window / wall time (psutil's cpu_times, "
+                   "10 ms resolution, kept as cpu_percent_psutil)",
+            "wakeups": "/proc/<pid>/task/*/schedstat: times scheduled on a CPU, summed over the threads alive at "
+                       "both ends of the window",
+            "other_load": "CPU the machine spent outside this script, its nodes and its Redis during the window",
+            "settle_s": opts.settle, "window_s": opts.window, "windows": opts.runs,
+        },
+        "environment": env,
+        "samples": windows,
+    }
+    path = write_result(opts.out, result)
+    print(f"idle variants ({opts.runs} windows of {opts.window:.0f} s; other processes used "
+          f"{result['result']['other_processes_cpu_percent']['min']:.0f}-"
+          f"{result['result']['other_processes_cpu_percent']['max']:.0f} % of a core):")
+    for n, s in summary.items():
+        print(f"  {n}: CPU median {s['cpu_percent_median']:.2f} % (max {s['cpu_percent_max']:.2f} %), "
+              f"{s['wakeups_per_second_median']} wake-ups/s, {s['cpu_ms_per_wakeup_median']} ms per wake-up")
+    print(f"  wrote {shown_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
