@@ -248,6 +248,19 @@ def _announced_state(message: Mapping[str, Any], name: str) -> str | None:
 # -- reader / controller side (CLI, desktop app; sync) ---------------------------------------
 
 
+RECENT_SAMPLES = 16  # what a once-a-second poller reads first
+
+
+def _parse_samples(raw: list) -> list[dict[str, Any]]:
+    samples = []
+    for item in raw:
+        try:
+            samples.append(json.loads(item))
+        except ValueError:
+            continue
+    return samples
+
+
 class NodeRegistry:
     """Lists the farm's nodes and their samples, and sets their desired state."""
 
@@ -279,16 +292,18 @@ class NodeRegistry:
         return self._status(name, raw, score or 0.0)
 
     def samples(self, name: str, since: float | None = None) -> list[dict[str, Any]]:
-        """The node's samples, oldest first; with ``since``, only those taken after it (epoch s)."""
-        samples = []
-        for raw in self.redis.lrange(self.keys.samples(name), 0, -1):
-            try:
-                sample = json.loads(raw)
-            except ValueError:
-                continue
-            if since is None or sample.get("t", 0) > since:
-                samples.append(sample)
-        return samples
+        """The node's samples, oldest first; with ``since``, only those taken after it (epoch s).
+
+        A poller asks every second for what is new, which is a handful of samples: read the tail
+        of the list first, and the whole list only when the tail does not reach back to ``since``
+        (parsing all 600 samples of 64 nodes each second cost the panel a tenth of a core).
+        """
+        key = self.keys.samples(name)
+        raw = self.redis.lrange(key, -RECENT_SAMPLES, -1) if since is not None else []
+        parsed = _parse_samples(raw)
+        if since is None or not parsed or parsed[0].get("t", 0) > since and len(raw) == RECENT_SAMPLES:
+            parsed = _parse_samples(self.redis.lrange(key, 0, -1))
+        return [s for s in parsed if since is None or s.get("t", 0) > since]
 
     def desired_state(self, name: str) -> str:
         return _parse_desired(self.redis.get(self.keys.control(name)), name)

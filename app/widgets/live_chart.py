@@ -185,7 +185,8 @@ class LiveChart(QWidget):
         if key in self._curves:
             return self._curves[key]
         color = QColor(color or SERIES_COLORS[len(self._curves) % len(SERIES_COLORS)])
-        options = {"pen": pg.mkPen(color, width=2)}
+        # A 1 px cosmetic pen: thicker lines made one tick of a 64-node chart ~4x slower to draw.
+        options = {"pen": pg.mkPen(color, width=1)}
         if step:
             options["stepMode"] = "left"
         if fill:
