@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from farm import redact
+    redact.install()  # no password or secret key in -v output
     from farm import commands  # imported here so that --help and usage errors stay fast
 
     try:

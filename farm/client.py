@@ -24,9 +24,10 @@ from farm.db.engine import open_database
 from farm.embedded import resolve_redis_url
 from farm.jobspec import OutputConfig, validate_priority
 from farm.keys import input_key
-from farm.media import MediaInfo, NotAVideoError, probe
+from farm.media import MediaInfo, NotAVideoError, display_name, probe
 from farm.payload import JobPayload
 from farm.queue import QueueClient
+from farm.redact import redact_text
 from farm.settings import Settings
 from farm.storage import open_storage
 
@@ -52,21 +53,25 @@ class CheckedFile:
 
 
 def check_inputs(paths: Iterable[Path]) -> list[CheckedFile]:
-    """Probe every file first, so one bad file refuses the whole submit before any upload."""
+    """Probe every file first, so one bad file refuses the whole submit before any upload.
+
+    The refusal is one line whatever the names hold (a newline in a file name is shown as ``\\n``).
+    """
     checked, problems = [], []
     for path in paths:
         path = Path(path)
+        shown = display_name(str(path))
         if not path.exists():
-            problems.append(f"{path}: no such file")
+            problems.append(f"{shown}: no such file")
         elif not path.is_file():
-            problems.append(f"{path}: not a regular file")
+            problems.append(f"{shown}: not a regular file")
         elif not os.access(path, os.R_OK):
-            problems.append(f"{path}: not readable (check its permissions)")
+            problems.append(f"{shown}: not readable (check its permissions)")
         else:
             try:
                 checked.append(CheckedFile(path, probe(path)))
             except NotAVideoError as exc:
-                problems.append(f"{path}: {exc}")
+                problems.append(f"{shown}: {exc}")
     if problems:
         raise SubmitError("; ".join(problems))
     return checked
@@ -142,8 +147,9 @@ class Farm:
         try:
             self._queue_call(lambda q: q.enqueue(job.id, payload, priority=priority))
         except Exception as exc:
-            repo.finish_job(self.db, job.id, "failed", attempt=0, error=f"could not enqueue: {exc}")
-            raise FarmError(f"uploaded {item.path.name} but could not enqueue it: {exc}") from exc
+            reason = redact_text(str(exc))  # it goes to the job row and the screen: no password in it
+            repo.finish_job(self.db, job.id, "failed", attempt=0, error=f"could not enqueue: {reason}")
+            raise FarmError(f"uploaded {display_name(item.path.name)} but could not enqueue it: {reason}") from exc
         return self.show(job.id)
 
     # -- reading ----------------------------------------------------------------------------------

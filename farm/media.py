@@ -13,6 +13,16 @@ node read any local file and put it into an output. Two rules close that:
 
 The node passes the same rules to the FFmpeg command (``input_guard_args``): the protocol whitelist
 and the demuxer that ``probe`` found, forced with ``-f`` so FFmpeg does not guess again.
+
+A real container can point elsewhere too: a QuickTime "reference movie" keeps its media in other
+files, named in its data references (``dref``). FFmpeg's mov demuxer follows them only with
+``enable_drefs``, which is off by default and which ``probe`` sets off explicitly; ``probe`` also
+refuses such a movie outright, reading the boxes itself, so the node never runs FFmpeg on one.
+
+Before FFmpeg opens a file, ``probe`` checks what the container says about its own size: an MP4/MOV
+or Matroska file whose boxes or segment run past the end of the file was cut short (an interrupted
+copy or upload). FFmpeg would transcode the part that is there and the output would fail its length
+check on every retry, so it is refused up front with that reason.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
+import threading
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +44,11 @@ FFMPEG_ENV = "ENCODEFLOW_FFMPEG"
 
 MAX_DIMENSION = 8192
 """The largest width or height EncodeFlow accepts (8K); bigger frames are refused at probe time."""
+
+MAX_DURATION_S = 24 * 3600
+"""The longest input EncodeFlow accepts. A header may claim any length, and a node holds its job's
+lock for as long as FFmpeg runs; a day is longer than any real recording an editor hands in, and
+anything longer is best split before it is submitted."""
 
 # Demuxer names as libavformat spells them (one demuxer may have several, e.g. "mov,mp4,m4a,...").
 ACCEPTED_DEMUXERS: tuple[str, ...] = (
@@ -63,7 +80,10 @@ _AUDIO_DEMUXERS = (
 )
 
 FFMPEG_INPUT_GUARD: list[str] = ["-protocol_whitelist", "file"]
-"""Input options the node puts before ``-i``; ``input_guard_args`` adds the probed demuxer."""
+"""Input options the node puts before ``-i``; ``input_guard_args`` adds the probed demuxer.
+
+``-enable_drefs`` is not among them: FFmpeg refuses an input option the forced demuxer does not
+know, and its default (off) is what we want; tests/farm/test_hostile_inputs.py checks it stays off."""
 
 _PROBE_TIMEOUT_S = 30.0
 _MAX_PACKETS_TO_FIRST_FRAME = 600
@@ -193,25 +213,46 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """What the file is, or ``NotAVideoError`` with one line saying why it cannot be transcoded."""
     import av  # a heavy import, only for the processes that probe
 
-    name = Path(path).name
+    name = display_name(Path(path).name)
     size = _check_file(path, name)
+    problem = _container_problem(path, size)
+    if problem:
+        raise NotAVideoError(f"{name} {problem}")
     url = ffmpeg_url(path)
     try:
         container = av.open(url, container_options=_guard_options(ACCEPTED_DEMUXERS), timeout=_PROBE_TIMEOUT_S)
     except av.error.FFmpegError as exc:
         raise NotAVideoError(_refusal(url, name, exc)) from None
     with container:
-        info = _describe(container, name, size)
+        info = _describe(container, name, size, url)
     if info.duration <= 0 and set(info.container.split(",")) & _RAW_STREAM_DEMUXERS:
         info = replace(info, duration=_measure_raw_duration(url, info))
     if info.duration <= 0:
         raise NotAVideoError(f"{name} has no duration (zero or unknown length)")
+    if info.duration > MAX_DURATION_S:
+        raise NotAVideoError(
+            f"{name} lasts {_clock(info.duration)}; the longest video EncodeFlow accepts lasts "
+            f"{_clock(MAX_DURATION_S)} (split it first)"
+        )
     return info
 
 
+def display_name(name: str) -> str:
+    """A file name fit for a one-line message: control and invisible formatting characters (a
+    newline, a right-to-left override) are shown escaped, as Python writes them (``\\n``)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in name)
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
 def _guard_options(demuxers: tuple[str, ...]) -> dict[str, str]:
-    """libavformat options: read local files only, and only with these demuxers."""
-    return {"protocol_whitelist": "file", "format_whitelist": ",".join(demuxers)}
+    """libavformat options: read local files only, only with these demuxers, and never follow a
+    movie's references to other files (mov's own options; other demuxers leave them unused)."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(demuxers),
+            "enable_drefs": "0", "use_absolute_path": "0"}
 
 
 def _check_file(path: str | os.PathLike[str], name: str) -> int:
@@ -236,6 +277,8 @@ def _refusal(url: str, name: str, exc: Exception) -> str:
     kind = _reference_kind(_head(url))
     if kind:
         return f"{name} is {kind}, not a video; upload the video file itself"
+    if isinstance(exc, EOFError):
+        return f"{name} holds no video frames (it ends before the first one)"
     if getattr(exc, "errno", None) == errno.EINVAL:  # the whitelist's answer: probed, but not accepted
         if _opens_as(url, _IMAGE_DEMUXERS):
             return f"{name} is an image, not a video"
@@ -257,6 +300,8 @@ def _reference_kind(head: bytes) -> str | None:
         return "an FFmpeg concat list"
     if b"<MPD" in head:
         return "a DASH manifest"
+    if head.startswith(b"v=0") and re.search(rb"^m=", head, re.MULTILINE):
+        return "an SDP session description (it points at network streams)"
     return None
 
 
@@ -278,7 +323,7 @@ def _head(url: str) -> bytes:
         return b""
 
 
-def _describe(container, name: str, size: int) -> MediaInfo:
+def _describe(container, name: str, size: int, url: str) -> MediaInfo:
     import av
 
     demuxer_names = set(container.format.name.split(","))
@@ -298,7 +343,11 @@ def _describe(container, name: str, size: int) -> MediaInfo:
 
     coded_w, coded_h = video.codec_context.width, video.codec_context.height
     if not coded_w or not coded_h:
-        raise NotAVideoError(f"{name} is not a video FFmpeg can read: its frame size is unknown")
+        # libavcodec drops a size it cannot hold in memory (16384x16384 is one) and only says so
+        # in its log: read the size from there, so that the refusal names the real reason.
+        coded_w, coded_h = _rejected_frame_size(url)
+        if not coded_w:
+            raise NotAVideoError(f"{name} is not a video FFmpeg can read: its frame size is unknown")
     if max(coded_w, coded_h) > MAX_DIMENSION:
         raise NotAVideoError(
             f"{name} is {coded_w}x{coded_h}; the largest frame EncodeFlow accepts is {MAX_DIMENSION}x{MAX_DIMENSION}"
@@ -328,6 +377,34 @@ def _describe(container, name: str, size: int) -> MediaInfo:
         bit_rate=container.bit_rate or None,
         size=size,
     )
+
+
+_LOG_LEVEL_LOCK = threading.Lock()
+
+
+def _rejected_frame_size(url: str) -> tuple[int, int]:
+    """The frame size libavcodec refused as invalid while opening ``url``, else ``(0, 0)``."""
+    import av
+    import av.logging
+
+    with _LOG_LEVEL_LOCK:
+        previous = av.logging.get_level()
+        if previous is None or previous < av.logging.ERROR:
+            av.logging.set_level(av.logging.ERROR)
+        try:
+            with av.logging.Capture() as logs:
+                try:
+                    av.open(url, container_options=_guard_options(ACCEPTED_DEMUXERS),
+                            timeout=_PROBE_TIMEOUT_S).close()
+                except av.error.FFmpegError:
+                    pass
+        finally:
+            av.logging.set_level(previous)
+    for _level, _name, message in logs:
+        found = re.search(r"Picture size (\d+)x(\d+) is invalid", message)
+        if found:
+            return int(found.group(1)), int(found.group(2))
+    return 0, 0
 
 
 def _rate(rate: Fraction | None) -> float:
@@ -378,3 +455,121 @@ def _first_frame(container, video):
         if frames:
             return frames[0]
     return None
+
+
+# -- what a container says about itself ----------------------------------------------------------
+#
+# Read with plain file I/O, before FFmpeg sees the file: only box and element headers, by seeking.
+
+_ISO_TOP_LEVEL = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"sidx", b"moof"})
+_ISO_PATH_TO_DREF = (b"trak", b"mdia", b"minf", b"dinf", b"dref")
+_FOURCC = re.compile(rb"[\x20-\x7e\xa9]{4}")
+_MATROSKA_MAGIC = b"\x1a\x45\xdf\xa3"
+_MATROSKA_SEGMENT = b"\x18\x53\x80\x67"
+_MAX_DREF_BYTES = 1 << 16
+
+
+def _container_problem(path: str | os.PathLike[str], size: int) -> str | None:
+    """Why an MP4/MOV or Matroska file cannot be used as it is (cut short, references other
+    files), as the end of a sentence that starts with its name; ``None`` when nothing is wrong
+    or the file is of another kind (FFmpeg judges those)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if head[:4] == _MATROSKA_MAGIC:
+                return _matroska_problem(fh, size)
+            if head[4:8] in _ISO_TOP_LEVEL:
+                return _iso_problem(fh, size)
+    except OSError:
+        return None  # FFmpeg's open says what is wrong
+    return None
+
+
+def _truncated(needed: int, size: int) -> str:
+    return (f"is truncated: its structure needs {needed:,} bytes but the file has {size:,} "
+            "(an interrupted copy or upload?); submit the complete file")
+
+
+def _iso_boxes(fh, start: int, end: int):
+    """``(type, payload start, box end)`` of each box between ``start`` and ``end``."""
+    pos = start
+    while pos + 8 <= end:
+        fh.seek(pos)
+        header = fh.read(16)
+        if len(header) < 8:
+            return
+        box_size, kind = struct.unpack(">I4s", header[:8])
+        header_size = 8
+        if box_size == 1 and len(header) == 16:
+            box_size, header_size = struct.unpack(">Q", header[8:16])[0], 16
+        elif box_size == 0:  # "to the end of the file"
+            box_size = end - pos
+        if box_size < header_size or not _FOURCC.fullmatch(kind):
+            return  # not a box (padding or junk after the last one): FFmpeg decides what it makes of it
+        yield kind, pos + header_size, pos + box_size
+        pos += box_size
+
+
+def _iso_problem(fh, size: int) -> str | None:
+    for kind, payload, end in _iso_boxes(fh, 0, size):
+        if end > size:
+            return _truncated(end, size)
+        if kind == b"moov" and _has_external_references(fh, payload, end):
+            return ("is a reference movie: its media lives in other files, which EncodeFlow never "
+                    "opens; export a self-contained movie and submit that")
+    return None
+
+
+def _has_external_references(fh, start: int, end: int, depth: int = 0) -> bool:
+    """Whether any track's data reference names another file or URL (``moov/trak/.../dref``)."""
+    wanted = _ISO_PATH_TO_DREF[depth]
+    for kind, payload, box_end in _iso_boxes(fh, start, end):
+        if kind != wanted:
+            continue
+        if kind != b"dref":
+            if _has_external_references(fh, payload, box_end, depth + 1):
+                return True
+            continue
+        fh.seek(payload)
+        data = fh.read(min(box_end - payload, _MAX_DREF_BYTES))
+        pos = 8  # version and flags, entry count
+        while pos + 12 <= len(data):
+            entry_size, _entry_type, flags = struct.unpack(">I4sI", data[pos:pos + 12])
+            # Flag 1: "the media data is in this same file". Anything else with a body names a place.
+            if not flags & 1 and entry_size > 12:
+                return True
+            if entry_size < 12:
+                break
+            pos += entry_size
+    return False
+
+
+def _ebml_number(fh) -> tuple[int | None, int] | None:
+    """An EBML variable-size number: ``(value, bytes read)``; value ``None`` means "unknown"."""
+    first = fh.read(1)
+    if not first or first[0] == 0:
+        return None
+    length = 8 - first[0].bit_length() + 1
+    rest = fh.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = first[0] & (0xFF >> length)
+    for byte in rest:
+        value = value << 8 | byte
+    return (None if value == (1 << (7 * length)) - 1 else value), length
+
+
+def _matroska_problem(fh, size: int) -> str | None:
+    fh.seek(4)
+    header = _ebml_number(fh)
+    if header is None or header[0] is None:
+        return None
+    segment_at = 4 + header[1] + header[0]
+    fh.seek(segment_at)
+    if fh.read(4) != _MATROSKA_SEGMENT:
+        return None
+    segment = _ebml_number(fh)
+    if segment is None or segment[0] is None:  # unknown size: a live recording, fine
+        return None
+    end = segment_at + 4 + segment[1] + segment[0]
+    return _truncated(end, size) if end > size else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm.jobspec import JobSpecError, OutputConfig
+from farm.keys import InvalidKeyError, split_key
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _INPUT_KEY = re.compile(r"^inputs/[A-Za-z0-9_-]{1,64}/[^/\\\x00]{1,255}$")
@@ -19,6 +20,16 @@ _INPUT_KEY = re.compile(r"^inputs/[A-Za-z0-9_-]{1,64}/[^/\\\x00]{1,255}$")
 
 class PayloadError(ValueError):
     pass
+
+
+def _plain_key(key: str) -> bool:
+    """The storage backends' own rules (no ``..``, no control characters): a key they would refuse
+    must fail the job at once as a bad payload, not be retried as if storage had failed."""
+    try:
+        split_key(key)
+    except InvalidKeyError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,7 @@ class JobPayload:
         if not isinstance(data, dict):
             raise PayloadError(f"payload must be an object, got {type(data).__name__}")
         job_id = data.get("jobId", bull_job_id)
-        if not isinstance(job_id, str) or not _ID.match(job_id):
+        if not isinstance(job_id, str) or not _ID.fullmatch(job_id):
             raise PayloadError(f"jobId must be 1-64 letters, digits, '-' or '_', got {job_id!r}")
         if job_id != bull_job_id:
             raise PayloadError(f"jobId {job_id!r} does not match the BullMQ job id {bull_job_id!r}")
@@ -42,7 +53,7 @@ class JobPayload:
         if not isinstance(source, dict):
             raise PayloadError("input must be an object with key and name")
         key, name = source.get("key"), source.get("name")
-        if not isinstance(key, str) or not _INPUT_KEY.match(key) or key.split("/")[2] in (".", ".."):
+        if not isinstance(key, str) or not _INPUT_KEY.fullmatch(key) or not _plain_key(key):
             raise PayloadError(f"input.key must look like inputs/<video id>/<name>, got {key!r}")
         if name is None:
             name = key.rsplit("/", 1)[-1]

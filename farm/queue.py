@@ -9,13 +9,14 @@ the cancel channel; the node holding the job kills its FFmpeg and ends the job `
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from bullmq import Queue
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, TimeoutError
 
 JOB_NAME = "transcode"
 DEFAULT_ATTEMPTS = 3
@@ -27,13 +28,27 @@ CANCEL_TTL_S = 24 * 3600
 STATES = ("waiting", "active", "delayed", "prioritized", "failed", "completed", "paused", "waiting-children")
 
 
+class _RetryUnlessRefused(Retry):
+    """redis-py's retry, except for a refused password: redis-py files that under ConnectionError,
+    so a node given a wrong password would retry, silent, for minutes. A retry cannot fix it."""
+
+    async def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable(error) if is_retryable else True
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def redis_client(url: str, *, patient: bool = False) -> aioredis.Redis:
     """An asyncio Redis client with reconnects.
 
     ``patient`` clients (nodes) retry for minutes through a Redis restart; the others (CLI, app
-    actions) give up after a few seconds so a user gets a clear error instead of a hang.
+    actions) give up after a few seconds so a user gets a clear error instead of a hang. Neither
+    retries a refused password.
     """
-    retry = Retry(ExponentialBackoff(cap=10 if patient else 1, base=0.2), 30 if patient else 3)
+    retry = _RetryUnlessRefused(ExponentialBackoff(cap=10 if patient else 1, base=0.2), 30 if patient else 3)
     return aioredis.from_url(
         url,
         decode_responses=True,
@@ -122,6 +137,24 @@ class QueueClient:
         counts = await self.queue.getJobCounts("waiting", "active", "delayed", "prioritized", "failed", "completed", "paused")
         counts["waiting"] = counts.get("waiting", 0) + counts.pop("prioritized", 0) + counts.pop("paused", 0)
         return counts
+
+    async def promote_due(self) -> int:
+        """Move delayed jobs whose time has come (retries after their backoff) back to waiting.
+
+        bullmq 3.4.4's idle worker does not wake for a delayed job whose delay outlasts its idle
+        wait, so a retry with a 5 s backoff sat in ``delayed`` forever. Nodes call this every
+        second. Scores in the delayed set are ``timestamp * 0x1000 + counter`` (BullMQ's layout).
+        """
+        now_ms = int(time.time() * 1000)
+        due = await self.redis.zrangebyscore(f"bull:{self.queue_name}:delayed", 0, (now_ms + 1) * 0x1000 - 1)
+        promoted = 0
+        for job_id in due:
+            try:
+                await self.queue.backend.promote(job_id)
+                promoted += 1
+            except Exception:  # promoted or taken by another node meanwhile
+                pass
+        return promoted
 
     async def is_cancel_requested(self, job_id: str) -> bool:
         return bool(await self.redis.exists(cancel_key(self.queue_name, job_id)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, Mapping
 
 import platformdirs
 import tomli_w
+
+from farm import redact
 
 APP_NAME = "encodeflow"
 DEFAULT_QUEUE = "transcode"
@@ -121,6 +124,9 @@ class Settings:
         merged.pop("config_path", None)
         settings = cls(data_dir=Path(data_dir).expanduser().resolve(), config_path=path, **merged)
         settings.validate()
+        # From here on, a password from the file or a flag is masked in every log line too.
+        redact.register_url(settings.redis_url)
+        redact.register_url(settings.database_url)
         return settings
 
     def validate(self) -> None:
@@ -129,6 +135,9 @@ class Settings:
                 f"ENCODEFLOW_REDIS_URL must start with redis://, rediss:// or unix://, "
                 f"got {redact_url(self.redis_url)!r}"
             )
+        for problem in (redis_url_problem(self.redis_url), database_url_problem(self.database_url)):
+            if problem:
+                raise SettingsError(problem)
         if self.storage_url and not self.storage_url.startswith(("s3://", "file:///")):
             raise SettingsError(
                 "ENCODEFLOW_STORAGE_URL must be s3://bucket[/prefix] or file:///absolute/dir, "
@@ -147,7 +156,12 @@ class Settings:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(tomli_w.dumps(values).encode())
+        tmp.unlink(missing_ok=True)
+        # The file may hold the Redis and database passwords: readable by its owner only, from
+        # the moment it exists.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(tomli_w.dumps(values).encode())
         tmp.replace(path)
         return path
 
@@ -162,15 +176,44 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password in a URL (``redis://:secret@host`` -> ``redis://:***@host``)."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Hide the password in a URL (``redis://:secret@host`` -> ``redis://:***@host``), even in one
+    that is malformed because a password character was not percent-encoded."""
+    return redact.redact_url(url)
 
+
+_ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password (as %2F, %3F, %23 and %40)"
+
+
+def redis_url_problem(url: str | None) -> str | None:
+    """Why redis-py would misread this URL, in words that never quote its password; else ``None``.
+
+    A password with an unencoded ``/``, ``?`` or ``#`` moves the rest of it into the path, query or
+    fragment, and the driver's own error then quotes part of it ("Port could not be cast to integer
+    value as 'first-half'"). Public so that the Settings page's Test can say the same.
+    """
+    from urllib.parse import urlsplit
+
+    if not url or url.startswith("unix://") or not url.startswith(("redis://", "rediss://")):
+        return None
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        readable = bool(parts.hostname) and re.fullmatch(r"/?\d*", parts.path) is not None
     except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+        readable = False
+    if readable:
+        return None
+    return (f"ENCODEFLOW_REDIS_URL cannot be read as redis[s]://[user:password@]host[:port][/db]: "
+            f"{redact_url(url)!r}; {_ENCODE_HINT}")
+
+
+def database_url_problem(url: str | None) -> str | None:
+    """Why SQLAlchemy would misread this URL (an unencoded ``@`` in the password: what follows it
+    is taken for the host, and connection errors quote it); else ``None``."""
+    if not url or url.startswith("sqlite"):
+        return None
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    if "://" in url and authority.count("@") <= 1:
+        return None
+    return (f"ENCODEFLOW_DATABASE_URL cannot be read as dialect+driver://[user:password@]host[:port]/db: "
+            f"{redact_url(url)!r}; {_ENCODE_HINT}")

@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 from bullmq import Worker
 
 from farm import __version__
@@ -23,28 +24,41 @@ from farm.db.engine import open_database
 from farm.embedded import resolve_redis_url
 from farm.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
 from farm.queue import QueueClient, cancel_channel, redis_client
+from farm.reconcile import Reconciler
 from farm.settings import Settings
 from farm.storage import open_storage
 from farm.telemetry import NodeRegistryWriter, check_node_name
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
+from farm_node.reconcile import RECONCILE_INTERVAL_S, reconcile_forever
 
 log = logging.getLogger(__name__)
 
-LOCK_DURATION_MS = 60_000  # renewed every 30 s; a blocked loop for a minute loses the job
-STALLED_INTERVAL_MS = 30_000
-MAX_STALLED_COUNT = 3  # a job whose node died this many times fails for good, with that reason
+# BullMQ's timing; `farm-node --lock-seconds ...` changes them (tests use a few seconds).
+LOCK_SECONDS = 60.0  # renewed every half of it; a loop blocked this long loses the job
+STALLED_INTERVAL_SECONDS = 30.0  # how often a node looks for jobs whose lock expired
+# A job whose node died more than this many times fails for good ("stopped responding N times").
+MAX_STALLED_COUNT = 3
 QUEUE_DEPTH_INTERVAL_S = 5.0
 DRAIN_DELAY_S = 2
+PROMOTE_INTERVAL_S = 1.0
 
 
 class FarmNode:
     def __init__(self, settings: Settings, *, name: str | None = None, concurrency: int = 1,
                  work_dir: Path | None = None, tags: list[str] | None = None,
-                 metrics_host: str = "0.0.0.0", metrics_port: int | None = 9464):
+                 metrics_host: str = "0.0.0.0", metrics_port: int | None = 9464,
+                 lock_seconds: float = LOCK_SECONDS, stalled_interval_seconds: float = STALLED_INTERVAL_SECONDS,
+                 max_stalled: int = MAX_STALLED_COUNT, reconcile_interval_seconds: float = RECONCILE_INTERVAL_S):
         if concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
+        if lock_seconds < 1:
+            raise ValueError("--lock-seconds must be at least 1")
+        if stalled_interval_seconds <= 0 or reconcile_interval_seconds <= 0:
+            raise ValueError("--stalled-interval-seconds and --reconcile-interval-seconds must be positive")
+        if max_stalled < 0:
+            raise ValueError("--max-stalled must be 0 or more")
         self.settings = settings
         # Checked here, not first by the registry writer deep in run(): a bad --name is a usage error
         # (exit 2, one line) and must not leave a work dir or a database behind.
@@ -54,12 +68,31 @@ class FarmNode:
         self.tags = tags or []
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
+        self.lock_seconds = lock_seconds
+        self.stalled_interval_seconds = stalled_interval_seconds
+        self.max_stalled = max_stalled
+        self.reconcile_interval_seconds = reconcile_interval_seconds
         self.state = "run"  # desired: run, pause, drain
         self.stop_requests = 0
         self._stopping = asyncio.Event()
         self.worker: Worker | None = None
         self.processor: JobProcessor | None = None
         self.metrics_url: str | None = None
+        self.reconciler: Reconciler | None = None
+        self._settling: set[asyncio.Task] = set()
+
+    def worker_options(self) -> dict:
+        """BullMQ Worker options: our timing, and the lock renewed at half its duration."""
+        lock_ms = int(self.lock_seconds * 1000)
+        return {
+            "concurrency": self.concurrency, "name": self.name,
+            "lockDuration": lock_ms, "lockRenewTime": lock_ms // 2,
+            "stalledInterval": int(self.stalled_interval_seconds * 1000),
+            "maxStalledCount": self.max_stalled,
+            # The idle wait (BZPOPMIN) must end before redis-py's 5 s read timeout, or every wait
+            # ends in a TimeoutError and BullMQ backs off for up to 20 s, deaf to new jobs.
+            "drainDelay": DRAIN_DELAY_S,
+        }
 
     # -- status, read by the heartbeat and /health ------------------------------------------------
     def status(self) -> str:
@@ -110,6 +143,7 @@ class FarmNode:
         db = await asyncio.to_thread(open_database, settings.effective_database_url)
         storage = open_storage(settings.effective_storage_url)
         await asyncio.to_thread(storage.check)
+        self.stop_orphaned_ffmpeg()
         self.sweep_work_dir()
 
         redis = redis_client(redis_url, patient=True)
@@ -137,15 +171,11 @@ class FarmNode:
             self.metrics_url = f"http://{shown_host}:{port}/metrics"
             log.info("metrics on %s", self.metrics_url)
 
-        self.worker = Worker(settings.queue, self.processor, {
-            "connection": redis_url, "concurrency": self.concurrency, "autorun": False,
-            "lockDuration": LOCK_DURATION_MS, "stalledInterval": STALLED_INTERVAL_MS,
-            "maxStalledCount": MAX_STALLED_COUNT, "name": self.name,
-            # The idle wait (BZPOPMIN) must end before redis-py's 5 s read timeout, or every wait
-            # ends in a TimeoutError and BullMQ backs off for up to 20 s, deaf to new jobs.
-            "drainDelay": DRAIN_DELAY_S,
-        })
+        self.reconciler = Reconciler(db, queue, storage)
+        self.worker = Worker(settings.queue, self._process,
+                             {"connection": redis_url, "autorun": False, **self.worker_options()})
         self.worker.on("error", lambda err, *a: log.warning("queue error: %s", err))
+        self.worker.on("failed", self._on_failed)
         if self.state == "pause":
             self.worker.paused = True
             self.worker.resume_event.clear()
@@ -158,6 +188,9 @@ class FarmNode:
             asyncio.create_task(heartbeat.run(heartbeat_stop), name="heartbeat"),
             asyncio.create_task(self._supervise("cancel", lambda: self._cancel_listener(redis)), name="cancel"),
             asyncio.create_task(self._queue_depth(queue, metrics), name="queue-depth"),
+            asyncio.create_task(self._promote_retries(queue), name="promote-retries"),
+            asyncio.create_task(reconcile_forever(self.reconciler, redis, settings.queue, self.name, self._stopping,
+                                                  self.reconcile_interval_seconds), name="reconcile"),
         ]
         worker_task = asyncio.create_task(self.worker.run(), name="worker")
         log.info("node %s up: queue %r, concurrency %d, work dir %s", self.name, settings.queue,
@@ -174,7 +207,7 @@ class FarmNode:
             await asyncio.gather(helpers[0], return_exceptions=True)
             for task in helpers[1:]:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(*helpers, *self._settling, return_exceptions=True)
             if self.state == "drain":  # the drain is done; a restarted node runs normally
                 with contextlib.suppress(Exception):
                     await redis.delete(writer.keys.control(self.name))
@@ -185,6 +218,56 @@ class FarmNode:
             self.sweep_work_dir()
         log.info("node %s stopped", self.name)
         return 0
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    async def _process(self, job, token: str) -> dict:
+        run = _RunOfJob(job)
+        log.info("job %s: run %d starting (stalled %d time(s) before)", job.id, run.attemptsMade + 1,
+                 run.stalled)
+        return await self.processor(run, token)
+
+    def _on_failed(self, job, err, *args) -> None:
+        """BullMQ failed a job that stalled too often without calling our processor: settle its row."""
+        if not getattr(job, "deferredFailure", None) or self.reconciler is None:
+            return
+        task = asyncio.ensure_future(self._settle_failed(job.id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_failed(self, job_id: str) -> None:
+        try:
+            await self.reconciler.settle_failed(job_id)
+        except Exception as exc:  # the periodic pass will get it
+            log.warning("could not record the failure of job %s: %s", job_id, exc)
+
+    # -- the work dir -------------------------------------------------------------------------------
+    def stop_orphaned_ffmpeg(self) -> list[int]:
+        """Kill FFmpeg processes still working in our work dir: an earlier run of this node died.
+
+        FFmpeg runs in its own process group, so a node killed with SIGKILL leaves it running, an
+        orphan that keeps a core busy until its file is done, for a result no one will read (the job
+        is run again). Only processes whose command line names a file in this node's work dir are
+        touched; the work dir is this node's alone.
+        """
+        inside = str(self.work_dir) + os.sep
+        killed = []
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmdline = proc.info["cmdline"] or []
+                program = os.path.basename(cmdline[0]) if cmdline else (proc.info["name"] or "")
+                if proc.pid == os.getpid() or "ffmpeg" not in program.lower():
+                    continue
+                # Paths reach FFmpeg as "file:<path>" URLs, so look inside each argument.
+                if any(inside in arg for arg in cmdline[1:]):
+                    proc.kill()
+                    killed.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        if killed:
+            psutil.wait_procs(killed, timeout=5)
+            log.warning("killed %d FFmpeg process(es) left running in %s by an earlier run of this node: pid %s",
+                        len(killed), self.work_dir, ", ".join(str(p.pid) for p in killed))
+        return [p.pid for p in killed]
 
     def sweep_work_dir(self) -> None:
         """Remove what an earlier run (or crash) left; the work dir is this node's alone."""
@@ -232,3 +315,40 @@ class FarmNode:
             except Exception as exc:
                 log.debug("queue depth unavailable: %s", exc)
             await asyncio.sleep(QUEUE_DEPTH_INTERVAL_S)
+
+
+    async def _promote_retries(self, queue: QueueClient) -> None:
+        """Put jobs whose retry backoff has passed back in the queue (see QueueClient.promote_due)."""
+        while not self._stopping.is_set():
+            try:
+                if await queue.promote_due():
+                    log.debug("promoted retries whose backoff had passed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("could not promote due retries: %s", exc)
+            await asyncio.sleep(PROMOTE_INTERVAL_S)
+
+
+class _RunOfJob:
+    """The BullMQ job as the processor sees it, numbering runs the way users count them.
+
+    BullMQ's ``attemptsMade`` counts only runs that ended (completed, failed, retried); a run whose
+    node died leaves it unchanged and bumps ``stalledCounter`` instead. The processor numbers a run
+    ``attemptsMade + 1`` (the row's attempts and the output key ``attempt-<n>``), so without this a
+    run after a node death would reuse the dead run's number and key: a late duplicate of the dead
+    run (lost lock) would then delete the winner's output when it deletes "its own". Counting
+    stalls in both ``attemptsMade`` and the ``attempts`` budget keeps the processor's "was that the
+    last attempt?" test the same as BullMQ's.
+    """
+
+    def __init__(self, job):
+        self._job = job
+        self.stalled = int(getattr(job, "stalledCounter", 0) or 0)
+        self.attemptsMade = int(job.attemptsMade or 0) + self.stalled
+        opts = dict(job.opts or {})
+        opts["attempts"] = int(opts.get("attempts") or 1) + self.stalled
+        self.opts = opts
+
+    def __getattr__(self, name):
+        return getattr(self._job, name)

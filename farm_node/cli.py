@@ -12,6 +12,13 @@ from pathlib import Path
 from farm import __version__
 from farm.settings import Settings, SettingsError
 
+# Plain numbers, repeated here so that `farm-node --help` does not import the agent (and BullMQ);
+# tests/e2e/test_node_death.py checks they match the agent's.
+LOCK_SECONDS = 60.0
+STALLED_INTERVAL_SECONDS = 30.0
+MAX_STALLED_COUNT = 3
+RECONCILE_INTERVAL_S = 30.0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm-node", description="EncodeFlow farm node: runs transcode jobs from the queue.")
@@ -26,12 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     for flag in ("data-dir", "redis-url", "database-url", "storage-url", "queue"):
         p.add_argument(f"--{flag}", dest=flag.replace("-", "_"))
+    advanced = p.add_argument_group(
+        "advanced (recovery timing; every node of a farm should use the same values)")
+    advanced.add_argument("--lock-seconds", type=float, default=LOCK_SECONDS, metavar="S",
+                          help="how long a job stays locked to this node without a renewal (renewed every "
+                               f"S/2); a node silent this long loses its job to another (default {LOCK_SECONDS:g})")
+    advanced.add_argument("--stalled-interval-seconds", type=float, default=STALLED_INTERVAL_SECONDS, metavar="S",
+                          help="how often to look for jobs whose node died; a dead node's job runs again "
+                               f"within about lock + this (default {STALLED_INTERVAL_SECONDS:g})")
+    advanced.add_argument("--max-stalled", type=int, default=MAX_STALLED_COUNT, metavar="N",
+                          help="a job whose node died more than N times fails for good (default "
+                               f"{MAX_STALLED_COUNT})")
+    advanced.add_argument("--reconcile-interval-seconds", type=float, default=RECONCILE_INTERVAL_S, metavar="S",
+                          help="how often the farm settles jobs that no node can finish any more; one node "
+                               f"does it per interval (default {RECONCILE_INTERVAL_S:g})")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s farm-node: %(message)s")
+    from farm import redact
+    redact.install()  # no password or secret key in the node's log
     # Migrations and HTTP clients narrate every step at INFO; a node's log is for its jobs.
     for noisy in ("alembic", "botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -47,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         node = FarmNode(settings, name=args.name, concurrency=args.concurrency, work_dir=args.work_dir,
                         tags=[t.strip() for t in args.tags.split(",") if t.strip()],
                         metrics_host=args.metrics_host,
-                        metrics_port=None if args.no_metrics else args.metrics_port)
+                        metrics_port=None if args.no_metrics else args.metrics_port,
+                        lock_seconds=args.lock_seconds, stalled_interval_seconds=args.stalled_interval_seconds,
+                        max_stalled=args.max_stalled, reconcile_interval_seconds=args.reconcile_interval_seconds)
     except ValueError as exc:
         print(f"farm-node: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ FFmpeg killed by a signal) is retried with backoff. The job's work dir is remove
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import threading
@@ -39,8 +40,19 @@ PROGRESS_INTERVAL_S = 0.5  # at most two progress writes a second per job: queue
 DURATION_TOLERANCE_S = 0.5
 
 
+NO_SPACE = "No space left on device"
+
+
 class JobCancelled(Exception):
     pass
+
+
+class WorkDirFull(RuntimeError):
+    """The node ran out of disk in its work dir. Retried (another node may have room)."""
+
+    def __init__(self, node: str, work_dir: Path):
+        super().__init__(f"node {node} ran out of disk space in its work dir {work_dir}; "
+                         "free some space there or give the node another --work-dir")
 
 
 @dataclass
@@ -99,6 +111,8 @@ class JobProcessor:
             await self._fail(payload.job_id, attempt, str(exc), getattr(exc, "log_tail", None))
             raise
         except Exception as exc:
+            if _disk_full(exc):  # the node's problem, not the job's: another node may have room
+                exc = WorkDirFull(self.node_name, self.work_dir)
             reason = _reason(exc)
             if attempt >= max_attempts:
                 await self._fail(payload.job_id, attempt, reason, getattr(exc, "log_tail", None))
@@ -166,6 +180,8 @@ class JobProcessor:
                 raise JobCancelled() from None
             if _killed_by_signal(exc):
                 raise  # OOM killer or an operator: worth another try
+            if NO_SPACE in (exc.log_tail or ""):
+                raise WorkDirFull(self.node_name, self.work_dir) from None
             err = UnrecoverableError(f"FFmpeg failed: {exc.reason}")
             err.log_tail = exc.log_tail
             raise err from None
@@ -283,12 +299,25 @@ class JobProcessor:
             run.transfer_cancel.set()
 
 
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ENOSPC is behind this error (storage wraps the OSError in its own error)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if NO_SPACE in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _killed_by_signal(exc: FFmpegError) -> bool:
     code = getattr(exc, "returncode", None)
     return code is not None and code < 0
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, WorkDirFull):
+        return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

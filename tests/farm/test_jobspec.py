@@ -93,3 +93,45 @@ def test_payload_is_validated_on_the_node():
 def test_hostile_payloads_are_refused(overrides, message):
     with pytest.raises(PayloadError, match=message):
         JobPayload.parse("job-1", _payload(**overrides))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+payload_like = st.fixed_dictionaries({}, optional={
+    "jobId": st.one_of(st.just("job-1"), st.text(max_size=70), json_values),
+    "input": st.one_of(json_values, st.fixed_dictionaries({}, optional={
+        "key": st.one_of(st.text(max_size=80), st.text(max_size=20).map(lambda t: f"inputs/v1/{t}"), json_values),
+        "name": st.one_of(st.text(max_size=40), json_values)})),
+    "outputConfig": st.one_of(json_values, st.dictionaries(
+        st.sampled_from(["resolution", "format", "includeAudio", "allowUpscale", "include_audio", "x"]), json_values)),
+})
+
+
+@given(st.one_of(payload_like, json_values))
+def test_any_queue_payload_is_either_valid_or_a_payload_error(data):
+    """A node never fails on a payload with anything but PayloadError (an unrecoverable, named
+    failure); and what it accepts is a plain key inside inputs/<id>/ that storage will take."""
+    from farm.keys import join_key
+
+    try:
+        parsed = JobPayload.parse("job-1", data)
+    except PayloadError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert parsed.job_id == "job-1"
+    parts = join_key("farm", parsed.input_key).split("/")
+    assert parts[:2] == ["farm", "inputs"] and len(parts) == 4
+
+
+@pytest.mark.parametrize("job_id, key", [
+    ("job-1\n", "inputs/v/a.mp4"),  # "$" in a regex matched before a final newline
+    ("job-1", "inputs/v/a.mp4\n"),
+    ("job-1", "inputs/v/a\nb.mp4"),  # storage refuses control characters: a retry would not help
+    ("job-1", "inputs/v/a\x7fb.mp4"),
+])
+def test_ids_and_keys_with_control_characters_are_refused(job_id, key):
+    with pytest.raises(PayloadError):
+        JobPayload.parse(job_id, {"jobId": job_id, "input": {"key": key}})

@@ -163,3 +163,29 @@ def test_join_key_on_arbitrary_text_stays_inside(key):
     assert joined.startswith("farm/")
     assert posixpath.normpath(joined).startswith("farm/")
     assert ".." not in joined.split("/")
+
+
+ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(video_id=ids, name=tricky_text.filter(bool))
+def test_input_key_round_trips_through_the_nodes_payload_check(video_id, name):
+    """Whatever a user's file is called, the key the CLI makes is one the node accepts, and it
+    stays inside inputs/<video id>/ in every backend."""
+    from farm.keys import split_key
+    from farm.payload import JobPayload
+
+    key = input_key(video_id, name)
+    assert split_key(key) == ["inputs", video_id, sanitize_name(name)]
+    parsed = JobPayload.parse("job-1", {"jobId": "job-1", "input": {"key": key, "name": name[:1024]}})
+    assert parsed.input_key == key
+    assert join_key("farm", key).startswith(f"farm/inputs/{video_id}/")
+
+
+@settings(max_examples=200, deadline=None)
+@given(job_id=ids, attempt=st.integers(min_value=0, max_value=10**6), name=tricky_text)
+def test_output_key_stays_in_its_attempt(job_id, attempt, name):
+    from farm.keys import split_key
+
+    assert split_key(output_key(job_id, attempt, name)) == ["outputs", job_id, f"attempt-{attempt}", sanitize_name(name)]

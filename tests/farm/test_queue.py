@@ -131,3 +131,33 @@ def test_retry_of_a_failed_job_resets_its_attempts(redis_url):
 
     before, outcome, after, attempts = run(body)
     assert (before, outcome, after, attempts) == ("failed", "retried", "waiting", 0)
+
+
+def test_a_retry_after_its_backoff_is_put_back_in_the_queue(redis_url):
+    """bullmq's idle worker alone never woke for a retry whose backoff outlasted its idle wait."""
+    async def body(q: QueueClient):
+        import time
+
+        from bullmq import Worker
+
+        runs = []
+
+        async def flaky(job, token):
+            runs.append(time.monotonic())
+            if len(runs) == 1:
+                raise RuntimeError("storage timed out")
+            return "ok"
+
+        await q.enqueue("job-b", _payload("job-b"))
+        worker = Worker(q.queue_name, flaky, {"connection": os.environ["ENCODEFLOW_REDIS_URL"], "drainDelay": 2})
+        deadline = time.monotonic() + 20
+        while len(runs) < 2 and time.monotonic() < deadline:
+            await q.promote_due()
+            await asyncio.sleep(0.5)
+        await worker.close()
+        return runs, await q.state("job-b")
+
+    runs, state = run(body)
+    assert len(runs) == 2, "the retry never ran"
+    assert 4.5 <= runs[1] - runs[0] <= 12, "it ran after its 5 s backoff, not before"
+    assert state == "completed"

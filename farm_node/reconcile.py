@@ -1,0 +1,56 @@
+"""The node's periodic reconcile pass (see ``farm/reconcile.py`` for what a pass fixes).
+
+Every node runs this loop; a Redis key set with ``SET NX PX`` makes sure that one pass runs per
+interval on the whole farm, whichever node gets there first. The key is not deleted after the
+pass: it expires on its own, so a node that dies mid-pass blocks the others for one interval at
+most. The interval is jittered so that nodes started together do not all ask at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+
+from farm.queue import keys_prefix
+from farm.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_S = 30.0
+JITTER = 0.2  # each wait is the interval +/- 20 %
+
+
+def lock_key(queue: str) -> str:
+    return f"{keys_prefix(queue)}reconcile:lock"
+
+
+async def take_turn(redis, queue: str, holder: str, ttl_s: float) -> bool:
+    """True if this node runs the pass of this interval (no one else has in the last ``ttl_s``)."""
+    return bool(await redis.set(lock_key(queue), holder, nx=True, px=max(1, int(ttl_s * 1000))))
+
+
+async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name: str,
+                            stopping: asyncio.Event, interval_s: float = RECONCILE_INTERVAL_S) -> None:
+    """Run a pass about every ``interval_s`` until ``stopping`` is set; errors are logged, not fatal."""
+    holder = f"{node_name}:{uuid.uuid4().hex[:8]}"
+    while not stopping.is_set():
+        wait = interval_s * random.uniform(1 - JITTER, 1 + JITTER)
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=wait)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            # The key lives a little less than an interval, so the next turn is free on time.
+            if not await take_turn(redis, queue, holder, interval_s * (1 - JITTER) * 0.9):
+                continue
+            began = time.monotonic()
+            actions = await reconciler.run_once()
+            log.debug("reconcile pass: %d change(s) in %.2f s", len(actions), time.monotonic() - began)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis or the database away: try again next interval
+            log.warning("reconcile pass failed: %s", exc)
