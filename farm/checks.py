@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from farm.settings import redact_url
+from farm.settings import database_url_problem, redact_url, redis_url_problem
 from farm.storage import LocalStorage, StorageError, open_storage
 
 TIMEOUT_S = 3
@@ -39,6 +39,9 @@ def check_redis(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     shown = redact_url(url) if isinstance(url, str) else repr(url)
     if not url or not url.startswith(("redis://", "rediss://", "unix://")):
         return CheckResult(False, f"{shown!r} is not a Redis URL; use redis://host:6379/0, rediss://… (TLS) or unix:///path")
+    problem = redis_url_problem(url)
+    if problem:  # the driver would misread it, and its error would quote part of the password
+        return CheckResult(False, problem)
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     except (ValueError, redis.RedisError) as exc:
@@ -130,6 +133,9 @@ def _scrub(text: str, url: str) -> str:
 
 def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     """Connect, run ``SELECT 1``, and report the server (or SQLite file) and its version."""
+    problem = database_url_problem(url)
+    if problem:  # the driver would misread it, and its error would quote part of the password
+        return CheckResult(False, problem)
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError, TypeError):

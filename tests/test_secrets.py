@@ -113,9 +113,6 @@ def test_a_password_that_was_not_percent_encoded_is_refused_without_quoting_it(v
         assert leaks(result.stderr + result.stdout, secret_part, "half", "first") == []
 
 
-@pytest.mark.xfail(strict=True, reason="farm/checks.py (the Settings page's Test buttons) still quotes the "
-                   "driver's parse error; fix: return CheckResult(False, problem) when "
-                   "farm.settings.redis_url_problem(url) / database_url_problem(url) names one")
 @pytest.mark.parametrize("check, url, secret_part", [
     (check_redis, "redis://:half/other-half@127.0.0.1:6379/0", "half"),
     (check_database, "postgresql+psycopg://u:first@second-part@127.0.0.1/db", "second-part"),
