@@ -133,7 +133,7 @@ def _scrub(text: str, url: str) -> str:
 
 def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     """Connect, run ``SELECT 1``, and report the server (or SQLite file) and its version."""
-    problem = database_url_problem(url)
+    problem = database_url_problem(url) if "://" in (url or "") else None
     if problem:  # the driver would misread it, and its error would quote part of the password
         return CheckResult(False, problem)
     try:
