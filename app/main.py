@@ -10,6 +10,9 @@ from farm.settings import Settings, SettingsError
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from farm import redact
+
+    redact.install()  # passwords and S3 keys never reach the log, whatever a library prints
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     app = QApplication(sys.argv if argv is None else argv)

@@ -21,7 +21,12 @@ class CLIError(Exception):
 def run(args, settings: Settings) -> int:
     handler = HANDLERS[args.command]
     if args.command in ("up", "demo", "presets", "node", "nodes"):
-        return handler(args, settings)
+        try:
+            return handler(args, settings)
+        except CLIError:
+            raise
+        except Exception as exc:
+            raise CLIError(_describe(exc)) from None
     farm = Farm(settings, start_embedded=args.command == "submit")
     try:
         return handler(args, settings, farm)
