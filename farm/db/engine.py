@@ -169,7 +169,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         # busy_timeout first: switching to WAL needs a brief exclusive lock on a new file.
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL is a property of the file: switch only once. Switching needs an exclusive lock that
+        # the busy timeout does not cover, so two processes opening a new file both asking for it
+        # made one fail with "database is locked" (_migrate also serialises first opens).
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a crash loses no committed data
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
@@ -189,6 +193,16 @@ def _sqlite_on_begin(connection: sa.Connection) -> None:
 def _migrate(engine: sa.Engine) -> None:
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
+    if engine.dialect.name == "sqlite" and (path := _sqlite_path(engine.url)) is not None:
+        # Nothing may connect to a new SQLite file before the first opener made it WAL and
+        # migrated it: hold the lock from the first connection on (a few ms once current).
+        with _file_lock(path.with_name(path.name + ".migrate-lock")):
+            if not _is_current(engine, script):
+                with engine.connect() as connection:
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+                    connection.commit()
+        return
     if _is_current(engine, script):
         return  # the usual case, and it takes no lock
     with engine.connect() as connection, _migration_lock(engine, connection):
@@ -222,10 +236,7 @@ def _migration_lock(engine: sa.Engine, connection: sa.Connection) -> Iterator[No
             connection.rollback()
             connection.execute(sa.select(sa.func.pg_advisory_unlock(PG_MIGRATION_LOCK_KEY)))
             connection.commit()
-    elif engine.dialect.name == "sqlite" and (path := _sqlite_path(engine.url)) is not None:
-        with _file_lock(path.with_name(path.name + ".migrate-lock")):
-            yield
-    else:
+    else:  # SQLite files are locked in _migrate; an in-memory database has one connection
         yield
 
 
