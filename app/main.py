@@ -44,11 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     runner.run(services.open, None, lambda exc: window.show_notice(f"Could not open the farm's services: {exc}"))
     launcher.start()
     window.show()
+    _quit_on_signals(window)
     code = app.exec()
     runner.wait()
     launcher.stop(keep_running=services.settings.keep_local_farm)
     services.close()
     return code
+
+
+def _quit_on_signals(window) -> None:
+    """SIGTERM (logout, `kill`) and Ctrl-C quit like the Quit menu, so the local farm is stopped.
+
+    Python runs signal handlers only between bytecodes; an idle Qt loop runs none, so a timer lets
+    the interpreter in twice a second.
+    """
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: window.quit())
+    timer = QTimer(window, interval=500)
+    timer.timeout.connect(lambda: None)
+    timer.start()
 
 
 if __name__ == "__main__":
