@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 import sqlalchemy as sa
 
+from farm.db.engine import sqlite_path
 from farm.settings import database_url_problem, redact_url, redis_url_problem
 from farm.storage import LocalStorage, StorageError, open_storage
 
@@ -150,7 +150,7 @@ def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
         connect_args["connect_timeout"] = max(1, int(timeout))
     elif backend == "sqlite":
         connect_args["timeout"] = timeout
-        path = _sqlite_file(parsed)
+        path = sqlite_path(parsed)
         if path is not None and not path.parent.is_dir():
             # The app creates the folder when it opens the database; say so rather than fail.
             try:
@@ -177,22 +177,13 @@ def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
 def _describe_database(engine: sa.Engine, connection: sa.Connection, url: sa.URL) -> str:
     version = ".".join(str(part) for part in (engine.dialect.server_version_info or ()))
     if engine.dialect.name == "sqlite":
-        path = _sqlite_file(url)
+        path = sqlite_path(url)
         return f"SQLite {version}, {'in memory' if path is None else f'file {path}'}"
     names = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB", "mssql": "SQL Server"}
     name = names.get(engine.dialect.name, engine.dialect.name)
     where = f"{url.host or 'localhost'}{f':{url.port}' if url.port else ''}"
     database = f", database {url.database!r}" if url.database else ""
     return f"{name} {version} at {where}{database}"
-
-
-def _sqlite_file(url: sa.URL) -> Path | None:
-    database = url.database or ""
-    if database in ("", ":memory:") or url.query.get("mode") == "memory":
-        return None
-    if database.startswith("file:"):
-        database = database[len("file:"):].split("?", 1)[0]
-    return Path(database).expanduser()
 
 
 def _db_reason(exc: BaseException, url: sa.URL) -> str:

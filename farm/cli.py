@@ -8,7 +8,6 @@ This module only parses arguments and prints; the work is in ``farm.client`` and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

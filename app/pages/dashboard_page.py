@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QTableWidget, QTableWidgetItem,
+from PySide6.QtWidgets import (QFrame, QGridLayout, QLabel, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget, QHeaderView, QAbstractItemView)
 
 from farm.db import repo

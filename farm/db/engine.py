@@ -139,7 +139,7 @@ def _create_engine(url: sa.URL) -> sa.Engine:
 
 
 def _create_sqlite_engine(url: sa.URL) -> sa.Engine:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if path is None:
         # An in-memory database lives and dies with its connection, so keep exactly one.
@@ -152,7 +152,7 @@ def _create_sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
-def _sqlite_path(url: sa.URL) -> Path | None:
+def sqlite_path(url: sa.URL) -> Path | None:
     """The database file, or None for an in-memory database."""
     database = url.database or ""
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
@@ -193,7 +193,7 @@ def _sqlite_on_begin(connection: sa.Connection) -> None:
 def _migrate(engine: sa.Engine) -> None:
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
-    if engine.dialect.name == "sqlite" and (path := _sqlite_path(engine.url)) is not None:
+    if engine.dialect.name == "sqlite" and (path := sqlite_path(engine.url)) is not None:
         # Nothing may connect to a new SQLite file before the first opener made it WAL and
         # migrated it: hold the lock from the first connection on (a few ms once current).
         with _file_lock(path.with_name(path.name + ".migrate-lock")):

@@ -97,3 +97,13 @@ def local_farm(data_dir):
     if redis_server is not None:
         redis_server.stop()
     assert not leftovers, f"FFmpeg left running: {leftovers}"
+
+
+@pytest.fixture
+def farm(local_farm):
+    """The farm client on the local farm's settings (what the CLI and the panel use)."""
+    from farm.client import Farm
+
+    client = Farm(local_farm.settings, start_embedded=False)
+    yield client
+    client.close()

@@ -9,6 +9,11 @@ import sys
 import time
 
 
+# About 8 s of HEVC work on a 2-core machine: long enough to still be running when a test acts.
+LONG_CLIP = dict(width=1280, height=720, seconds=12.0, name="node_control_long_720p.mp4")
+LONG_JOB = ("--format", "hevc", "--resolution", "720p")
+
+
 def run_cli(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "farm", *args], capture_output=True, text=True,
                           timeout=timeout, env=env or os.environ.copy())

@@ -23,19 +23,9 @@ from bullmq import Queue
 
 from farm.client import Farm
 from farm.telemetry import NodeRegistry, NodeStatus
-from tests.e2e.helpers import json_lines, run_cli, wait_for
+from tests.e2e.helpers import LONG_CLIP, LONG_JOB, json_lines, run_cli, wait_for
 
-# About 8 s of HEVC work on a 2-core machine: long enough to still be running when the test acts.
-LONG_CLIP = dict(width=1280, height=720, seconds=12.0, name="node_control_long_720p.mp4")
-LONG_JOB = ("--format", "hevc", "--resolution", "720p")
 SHORT_JOB = ("--format", "mp4", "--resolution", "360p")
-
-
-@pytest.fixture
-def farm(local_farm):
-    farm = Farm(local_farm.settings, start_embedded=False)
-    yield farm
-    farm.close()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from bullmq import Queue
 from farm.client import Farm
 from farm.keys import output_prefix
 from farm.storage import open_storage
-from tests.e2e.helpers import json_lines, run_cli, wait_for
+from tests.e2e.helpers import LONG_CLIP, LONG_JOB, json_lines, run_cli, wait_for
 
 LOCK_S, STALLED_S = 5, 3
 FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED_S),
@@ -31,16 +31,6 @@ FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED
 # renewal), then the next stalled check moves the job back (<= STALLED_S). The rest is slack
 # for a shared 2-core machine.
 RECOVERY_BOUND_S = LOCK_S + STALLED_S + 20
-# About 8 s of HEVC work on a 2-core machine: still running when the test acts.
-LONG_CLIP = dict(width=1280, height=720, seconds=12.0, name="node_control_long_720p.mp4")
-LONG_JOB = ("--format", "hevc", "--resolution", "720p")
-
-
-@pytest.fixture
-def farm(local_farm):
-    farm = Farm(local_farm.settings, start_embedded=False)
-    yield farm
-    farm.close()
 
 
 @pytest.fixture
