@@ -225,10 +225,14 @@ class Soak:
         seconds = time.monotonic() - started
         self.log(f"soak: {opts.jobs} jobs settled in {seconds:.1f} s with {len(self.kills)} kills; checking")
         # Late recoveries, and the reconcile passes that sweep outputs of runs that lost.
-        settle_deadline = time.monotonic() + max(30.0, 4 * opts.reconcile_interval_seconds)
+        settle_deadline = time.monotonic() + max(30.0, 4 * opts.reconcile_interval_seconds,
+                                                  3 * (opts.lock_seconds + opts.stalled_interval_seconds))
         while time.monotonic() < settle_deadline:
             self._note_recoveries()
-            if all(len(self._outputs(j)) == 1 for j in self.job_ids):
+            # The queue settles after the rows: a node killed between finishing a row and telling
+            # BullMQ leaves the job active until its lock expires and a rerun completes it.
+            queue_settled = all(self.r.hget(self.bull[""] + j, "finishedOn") for j in self.job_ids)
+            if queue_settled and all(len(self._outputs(j)) == 1 for j in self.job_ids):
                 break
             time.sleep(0.5)
         return seconds

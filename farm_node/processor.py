@@ -47,6 +47,14 @@ class JobCancelled(Exception):
     pass
 
 
+class AlreadyCompleted(Exception):
+    """The row was completed by an earlier run; this run only completes the queue's job."""
+
+    def __init__(self, outputs: list):
+        super().__init__("already completed")
+        self.outputs = outputs
+
+
 class WorkDirFull(RuntimeError):
     """The node ran out of disk in its work dir. Retried (another node may have room)."""
 
@@ -99,6 +107,9 @@ class JobProcessor:
             result = await self._run(job, payload, run, job_dir)
             status = "success"
             return result
+        except AlreadyCompleted as done:
+            status = None  # counted when the earlier run finished it
+            return {"outputs": done.outputs, "duplicate": True}
         except JobCancelled:
             status = "cancelled"
             if run.hand_back:
@@ -212,8 +223,11 @@ class JobProcessor:
     async def _mark_active(self, payload: JobPayload, run: RunningJob) -> None:
         ok = await asyncio.to_thread(repo.mark_active, self.db, payload.job_id, self.node_name, run.attempt)
         if not ok:
-            # Finished or cancelled meanwhile (a stale queue entry): nothing to do.
-            raise JobCancelled()
+            row = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+            if row is not None and row.status == "completed":
+                # An earlier run finished the row, then its node died before telling BullMQ.
+                raise AlreadyCompleted(row.outputs or [])
+            raise JobCancelled()  # cancelled meanwhile: a stale queue entry
         if self.metrics is not None:
             job = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
             if job is not None and job.queue_wait_seconds is not None and run.attempt == 1:
