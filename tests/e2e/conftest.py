@@ -3,12 +3,9 @@ dir, and ``farm-node`` processes started the way an admin starts them."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -107,3 +104,11 @@ def farm(local_farm):
     client = Farm(local_farm.settings, start_embedded=False)
     yield client
     client.close()
+
+
+@pytest.fixture
+def long_clip(make_clip):
+    """A clip whose HEVC transcode is still running when a test acts on it."""
+    from tests.e2e.helpers import LONG_CLIP
+
+    return make_clip(**LONG_CLIP)

@@ -31,3 +31,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def submit(path, *options: str) -> str:
+    """Submit one file with the CLI and return its job id."""
+    result = run_cli("submit", str(path), *options, "--json")
+    assert result.returncode == 0, result.stderr
+    return json_lines(result.stdout)[0]["id"]

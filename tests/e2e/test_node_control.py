@@ -23,7 +23,7 @@ from bullmq import Queue
 
 from farm.client import Farm
 from farm.telemetry import NodeRegistry, NodeStatus
-from tests.e2e.helpers import LONG_CLIP, LONG_JOB, json_lines, run_cli, wait_for
+from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 
 SHORT_JOB = ("--format", "mp4", "--resolution", "360p")
 
@@ -34,17 +34,6 @@ def registry(local_farm):
     client = redis.Redis.from_url(local_farm.redis_url, decode_responses=True)
     yield NodeRegistry(client, local_farm.settings.queue)
     client.close()
-
-
-@pytest.fixture
-def long_clip(make_clip):
-    return make_clip(**LONG_CLIP)
-
-
-def submit(path, *options: str) -> str:
-    result = run_cli("submit", str(path), *options, "--json")
-    assert result.returncode == 0, result.stderr
-    return json_lines(result.stdout)[0]["id"]
 
 
 def nodes() -> dict[str, dict]:

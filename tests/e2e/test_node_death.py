@@ -22,7 +22,7 @@ from bullmq import Queue
 from farm.client import Farm
 from farm.keys import output_prefix
 from farm.storage import open_storage
-from tests.e2e.helpers import LONG_CLIP, LONG_JOB, json_lines, run_cli, wait_for
+from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 
 LOCK_S, STALLED_S = 5, 3
 FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED_S),
@@ -31,17 +31,6 @@ FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED
 # renewal), then the next stalled check moves the job back (<= STALLED_S). The rest is slack
 # for a shared 2-core machine.
 RECOVERY_BOUND_S = LOCK_S + STALLED_S + 20
-
-
-@pytest.fixture
-def long_clip(make_clip):
-    return make_clip(**LONG_CLIP)
-
-
-def submit(path, *options: str) -> str:
-    result = run_cli("submit", str(path), *options, "--json")
-    assert result.returncode == 0, result.stderr
-    return json_lines(result.stdout)[0]["id"]
 
 
 def bull_job(local_farm, job_id: str):
