@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
+from farm.checks import check_redis
 from farm.db import repo
 from farm.db.engine import open_database
 from farm.embedded import resolve_redis_url
@@ -112,6 +113,16 @@ class Farm:
             self.db.dispose()
 
     # -- submitting -----------------------------------------------------------------------------
+    def check_queue(self) -> None:
+        """Refuse a submit up front when the queue cannot take it.
+
+        Without this, a submit with Redis down uploaded the whole file, recorded the job and only
+        then failed it "could not enqueue": minutes of upload for a failed row the user never wanted.
+        """
+        result = check_redis(self.redis_url)
+        if not result.ok:
+            raise FarmError(f"{result.message}. Nothing was uploaded; submit again once Redis answers")
+
     def submit(self, paths: Iterable[Path], config: OutputConfig, *, priority: int = 0,
                submitted_by: str | None = None,
                progress: Callable[[Path, int, int], None] | None = None,
@@ -130,6 +141,7 @@ class Farm:
                        submitted_by: str | None = None,
                        progress: Callable[[Path, int, int], None] | None = None,
                        cancel: threading.Event | None = None) -> dict:
+        self.check_queue()
         video_id = str(uuid.uuid4())
         key = input_key(video_id, item.path.name)
         total = item.path.stat().st_size

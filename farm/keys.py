@@ -76,11 +76,16 @@ def _cap(name: str) -> str:
         stem, extension = name, ""
     suffix = f".{extension}" if extension else ""
     budget = MAX_NAME_BYTES - len(suffix.encode())
-    stem = stem.encode()[:budget].decode(errors="ignore")
+    return _cut(stem, budget).rstrip(".") + suffix
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """``text`` shortened to ``max_bytes`` of UTF-8 on a character boundary."""
+    text = text.encode()[:max_bytes].decode(errors="ignore")
     # A combining mark left at the cut belongs to a letter that is gone.
-    while stem and unicodedata.category(stem[-1]) in ("Mn", "Mc"):
-        stem = stem[:-1]
-    return stem.rstrip(".") + suffix
+    while text and unicodedata.category(text[-1]) in ("Mn", "Mc"):
+        text = text[:-1]
+    return text
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -102,6 +107,19 @@ def output_key(job_id: str, attempt: int, filename: str) -> str:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         raise InvalidKeyError(f"attempt must be a whole number of at least 0, got {attempt!r}")
     return f"outputs/{validate_id(job_id, 'job id')}/attempt-{attempt}/{sanitize_name(filename)}"
+
+
+def output_filename(input_name: str, output_name: str) -> str:
+    """``<input stem>-<output name>`` (``Interview-720p.mp4``), as one safe name.
+
+    The input's stem is shortened first, so a long input name loses the end of its stem, never the
+    ``-720p.mp4`` that tells one job's outputs from another's.
+    """
+    tail = "-" + sanitize_name(output_name)
+    stem = sanitize_name(input_name).rsplit(".", 1)[0]
+    budget = MAX_NAME_BYTES - len(tail.encode())
+    stem = _tidy(_cut(stem, budget))
+    return sanitize_name(f"{stem or FALLBACK_NAME}{tail}")
 
 
 def output_prefix(job_id: str) -> str:

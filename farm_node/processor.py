@@ -27,7 +27,7 @@ from bullmq.custom_errors import DelayedError
 
 from farm.db import repo
 from farm.jobspec import OutputConfig, outputs_record
-from farm.keys import output_key, sanitize_name
+from farm.keys import output_filename, output_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, probe
 from farm.payload import JobPayload, PayloadError
 from farm.storage import ObjectNotFound, TransferCancelled
@@ -200,7 +200,7 @@ class JobProcessor:
             raise JobCancelled()
 
         out_info = await self._verify(target, info, config)
-        key = output_key(payload.job_id, run.attempt, f"{Path(sanitize_name(payload.input_name)).stem}-{config.output_name}")
+        key = output_key(payload.job_id, run.attempt, output_filename(payload.input_name, config.output_name))
         self._check_cancel(run)
         try:
             size = await asyncio.to_thread(self.storage.upload_file, target, key, cancel=run.transfer_cancel)

@@ -224,12 +224,15 @@ def test_wrong_and_unreachable_redis_passwords_are_never_shown(password_redis, c
     wrong = password_redis.url.replace(password_redis.password, wrong_pw)
     unreachable = f"redis://:{password_redis.password}@127.0.0.1:{free_port()}/0"
     shown = ""
-    for url, expected in ((wrong, "invalid username-password pair"), (unreachable, "connecting to 127.0.0.1")):
+    for url, expected in ((wrong, "refused the credentials"), (unreachable, "cannot connect to Redis at 127.0.0.1")):
         monkeypatch.setenv(ENV_VARS["redis_url"], url)
         submitted = run_cli("-v", "submit", str(clip))
         assert submitted.returncode == 1 and expected in submitted.stderr, submitted.stderr
-        jobs = run_cli("jobs", "--json")  # the job whose enqueue failed is listed, with the reason
-        assert jobs.returncode == 0 and "could not enqueue" in jobs.stdout
+        assert "Nothing was uploaded" in submitted.stderr
+        jobs = run_cli("jobs", "--json")  # refused before the upload: no job, no input in storage
+        assert jobs.returncode == 0 and jobs.stdout.strip() == "", jobs.stdout
+        stored = Settings.load().data_dir / "storage"
+        assert not [p for p in stored.rglob("*") if p.is_file()]
         listed = run_cli("-v", "nodes")
         assert listed.returncode == 1
         shown += submitted.stderr + jobs.stdout + listed.stdout + listed.stderr
@@ -347,7 +350,8 @@ def test_a_farm_configured_with_secrets_shows_none_of_them(password_redis, auth_
 
 def texts_on(widget) -> list[str]:
     """What the widget shows a user: every label, button, title, tooltip and table or tree cell.
-    Line edits are left out: they hold what the user typed."""
+    Line edits count too (a URL field masks its password once the user leaves it); password fields
+    (echo mode Password) show dots and are left out."""
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QComboBox, QGroupBox, QLabel, QLineEdit, QWidget
 
@@ -362,6 +366,8 @@ def texts_on(widget) -> list[str]:
             found += [child.itemText(i) for i in range(child.count())]
         elif isinstance(child, QLineEdit):
             found.append(child.placeholderText())
+            if child.echoMode() == QLineEdit.Normal:
+                found.append(child.text())
         elif isinstance(child, QAbstractItemView) and child.model() is not None:
             found += _cells(child.model(), None, Qt)
     return found
@@ -408,6 +414,7 @@ def test_the_settings_and_storage_pages_show_no_secret_after_failed_tests(qtbot,
              "storage": f"s3://{bucket}/farm"}
     for service, url in typed.items():
         page.url_edits[service].setText(url)
+        page.url_edits[service].editingFinished.emit()  # the user moves on to the next field
     if page.key_id_edit.isEnabled():
         page.key_id_edit.setText(auth_s3.key_id)
         page.secret_edit.setText(s3_wrong)

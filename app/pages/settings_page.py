@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
 
 from app import credentials
 from app.preferences import Preferences
+from app.widgets.url_edit import UrlEdit
 from farm.checks import CheckResult, check_database, check_redis, check_storage
 from farm.settings import DEFAULT_QUEUE, ENV_VARS, Settings, SettingsError, default_config_path
 
@@ -92,12 +93,12 @@ class SettingsPage(QWidget):
         box = QGroupBox("Farm services")
         layout = QGridLayout(box)
         layout.setColumnStretch(1, 1)
-        self.url_edits: dict[str, QLineEdit] = {}
+        self.url_edits: dict[str, UrlEdit] = {}
         self.test_buttons: dict[str, QPushButton] = {}
         self.results: dict[str, QLabel] = {}
         row = 0
         for service in SERVICES:
-            edit = QLineEdit()
+            edit = UrlEdit()
             edit.setObjectName(f"{service}Url")
             edit.setClearButtonEnabled(True)
             edit.textEdited.connect(lambda _text, s=service: self._edited(s))
@@ -223,9 +224,9 @@ class SettingsPage(QWidget):
     # -- showing settings --------------------------------------------------------------------
     def load_from(self, settings: Settings) -> None:
         """Fill the fields from ``settings`` (no I/O: the keyring and presets come from refresh())."""
-        self.url_edits["redis"].setText(settings.redis_url or "")
-        self.url_edits["database"].setText(settings.database_url or "")
-        self.url_edits["storage"].setText(settings.storage_url or "")
+        self.url_edits["redis"].set_url(settings.redis_url)
+        self.url_edits["database"].set_url(settings.database_url)
+        self.url_edits["storage"].set_url(settings.storage_url)
         self.url_edits["redis"].setPlaceholderText(
             "empty: the local farm's embedded Redis, started by this app (e.g. redis://host:6379/0 for a shared farm)")
         self.url_edits["database"].setPlaceholderText(
@@ -305,7 +306,7 @@ class SettingsPage(QWidget):
 
     # -- testing -----------------------------------------------------------------------------
     def _candidate_url(self, service: str) -> str | None:
-        return self.url_edits[service].text().strip() or None
+        return self.url_edits[service].url()
 
     def _typed_credentials(self) -> tuple[str, str] | None:
         key_id, secret = self.key_id_edit.text().strip(), self.secret_edit.text().strip()

@@ -172,3 +172,29 @@ def test_settings_page_renders(qtbot, page, tmp_path):
     page.show()
     qtbot.waitExposed(page)
     assert page.grab().save(str(tmp_path / "settings.png"))
+
+
+def test_url_passwords_are_shown_masked_and_kept(qtbot, page, services, monkeypatch):
+    """A saved URL with a password shows as ``:***@``; editing its host keeps the hidden password."""
+    secret_url = "redis://:hunter2-pw@127.0.0.1:6379/0"
+    page.load_from(services.settings.replace(redis_url=secret_url,
+                                             database_url="postgresql+psycopg://farm:db-pw-9@db.example/farm"))
+    redis_edit, db_edit = page.url_edits["redis"], page.url_edits["database"]
+    assert redis_edit.text() == "redis://:***@127.0.0.1:6379/0"
+    assert db_edit.text() == "postgresql+psycopg://farm:***@db.example/farm"
+    assert page.candidate_settings().redis_url == secret_url
+
+    # The user changes the database's host only: the password they cannot see is kept.
+    db_edit.setFocus()
+    db_edit.setText(db_edit.text().replace("db.example", "db2.example"))
+    db_edit.editingFinished.emit()
+    assert page.candidate_settings().database_url == "postgresql+psycopg://farm:db-pw-9@db2.example/farm"
+
+    # A new URL typed whole is taken as typed, and masked once the user leaves the field.
+    type_into(qtbot, redis_edit, "redis://:new-pw-7@127.0.0.1:6379/1")
+    redis_edit.editingFinished.emit()
+    assert redis_edit.text() == "redis://:***@127.0.0.1:6379/1"
+    assert page.candidate_settings().redis_url == "redis://:new-pw-7@127.0.0.1:6379/1"
+    page.grab()  # rendered: nothing on screen holds a password
+    shown = " ".join(w.text() for w in page.findChildren(type(redis_edit)))
+    assert "hunter2" not in shown and "db-pw-9" not in shown and "new-pw-7" not in shown

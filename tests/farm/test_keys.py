@@ -16,6 +16,7 @@ from farm.keys import (
     join_key,
     output_key,
     output_prefix,
+    output_filename,
     sanitize_name,
 )
 
@@ -189,3 +190,19 @@ def test_output_key_stays_in_its_attempt(job_id, attempt, name):
     from farm.keys import split_key
 
     assert split_key(output_key(job_id, attempt, name)) == ["outputs", job_id, f"attempt-{attempt}", sanitize_name(name)]
+
+
+def test_output_filename_keeps_the_output_name_of_a_long_input():
+    name = output_filename("Interview " * 40 + ".mov", "720p.mp4")
+    assert name.endswith("-720p.mp4") and name.startswith("Interview_Interview")
+    assert len(name.encode()) <= MAX_NAME_BYTES
+    assert output_filename("clip.mov", "720p.mp4") == "clip-720p.mp4"
+    assert output_filename("../../", "720p.mp4") == "file-720p.mp4"
+
+
+@given(name=tricky_text, output=st.sampled_from(["720p.mp4", "1080p.webm", "source.mkv"]))
+def test_output_filename_is_one_safe_name_ending_in_the_output_name(name, output):
+    filename = output_filename(name, output)
+    assert filename == sanitize_name(filename)
+    assert filename.endswith("-" + output)
+    assert len(filename.encode()) <= MAX_NAME_BYTES
