@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from farm.settings import CONFIG_ENV, ENV_VARS, Settings
+from tests.prometheus_fixture import prometheus_server  # noqa: F401 - a fixture for every test
 
 TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -147,6 +148,24 @@ def s3_url(s3_server, monkeypatch) -> str:
     url = f"s3://{bucket}/farm"
     monkeypatch.setenv(ENV_VARS["storage_url"], url)
     return url
+
+
+@pytest.fixture
+def s3_link(s3_url, s3_server, monkeypatch):
+    """A FaultyLink between the farm and moto's S3 server: AWS_ENDPOINT_URL points at the link.
+
+    ``s3_link.admin`` is a client that goes straight to the server (to look behind a cut link).
+    """
+    import boto3
+    from urllib.parse import urlsplit
+
+    from tests.faults import FaultyLink
+
+    server = urlsplit(s3_server)
+    with FaultyLink(server.hostname, server.port) as link:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{link.port}")
+        link.admin = boto3.client("s3", endpoint_url=s3_server)
+        yield link
 
 
 # -- media -------------------------------------------------------------------------------------

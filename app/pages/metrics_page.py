@@ -4,24 +4,33 @@ Everything is live from the hub: node samples (``samples_added``), queue counts
 (``counts_updated``, once a second) and job events (``job_event``: completed and failed, counted
 per minute by ``farm.rates.MinuteRates``). When the page is first shown it also loads the nodes'
 stored samples (the last 10 minutes) through the runner, so the charts do not start empty.
+
+With ``ENCODEFLOW_PROMETHEUS_URL`` set, a range box also offers the last 24 hours from Prometheus
+(``farm.prometheus``): the same four charts, read from Prometheus through the runner and refreshed
+every minute while shown. The live charts keep filling meanwhile, so switching back is instant.
 """
 
 from __future__ import annotations
 
 import time
 
-from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from app.hub import FarmHub
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.live_chart import LiveChart
+from farm.prometheus import MAX_POINTS, History, PrometheusClient
 from farm.rates import MINUTE, MinuteRates, minute_start, stream_id_time
+from farm.redact import redact_url
 from farm.telemetry import MAX_SAMPLES
 
 RATE_WINDOW_MINUTES = 60
 QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))
 RATE_SERIES = (("completed", "Completed", "#2e9e5b"), ("failed", "Failed", "#d62728"))
+HISTORY_HOURS = 24
+HISTORY_REFRESH_MS = 60_000
 
 
 def load_fleet_samples(services: AppServices) -> dict[str, list[dict]]:
@@ -49,10 +58,24 @@ class MetricsPage(QWidget):
         self.summary = QLabel("Waiting for the farm's first report…")
         self.summary.setObjectName("statLabel")
         self.summary.setToolTip("Jobs finished are counted from the job events seen since this window opened.")
+        self.range_combo = QComboBox()
+        self.range_combo.setObjectName("metricsRange")
+        self.range_combo.addItem("Live: last 10 minutes", "live")
+        self.range_combo.addItem(f"Last {HISTORY_HOURS} hours (Prometheus)", "history")
+        self.prometheus_url = services.settings.prometheus_url
+        if not self.prometheus_url:
+            self.range_combo.model().item(1).setEnabled(False)
+            self.range_combo.setToolTip("Set ENCODEFLOW_PROMETHEUS_URL to the studio's Prometheus to see "
+                                        f"the last {HISTORY_HOURS} hours; without it the charts show Redis' "
+                                        "last 10 minutes")
+        else:
+            self.range_combo.setToolTip(f"History from Prometheus at {redact_url(self.prometheus_url)}")
+        self.range_combo.currentIndexChanged.connect(self._range_changed)
         top = QHBoxLayout()
         top.addWidget(heading)
         top.addSpacing(12)
         top.addWidget(self.summary, 1)
+        top.addWidget(self.range_combo)
         self.error = QLabel()
         self.error.setObjectName("notice")
         self.error.setWordWrap(True)
@@ -70,17 +93,24 @@ class MetricsPage(QWidget):
             self.rate_chart.add_series(key, label, color, step=True, fill=True)
         self._update_rates()
 
-        grid = QGridLayout()
-        grid.setSpacing(12)
-        for index, chart in enumerate((self.cpu_chart, self.mem_chart, self.queue_chart, self.rate_chart)):
-            chart.setMinimumSize(320, 200)
-            grid.addWidget(chart, index // 2, index % 2)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(_grid_of(self.cpu_chart, self.mem_chart, self.queue_chart, self.rate_chart))
+        self.history_charts: dict[str, LiveChart] = {}  # built when first asked for
+        self.history_status = QLabel()
+        self.history_status.setObjectName("statLabel")
+        self.history_status.setWordWrap(True)
+        self.history_status.hide()
+        self._history_timer = QTimer(self)
+        self._history_timer.setInterval(HISTORY_REFRESH_MS)
+        self._history_timer.timeout.connect(self._load_prometheus)
+        self._prometheus_busy = False
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
         layout.addLayout(top)
         layout.addWidget(self.error)
-        layout.addLayout(grid, 1)
+        layout.addWidget(self.history_status)
+        layout.addWidget(self.stack, 1)
 
         hub.samples_added.connect(self.add_samples)
         hub.counts_updated.connect(self.add_counts)
@@ -88,7 +118,9 @@ class MetricsPage(QWidget):
 
     # -- the page contract ---------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Load the nodes' stored samples once (again after a failure)."""
+        """Load the nodes' stored samples once (again after a failure); reload Prometheus' view."""
+        if self.showing_history():
+            self._load_prometheus()
         if self._history != "not loaded":
             return
         self._history = "loading"
@@ -159,3 +191,85 @@ class MetricsPage(QWidget):
         self.error.setText(f"Could not load the nodes' last 10 minutes from Redis ({exc}). The charts fill "
                            "from now on; check the Redis connection in the status bar.")
         self.error.show()
+
+    # -- the last 24 hours from Prometheus -------------------------------------------------------------
+    def showing_history(self) -> bool:
+        return self.range_combo.currentData() == "history"
+
+    def _range_changed(self, _index: int) -> None:
+        if self.showing_history():
+            self._ensure_history_charts()
+            self.stack.setCurrentIndex(1)
+            self.history_status.setText(f"Loading the last {HISTORY_HOURS} hours from Prometheus…")
+            self.history_status.setStyleSheet("")
+            self.history_status.show()
+            self._history_timer.start()
+            self._load_prometheus()
+        else:
+            self._history_timer.stop()
+            self.history_status.hide()
+            self.stack.setCurrentIndex(0)
+
+    def _ensure_history_charts(self) -> None:
+        if self.history_charts:
+            return
+        window = HISTORY_HOURS * 3600
+        options = dict(window_s=window, min_span_s=window, capacity=MAX_POINTS + 10)
+        self.history_charts = {
+            "cpu": LiveChart(f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100), **options),
+            "memory": LiveChart(f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100), **options),
+            "queue": LiveChart(f"Queue depth, last {HISTORY_HOURS} h (jobs)", "jobs", y_range=None, **options),
+            "finished": LiveChart(f"Jobs finished per minute, last {HISTORY_HOURS} h", "jobs / min", y_range=None,
+                                  **options),
+        }
+        for key, label, color in QUEUE_SERIES:
+            self.history_charts["queue"].add_series(key, label, color)
+        for key, label, color in RATE_SERIES:
+            self.history_charts["finished"].add_series(key, label, color)
+        self.stack.addWidget(_grid_of(*self.history_charts.values()))
+
+    def _load_prometheus(self) -> None:
+        if self._prometheus_busy or not self.prometheus_url:
+            return
+        self._prometheus_busy = True
+        url = self.prometheus_url
+        self.runner.run(lambda: PrometheusClient(url).fleet_history(HISTORY_HOURS), self._prometheus_loaded,
+                        self._prometheus_failed)
+
+    def _prometheus_loaded(self, history: History) -> None:
+        self._prometheus_busy = False
+        for chart_key, series in history.series.items():
+            chart = self.history_charts[chart_key]
+            for name, (times, values) in sorted(series.items()):
+                chart.set_data(name, times, values)
+            for name in chart.series_keys():  # a node gone from the whole window: empty its curve
+                if name not in series:
+                    chart.set_data(name, [], [])
+            chart.flush()
+        nodes = len(history.series.get("cpu", {}))
+        self.history_status.setText(
+            f"From Prometheus at {redact_url(self.prometheus_url)}: {nodes} node{'s' if nodes != 1 else ''}, "
+            f"one point every {_span(history.step)}; updated {time.strftime('%H:%M', time.localtime(history.end))}, "
+            "every minute while shown.")
+        self.history_status.setStyleSheet("")
+
+    def _prometheus_failed(self, exc: Exception) -> None:
+        self._prometheus_busy = False
+        self.history_status.setText(f"Could not load the last {HISTORY_HOURS} hours: {exc}")
+        self.history_status.setStyleSheet("color: #b3261e;")
+        self.history_status.show()
+
+
+def _grid_of(*charts: LiveChart) -> QWidget:
+    page = QWidget()
+    grid = QGridLayout(page)
+    grid.setContentsMargins(0, 0, 0, 0)
+    grid.setSpacing(12)
+    for index, chart in enumerate(charts):
+        chart.setMinimumSize(320, 200)
+        grid.addWidget(chart, index // 2, index % 2)
+    return page
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 120 else f"{seconds / 60:g} min"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from PySide6.QtWidgets import QApplication
@@ -76,3 +77,58 @@ def test_metrics_history_failure_is_shown(services, runner, qtbot, monkeypatch, 
     qtbot.waitUntil(lambda: page.error.isVisibleTo(page), timeout=5000)
     assert "Could not load the nodes' last 10 minutes from Redis" in page.error.text()
     assert "127.0.0.1:1" in page.error.text()
+
+
+def test_metrics_page_shows_the_last_24_hours_from_prometheus(local_node, services, runner, hub, qtbot,
+                                                               prometheus_server):
+    from urllib.parse import urlsplit
+
+    from farm.prometheus import PrometheusClient
+    from tests.e2e.helpers import wait_for
+
+    registry = services.registry()
+    node = wait_for(lambda: next((n for n in registry.nodes() if n.name == NODE), None), 20, what="the node")
+    registry.redis.close()
+    url = prometheus_server([urlsplit(node.metrics_url).netloc])
+    client = PrometheusClient(url)
+    wait_for(lambda: client.query_range("worker_cpu_usage", time.time() - 60, time.time(), 1), 30,
+             what="Prometheus' first scrape")
+    services.settings = services.settings.replace(prometheus_url=url)
+
+    page = MetricsPage(services, runner, hub)
+    qtbot.addWidget(page)
+    page.resize(1100, 700)
+    page.show()
+    qtbot.waitExposed(page)
+    assert page.range_combo.model().item(1).isEnabled()
+    page.range_combo.setCurrentIndex(1)
+    cpu = lambda: page.history_charts["cpu"]  # noqa: E731
+    qtbot.waitUntil(lambda: points(cpu(), NODE) >= 1, timeout=20_000)
+    assert page.stack.currentIndex() == 1
+    assert page.history_status.text().startswith(f"From Prometheus at {url}: 1 node, one point every")
+    _, values = cpu().curve(NODE).getData()
+    assert ((values >= 0) & (values <= 100)).all()
+    _, memory = page.history_charts["memory"].curve(NODE).getData()
+    assert 0 < memory[-1] <= 100
+    assert set(page.history_charts["queue"].series_keys()) == {"waiting", "active"}
+
+    page.range_combo.setCurrentIndex(0)  # back to live: the live charts, which kept filling
+    assert page.stack.currentIndex() == 0 and page.history_status.isHidden()
+    assert points(page.cpu_chart, NODE) >= 1
+
+
+def test_without_prometheus_the_history_is_offered_with_how_to_get_it(services, runner, hub, qtbot):
+    page = MetricsPage(services, runner, hub)
+    qtbot.addWidget(page)
+    assert not page.range_combo.model().item(1).isEnabled()
+    assert "ENCODEFLOW_PROMETHEUS_URL" in page.range_combo.toolTip()
+
+
+def test_an_unreachable_prometheus_is_reported_on_the_page(services, runner, hub, qtbot):
+    services.settings = services.settings.replace(prometheus_url="http://127.0.0.1:9")
+    page = MetricsPage(services, runner, hub)
+    qtbot.addWidget(page)
+    page.range_combo.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: page.history_status.text().startswith("Could not load"), timeout=15_000)
+    assert "cannot reach Prometheus at http://127.0.0.1:9" in page.history_status.text()
+    assert "ENCODEFLOW_PROMETHEUS_URL" in page.history_status.text()

@@ -1,0 +1,68 @@
+"""A real Prometheus server for tests (Debian's ``prometheus`` package), scraping what a test names.
+
+    def test_x(prometheus_server):
+        url = prometheus_server(["127.0.0.1:9464"])   # scrapes every second
+        ...
+
+Tests that need it skip with the reason where the binary is missing (CI installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def prometheus_server(tmp_path):
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary (apt-get install prometheus)")
+    started: list[subprocess.Popen] = []
+
+    def start(targets: list[str], *, rule_files: list[str] = (), interval: str = "1s") -> str:
+        port = _free_port()
+        config = tmp_path / f"prometheus-{port}.yml"
+        config.write_text(json.dumps({  # JSON is YAML: no YAML library needed
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": list(rule_files),
+            "scrape_configs": [{"job_name": "encodeflow-node", "static_configs": [{"targets": targets}]}],
+        }))
+        log = (tmp_path / f"prometheus-{port}.log").open("w")
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / f'tsdb-{port}'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus did not start: {(tmp_path / f'prometheus-{port}.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
