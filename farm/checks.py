@@ -228,3 +228,24 @@ def _with_credentials(storage, credentials: tuple[str, str]):
     key_id, secret = credentials
     session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
     return S3Storage(storage.bucket, storage.prefix, session=session)
+
+
+# -- Prometheus (optional) -----------------------------------------------------------------------
+
+
+def check_prometheus(url: str | None, timeout: float = TIMEOUT_S) -> CheckResult:
+    """Ask Prometheus how many EncodeFlow nodes it scrapes. No URL is fine: the setting is optional."""
+    from farm.prometheus import PrometheusClient, PrometheusError
+
+    if not url:
+        return CheckResult(True, "not set: the Metrics page shows the last 10 minutes from Redis")
+    try:
+        client = PrometheusClient(url, timeout=timeout)
+        result = client.query("count(worker_cpu_usage)")
+    except PrometheusError as exc:
+        return CheckResult(False, str(exc))
+    nodes = int(float(result[0]["value"][1])) if result else 0
+    if not nodes:
+        return CheckResult(True, f"Prometheus at {client.shown_url} answers, but scrapes no EncodeFlow node yet; "
+                                 "add the nodes' metrics ports to its scrape config (packaging/prometheus)")
+    return CheckResult(True, f"Prometheus at {client.shown_url} scrapes {nodes} EncodeFlow node{'s' if nodes != 1 else ''}")

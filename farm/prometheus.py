@@ -74,6 +74,14 @@ class PrometheusClient:
                                   f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}")
         return body.get("data", {}).get("result", [])
 
+    def query(self, query: str) -> list[dict]:
+        """The ``result`` list of an instant query (``[{"metric": {...}, "value": [t, "v"]}]``)."""
+        body = self._get(f"/api/v1/query?{urllib.parse.urlencode({'query': query})}")
+        if body.get("status") != "success":
+            raise PrometheusError(f"Prometheus at {self.shown_url} refused the query {query!r}: "
+                                  f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}")
+        return body.get("data", {}).get("result", [])
+
     def fleet_history(self, hours: float = 24, now: float | None = None) -> History:
         """The Metrics page's four charts over the last ``hours``, about ``MAX_POINTS`` points each."""
         end = time.time() if now is None else now

@@ -127,6 +127,7 @@ class Settings:
         # From here on, a password from the file or a flag is masked in every log line too.
         redact.register_url(settings.redis_url)
         redact.register_url(settings.database_url)
+        redact.register_url(settings.prometheus_url)
         return settings
 
     def validate(self) -> None:
@@ -143,6 +144,9 @@ class Settings:
                 "ENCODEFLOW_STORAGE_URL must be s3://bucket[/prefix] or file:///absolute/dir, "
                 f"got {redact_url(self.storage_url)!r}"
             )
+        if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
+            raise SettingsError("ENCODEFLOW_PROMETHEUS_URL must be http://host:9090 or https://…, "
+                                f"got {redact_url(self.prometheus_url)!r}")
         if not self.queue or any(c in self.queue for c in ": \t\n"):
             raise SettingsError(f"ENCODEFLOW_QUEUE must be a plain name without ':' or spaces, got {self.queue!r}")
 

@@ -62,14 +62,7 @@ class MetricsPage(QWidget):
         self.range_combo.setObjectName("metricsRange")
         self.range_combo.addItem("Live: last 10 minutes", "live")
         self.range_combo.addItem(f"Last {HISTORY_HOURS} hours (Prometheus)", "history")
-        self.prometheus_url = services.settings.prometheus_url
-        if not self.prometheus_url:
-            self.range_combo.model().item(1).setEnabled(False)
-            self.range_combo.setToolTip("Set ENCODEFLOW_PROMETHEUS_URL to the studio's Prometheus to see "
-                                        f"the last {HISTORY_HOURS} hours; without it the charts show Redis' "
-                                        "last 10 minutes")
-        else:
-            self.range_combo.setToolTip(f"History from Prometheus at {redact_url(self.prometheus_url)}")
+        self._offer_history()
         self.range_combo.currentIndexChanged.connect(self._range_changed)
         top = QHBoxLayout()
         top.addWidget(heading)
@@ -119,6 +112,7 @@ class MetricsPage(QWidget):
     # -- the page contract ---------------------------------------------------------------------------
     def refresh(self) -> None:
         """Load the nodes' stored samples once (again after a failure); reload Prometheus' view."""
+        self._offer_history()  # the Settings page may have set or cleared the Prometheus URL
         if self.showing_history():
             self._load_prometheus()
         if self._history != "not loaded":
@@ -193,6 +187,21 @@ class MetricsPage(QWidget):
         self.error.show()
 
     # -- the last 24 hours from Prometheus -------------------------------------------------------------
+    @property
+    def prometheus_url(self) -> str | None:
+        return self.services.settings.prometheus_url
+
+    def _offer_history(self) -> None:
+        item = self.range_combo.model().item(1)
+        item.setEnabled(bool(self.prometheus_url))
+        if self.prometheus_url:
+            self.range_combo.setToolTip(f"History from Prometheus at {redact_url(self.prometheus_url)}")
+            return
+        self.range_combo.setToolTip("Set a Prometheus URL (Settings, or ENCODEFLOW_PROMETHEUS_URL) to see the "
+                                    f"last {HISTORY_HOURS} hours; without it the charts show Redis' last 10 minutes")
+        if self.showing_history():
+            self.range_combo.setCurrentIndex(0)
+
     def showing_history(self) -> bool:
         return self.range_combo.currentData() == "history"
 

@@ -23,14 +23,14 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
 from app import credentials
 from app.preferences import Preferences
 from app.widgets.url_edit import UrlEdit
-from farm.checks import CheckResult, check_database, check_redis, check_storage
+from farm.checks import CheckResult, check_database, check_prometheus, check_redis, check_storage
 from farm.settings import DEFAULT_QUEUE, ENV_VARS, Settings, SettingsError, default_config_path
 
 OK_STYLE = "color: #1e7d32;"
 ERROR_STYLE = "color: #b3261e;"
 BUSY_STYLE = "color: #5b6475;"
-SERVICES = ("redis", "database", "storage")
-LABELS = {"redis": "Redis", "database": "Database", "storage": "Storage"}
+SERVICES = ("redis", "database", "storage", "prometheus")
+LABELS = {"redis": "Redis", "database": "Database", "storage": "Storage", "prometheus": "Prometheus"}
 
 
 def set_result(label: QLabel, result: CheckResult | None, busy_text: str = "") -> None:
@@ -112,7 +112,8 @@ class SettingsPage(QWidget):
             result.setTextInteractionFlags(Qt.TextSelectableByMouse)
             result.hide()
             self.url_edits[service], self.test_buttons[service], self.results[service] = edit, button, result
-            layout.addWidget(QLabel(f"{LABELS[service]} URL"), row, 0)
+            optional = " (optional)" if service == "prometheus" else ""
+            layout.addWidget(QLabel(f"{LABELS[service]} URL{optional}"), row, 0)
             layout.addWidget(edit, row, 1)
             if service == "storage":
                 folder = QPushButton("Folder…")
@@ -136,7 +137,7 @@ class SettingsPage(QWidget):
         row += 1
         hint = QLabel(
             "Leave a URL empty to use the built-in default shown in the field. Save tests Redis, the "
-            "database and storage first and saves only when all three answer."
+            "database and storage (and Prometheus, if set) first and saves only when all of them answer."
         )
         hint.setWordWrap(True)
         hint.setObjectName("statLabel")
@@ -227,6 +228,9 @@ class SettingsPage(QWidget):
         self.url_edits["redis"].set_url(settings.redis_url)
         self.url_edits["database"].set_url(settings.database_url)
         self.url_edits["storage"].set_url(settings.storage_url)
+        self.url_edits["prometheus"].set_url(settings.prometheus_url)
+        self.url_edits["prometheus"].setPlaceholderText(
+            "empty: no history beyond Redis' 10 minutes (e.g. http://prometheus:9090 for the last 24 hours)")
         self.url_edits["redis"].setPlaceholderText(
             "empty: the local farm's embedded Redis, started by this app (e.g. redis://host:6379/0 for a shared farm)")
         self.url_edits["database"].setPlaceholderText(
@@ -242,7 +246,8 @@ class SettingsPage(QWidget):
         self._fill_presets([self.preset_combo.itemData(i) for i in range(1, self.preset_combo.count())],
                            settings.default_preset)
         overridden = [var for name, var in ENV_VARS.items()
-                      if name in ("redis_url", "database_url", "storage_url", "queue") and os.environ.get(var)]
+                      if name in ("redis_url", "database_url", "storage_url", "prometheus_url", "queue")
+                      and os.environ.get(var)]
         if overridden:
             self.env_notice.setText(
                 f"Set in the environment, and stronger than the config file: {', '.join(overridden)}. "
@@ -338,6 +343,8 @@ class SettingsPage(QWidget):
         if service == "storage":
             typed = self._typed_credentials()
             return lambda: check_storage(url or defaults.effective_storage_url, credentials=typed)
+        if service == "prometheus":
+            return lambda: check_prometheus(url)
         if url:
             return lambda: check_redis(url)
         return lambda services=self.services: _check_embedded_redis(services)
@@ -350,6 +357,7 @@ class SettingsPage(QWidget):
             redis_url=self._candidate_url("redis"),
             database_url=self._candidate_url("database"),
             storage_url=self._candidate_url("storage"),
+            prometheus_url=self._candidate_url("prometheus"),
             queue=self.queue_edit.text().strip() or DEFAULT_QUEUE,
             default_preset=self.preset_combo.currentData(),
             notifications=self.notifications_check.isChecked(),
@@ -389,7 +397,7 @@ class SettingsPage(QWidget):
         self.save_button.setEnabled(False)
         for service in SERVICES:
             set_result(self.results[service], None, f"Testing {LABELS[service].lower()}…")
-        self._show_status("Checking Redis, the database and storage before saving…", ok=None)
+        self._show_status("Checking Redis, the database, storage and Prometheus before saving…", ok=None)
         self.runner.run(task, lambda result: self._saved(settings, new_credentials, *result), self._save_failed)
 
     def _credentials_to_store(self) -> tuple[str, str] | None:

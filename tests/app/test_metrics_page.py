@@ -121,7 +121,7 @@ def test_without_prometheus_the_history_is_offered_with_how_to_get_it(services, 
     page = MetricsPage(services, runner, hub)
     qtbot.addWidget(page)
     assert not page.range_combo.model().item(1).isEnabled()
-    assert "ENCODEFLOW_PROMETHEUS_URL" in page.range_combo.toolTip()
+    assert "ENCODEFLOW_PROMETHEUS_URL" in page.range_combo.toolTip() and "Settings" in page.range_combo.toolTip()
 
 
 def test_an_unreachable_prometheus_is_reported_on_the_page(services, runner, hub, qtbot):

@@ -198,3 +198,26 @@ def test_url_passwords_are_shown_masked_and_kept(qtbot, page, services, monkeypa
     page.grab()  # rendered: nothing on screen holds a password
     shown = " ".join(w.text() for w in page.findChildren(type(redis_edit)))
     assert "hunter2" not in shown and "db-pw-9" not in shown and "new-pw-7" not in shown
+
+
+def test_the_optional_prometheus_url_is_tested_and_saved(qtbot, page, services, prometheus_server):
+    assert page.url_edits["prometheus"].text() == ""
+    qtbot.mouseClick(page.test_buttons["prometheus"], Qt.LeftButton)
+    result = page.results["prometheus"]
+    qtbot.waitUntil(lambda: result.text().startswith("✓"), timeout=10_000)
+    assert "not set: the Metrics page shows the last 10 minutes from Redis" in result.text()
+
+    type_into(qtbot, page.url_edits["prometheus"], "http://127.0.0.1:9")
+    qtbot.mouseClick(page.save_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: page.status.text().startswith("Not saved"), timeout=20_000)
+    assert "Prometheus: cannot reach Prometheus at http://127.0.0.1:9" in page.status.text()
+
+    url = prometheus_server(["127.0.0.1:9"])  # a real Prometheus; its one target is down
+    type_into(qtbot, page.url_edits["prometheus"], url)
+    with qtbot.waitSignal(page.settings_saved, timeout=20_000) as blocker:
+        qtbot.mouseClick(page.save_button, Qt.LeftButton)
+    assert page.results["prometheus"].text() == (
+        f"✓ Prometheus at {url} answers, but scrapes no EncodeFlow node yet; add the nodes' metrics "
+        "ports to its scrape config (packaging/prometheus)")
+    assert blocker.args[0].prometheus_url == url
+    assert Settings.load(config_path=blocker.args[0].config_path).prometheus_url == url
