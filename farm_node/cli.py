@@ -80,14 +80,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(node) -> int:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, node.request_stop)
+    _install_stop_signals(asyncio.get_running_loop(), node.request_stop)
     try:
         return await node.run()
     except Exception as exc:
         logging.getLogger("farm_node").error("%s", exc, exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
         return 1
+
+
+def _install_stop_signals(loop: asyncio.AbstractEventLoop, request_stop) -> None:
+    """SIGTERM and SIGINT (and Windows' Ctrl+Break) ask the node to stop: once drains, twice hands back.
+
+    Windows' event loops have no ``add_signal_handler`` (NotImplementedError); there a plain signal
+    handler passes the request to the loop. (Not run on Windows here: see packaging/windows.)
+    """
+    names = ("SIGTERM", "SIGINT", "SIGBREAK")
+    for sig in [getattr(signal, name) for name in names if hasattr(signal, name)]:
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except NotImplementedError:
+            signal.signal(sig, lambda _signum, _frame: loop.call_soon_threadsafe(request_stop))
 
 
 if __name__ == "__main__":

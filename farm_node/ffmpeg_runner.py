@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -76,6 +77,9 @@ async def run_ffmpeg(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        # Windows has no sessions: a group of its own keeps the console's Ctrl+C (meant for the node,
+        # which drains) from reaching FFmpeg, as the session does on POSIX.
+        creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
         limit=_LINE_LIMIT,
     )
     tail: deque[str] = deque(maxlen=log_lines)
