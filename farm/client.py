@@ -30,7 +30,7 @@ from farm.payload import JobPayload
 from farm.queue import QueueClient
 from farm.redact import redact_text
 from farm.settings import Settings
-from farm.storage import open_storage
+from farm.storage import StorageError, TransferCancelled, open_storage
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -133,8 +133,14 @@ class Farm:
         submitted_by = submitted_by or _user()
         jobs = []
         for item in checked:
-            jobs.append(self.submit_checked(item, config, priority=priority, submitted_by=submitted_by,
-                                            progress=progress, cancel=cancel))
+            try:
+                jobs.append(self.submit_checked(item, config, priority=priority, submitted_by=submitted_by,
+                                                progress=progress, cancel=cancel))
+            except FarmError as exc:
+                if not jobs:
+                    raise
+                done = ", ".join(job["id"] for job in jobs)
+                raise FarmError(f"{exc} (the {len(jobs)} file(s) before it were submitted: {done})") from exc
         return jobs
 
     def submit_checked(self, item: CheckedFile, config: OutputConfig, *, priority: int = 0,
@@ -146,7 +152,14 @@ class Farm:
         key = input_key(video_id, item.path.name)
         total = item.path.stat().st_size
         callback = (lambda done: progress(item.path, done, total)) if progress else None
-        size = self.storage.upload_file(item.path, key, progress=callback, cancel=cancel)
+        try:
+            size = self.storage.upload_file(item.path, key, progress=callback, cancel=cancel)
+        except TransferCancelled:
+            raise
+        except StorageError as exc:
+            # The storage leaves nothing of a failed upload, and no row exists yet: nothing to undo.
+            raise FarmError(f"could not upload {display_name(item.path.name)}, so no job was created: "
+                            f"{exc}") from exc
         info = item.info
         video = repo.create_video(
             self.db, id=video_id, name=item.path.name, key=key, size=size, duration=info.duration,

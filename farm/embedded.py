@@ -5,6 +5,11 @@ started under ``<data dir>/redis`` with AOF persistence, so queued jobs survive 
 server listens on loopback only, with a random password kept in a file only the user can read.
 Its URL and pid are recorded in ``server.json``; a file lock makes two processes starting at once
 end up with the same server.
+
+The port and password are also kept in ``endpoint.json``, which outlives a stop: a server started
+again takes the same port and password, so processes still holding its URL (running nodes, the
+panel) reconnect by themselves. Only when another program has taken that port does it move to a
+new one, and says so: those processes must then be restarted.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -25,6 +31,8 @@ from pathlib import Path
 import redis
 
 from farm.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -101,6 +109,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # What redis-server itself sets: a port whose last connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _endpoint(directory: Path) -> tuple[int, str]:
+    """The port and password to start on: the last ones while the port is free, else new ones."""
+    record = directory / "endpoint.json"
+    try:
+        previous = json.loads(record.read_text())
+        port, password = int(previous["port"]), str(previous["password"])
+    except (OSError, ValueError, KeyError, TypeError):
+        port, password = 0, secrets.token_urlsafe(24)
+    if port and not _port_is_free(port):
+        new_port = _free_port()
+        log.warning("the embedded Redis's port %d is taken by another program; starting it on port %d "
+                    "instead. Processes still using the old address (running farm nodes, an open panel) "
+                    "cannot reconnect: restart them.", port, new_port)
+        port = new_port
+    port = port or _free_port()
+    record.touch(mode=0o600)
+    record.write_text(json.dumps({"port": port, "password": password}))
+    return port, password
+
+
 def running_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
     """The embedded server for this data dir if it is up, without starting one."""
     state_file = settings.embedded_redis_dir / "server.json"
@@ -127,8 +166,7 @@ def ensure_embedded_redis(settings: Settings, timeout: float = 15.0) -> Embedded
 
 def _start(directory: Path, timeout: float) -> EmbeddedRedis:
     binary = find_redis_server()
-    password = secrets.token_urlsafe(24)
-    port = _free_port()
+    port, password = _endpoint(directory)
     pidfile = directory / "redis.pid"
     pidfile.unlink(missing_ok=True)
     conf = directory / "redis.conf"

@@ -8,6 +8,15 @@ losing run deletes its own output, and the row is finished once.
 Errors a retry cannot fix (a file that is not a video, FFmpeg refusing the input, a bad payload)
 raise ``UnrecoverableError`` so BullMQ fails the job at once; anything else (storage, database,
 FFmpeg killed by a signal) is retried with backoff. The job's work dir is removed on every path.
+
+The database may go away while a job runs (PostgreSQL restarted, a network cut, an SQLite file
+locked or gone). Progress writes are skipped meanwhile. The writes that matter (mark active,
+finish, note a retry, record a failure) wait it out with backoff for at most the job's lock
+duration (BullMQ renews the lock meanwhile); a run whose database is still gone then hands the job
+back to the queue instead of completing it, so the queue never says "completed" while the row
+says otherwise. Its upload, if any, stays: the next run has the same number, so it writes the same
+key, and if our finish did land before the link broke, the next run finds the row completed with
+that very output (a deleted upload would leave a completed row without its file).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import shutil
 import threading
 import time
@@ -25,18 +35,20 @@ from typing import Any, Callable
 from bullmq import UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
-from farm.db import repo
+from farm.db import is_unreachable, repo
 from farm.jobspec import OutputConfig, outputs_record
 from farm.keys import output_filename, output_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, probe
 from farm.payload import JobPayload, PayloadError
-from farm.storage import ObjectNotFound, TransferCancelled
+from farm.storage import ObjectNotFound, StorageError, TransferCancelled
 from farm_node.ffmpeg_args import build_args
 from farm_node.ffmpeg_runner import FFmpegError, run_ffmpeg
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # at most two progress writes a second per job: queue and database
+DB_RETRY_FIRST_S, DB_RETRY_MAX_S = 0.5, 5.0  # backoff between tries while the database is away
+HAND_BACK_DELAY_S = 5.0  # a job handed back during an outage waits this long before its next run
 DURATION_TOLERANCE_S = 0.5
 
 
@@ -53,6 +65,10 @@ class AlreadyCompleted(Exception):
     def __init__(self, outputs: list):
         super().__init__("already completed")
         self.outputs = outputs
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database did not answer within the run's retry budget: the job goes back to the queue."""
 
 
 class WorkDirFull(RuntimeError):
@@ -74,13 +90,15 @@ class RunningJob:
     hand_back: bool = False  # cold stop: give the job back to the queue instead of failing it
     progress: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    db_budget: float = 60.0  # seconds a database write may wait out an outage (the job's lock)
 
 
 class JobProcessor:
     """Runs jobs for one node. ``running`` is read by the heartbeat and the control listeners."""
 
     def __init__(self, *, node_name: str, db, storage, ffmpeg: str, work_dir: Path,
-                 metrics=None, is_cancel_requested: Callable[[str], Any] | None = None):
+                 metrics=None, is_cancel_requested: Callable[[str], Any] | None = None,
+                 db_retry_seconds: float | None = None):
         self.node_name = node_name
         self.db = db
         self.storage = storage
@@ -89,16 +107,26 @@ class JobProcessor:
         self.metrics = metrics
         self.is_cancel_requested = is_cancel_requested
         self.running: dict[str, RunningJob] = {}
+        # How long a write waits out a database outage; None: the job's lock duration.
+        self.db_retry_seconds = db_retry_seconds
+        self._db_down_since: float | None = None  # one log line per outage, not one per write
 
     # -- entry point (BullMQ's processor signature) ---------------------------------------------
     async def __call__(self, job, token: str) -> dict:
+        # BullMQ's attemptsMade counts only runs that ended (completed, failed, retried); a run whose
+        # node died bumps stalledCounter instead. Runs are numbered counting both (the row's
+        # attempts, the output key attempt-<n>), so a run after a death never reuses the dead run's
+        # key, which a late duplicate of it (a lost lock) would delete along with its own. The
+        # budget grows by the same stalls, so "was that the last attempt?" stays BullMQ's answer.
+        stalled = int(getattr(job, "stalledCounter", 0) or 0)
+        attempt = int(job.attemptsMade or 0) + stalled + 1
+        max_attempts = int((job.opts or {}).get("attempts") or 1) + stalled
+        log.info("job %s: run %d starting (stalled %d time(s) before)", job.id, attempt, stalled)
         try:
             payload = JobPayload.parse(job.id, job.data)
         except PayloadError as exc:
             raise UnrecoverableError(f"invalid job payload: {exc}") from None
-        attempt = job.attemptsMade + 1
-        max_attempts = int(job.opts.get("attempts") or 1)
-        run = RunningJob(payload.job_id, payload.input_name, attempt)
+        run = RunningJob(payload.job_id, payload.input_name, attempt, db_budget=self._db_budget(job))
         self.running[payload.job_id] = run
         job_dir = self.work_dir / f"{sanitize_name(payload.job_id)}-{attempt}"
         started = time.monotonic()
@@ -110,25 +138,30 @@ class JobProcessor:
         except AlreadyCompleted as done:
             status = None  # counted when the earlier run finished it
             return {"outputs": done.outputs, "duplicate": True}
+        except DatabaseUnreachable as exc:
+            status = None  # not an outcome: the job runs again once the database answers
+            await self._give_back(job, token, payload, str(exc))
+            raise DelayedError() from None
         except JobCancelled:
             status = "cancelled"
             if run.hand_back:
                 status = None  # not an outcome: the job will run again elsewhere
                 await self._hand_back(job, token, payload)
                 raise DelayedError() from None
-            await asyncio.to_thread(repo.mark_cancelled, self.db, payload.job_id, "cancelled by user")
+            await self._record(run, "the cancel", repo.mark_cancelled, payload.job_id, "cancelled by user")
             raise UnrecoverableError("cancelled by user") from None
         except UnrecoverableError as exc:
-            await self._fail(payload.job_id, attempt, str(exc), getattr(exc, "log_tail", None))
+            await self._fail(run, str(exc), getattr(exc, "log_tail", None))
             raise
         except Exception as exc:
             if _disk_full(exc):  # the node's problem, not the job's: another node may have room
                 exc = WorkDirFull(self.node_name, self.work_dir)
             reason = _reason(exc)
             if attempt >= max_attempts:
-                await self._fail(payload.job_id, attempt, reason, getattr(exc, "log_tail", None))
+                await self._fail(run, reason, getattr(exc, "log_tail", None))
             else:
-                await self._note_retry(payload.job_id, attempt, max_attempts, reason)
+                await self._record(run, "the retry", repo.note_retry, payload.job_id,
+                                   f"attempt {attempt} of {max_attempts} failed, will retry: {reason}")
             raise
         finally:
             self.running.pop(payload.job_id, None)
@@ -145,14 +178,15 @@ class JobProcessor:
         job_dir.mkdir(parents=True, exist_ok=True)
         source = job_dir / ("input" + Path(sanitize_name(payload.input_name)).suffix.lower())
 
-        known = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+        known = await self._db(run, repo.get_job, payload.job_id)
         if known is not None:
             await self._mark_active(payload, run)
         try:
             await asyncio.to_thread(self.storage.download_file, payload.input_key, source,
                                     cancel=run.transfer_cancel)
         except ObjectNotFound:
-            raise UnrecoverableError(f"the input {payload.input_key} is not in storage") from None
+            raise UnrecoverableError(f"the input {payload.input_name} is not in storage (key {payload.input_key}): "
+                                     "it was deleted or never uploaded; submit the file again") from None
         except TransferCancelled:
             raise JobCancelled() from None
         self._check_cancel(run)
@@ -160,12 +194,10 @@ class JobProcessor:
             info = await self._probe(source, payload.input_name)
         except UnrecoverableError:
             if known is None:  # a job from another producer: record it, so its failure is listed
-                await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id, payload.raw,
-                                        _unreadable_fields(source))
+                await self._db(run, repo.ensure_from_payload, payload.job_id, payload.raw, _unreadable_fields(source))
             raise
         if known is None:
-            await asyncio.to_thread(repo.ensure_from_payload, self.db, payload.job_id,
-                                    payload.raw, _probe_fields(info, payload))
+            await self._db(run, repo.ensure_from_payload, payload.job_id, payload.raw, _probe_fields(info, payload))
             await self._mark_active(payload, run)
 
         config = payload.config
@@ -181,8 +213,11 @@ class JobProcessor:
             now = time.monotonic()
             if now - last_write >= PROGRESS_INTERVAL_S or percent >= 100:
                 last_write = now
-                await job.updateProgress(round(percent, 1))
-                await asyncio.to_thread(repo.update_progress, self.db, payload.job_id, percent, self.node_name)
+                try:
+                    await job.updateProgress(round(percent, 1))
+                except Exception as exc:  # Redis away: skip this report, never fail the transcode for it
+                    log.debug("job %s: progress not sent to the queue: %s", payload.job_id, exc)
+                await self._record_progress(payload.job_id, percent)
 
         try:
             result = await run_ffmpeg(args, duration=info.duration, on_progress=on_progress, cancel=run.cancel)
@@ -193,13 +228,15 @@ class JobProcessor:
                 raise  # OOM killer or an operator: worth another try
             if NO_SPACE in (exc.log_tail or ""):
                 raise WorkDirFull(self.node_name, self.work_dir) from None
-            err = UnrecoverableError(f"FFmpeg failed: {exc.reason}")
+            # FFmpeg names its files by their paths in our work dir, which the user never saw.
+            shown = _shown(exc.reason, {source: payload.input_name, target: f"the output ({config.output_name})"})
+            err = UnrecoverableError(f"FFmpeg failed: {shown}")
             err.log_tail = exc.log_tail
             raise err from None
         if getattr(result, "cancelled", False) or run.cancel.is_set():
             raise JobCancelled()
 
-        out_info = await self._verify(target, info, config)
+        out_info = await self._verify(target, info, config, payload.input_name)
         key = output_key(payload.job_id, run.attempt, output_filename(payload.input_name, config.output_name))
         self._check_cancel(run)
         try:
@@ -207,10 +244,12 @@ class JobProcessor:
         except TransferCancelled:
             raise JobCancelled() from None
         outputs = [outputs_record(config, key=key, size=size)]
-        won = await asyncio.to_thread(
-            repo.finish_job, self.db, payload.job_id, "completed", attempt=run.attempt,
-            outputs=outputs, log_tail=result.log_tail,
-        )
+        won = await self._db(run, repo.finish_job, payload.job_id, "completed", attempt=run.attempt,
+                             outputs=outputs, log_tail=result.log_tail)
+        if not won:
+            # A try that committed just before the link broke makes the retry "lose" to itself.
+            row = await self._db(run, repo.get_job, payload.job_id)
+            won = row is not None and row.status == "completed" and key in [o.get("key") for o in row.outputs or []]
         if not won:
             # Another run finished this job first (we lost our lock): leave no second result.
             log.warning("job %s was finished by another run; deleting this run's output", payload.job_id)
@@ -221,15 +260,15 @@ class JobProcessor:
                 "duration": out_info.duration, "node": self.node_name}
 
     async def _mark_active(self, payload: JobPayload, run: RunningJob) -> None:
-        ok = await asyncio.to_thread(repo.mark_active, self.db, payload.job_id, self.node_name, run.attempt)
+        ok = await self._db(run, repo.mark_active, payload.job_id, self.node_name, run.attempt)
         if not ok:
-            row = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+            row = await self._db(run, repo.get_job, payload.job_id)
             if row is not None and row.status == "completed":
                 # An earlier run finished the row, then its node died before telling BullMQ.
                 raise AlreadyCompleted(row.outputs or [])
             raise JobCancelled()  # cancelled meanwhile: a stale queue entry
         if self.metrics is not None:
-            job = await asyncio.to_thread(repo.get_job, self.db, payload.job_id)
+            job = await self._db(run, repo.get_job, payload.job_id)
             if job is not None and job.queue_wait_seconds is not None and run.attempt == 1:
                 self.metrics.observe_queue_wait(job.queue_wait_seconds)
             self.metrics.set_active(len(self.running))
@@ -245,12 +284,16 @@ class JobProcessor:
                 reason = shown_name + reason[len(path.name):]
             raise UnrecoverableError(reason) from None
 
-    async def _verify(self, target: Path, source: MediaInfo, config: OutputConfig) -> MediaInfo:
-        """Check the output before calling the job done: readable, right streams, full length."""
+    async def _verify(self, target: Path, source: MediaInfo, config: OutputConfig, shown_name: str) -> MediaInfo:
+        """Check the output before calling the job done: readable, right streams, full length.
+
+        A failure is final: the same FFmpeg on the same input would make the same output again.
+        """
         try:
             out = await asyncio.to_thread(probe, target)
         except NotAVideoError as exc:
-            raise RuntimeError(f"FFmpeg's output is not readable: {exc}") from None
+            reason = _shown(str(exc), {target: "it"})
+            raise UnrecoverableError(f"FFmpeg's output of {shown_name} is not readable: {reason}") from None
         problems = []
         if out.video_codec != config.video_codec:
             problems.append(f"video codec {out.video_codec}, expected {config.video_codec}")
@@ -262,32 +305,100 @@ class JobProcessor:
         if abs(out.duration - source.duration) > max(DURATION_TOLERANCE_S, source.duration * 0.01):
             problems.append(f"lasts {out.duration:.2f} s, source lasts {source.duration:.2f} s")
         if problems:
-            raise RuntimeError("output failed verification: " + "; ".join(problems))
+            raise UnrecoverableError(f"the output of {shown_name} failed verification: " + "; ".join(problems))
         return out
 
     def _check_cancel(self, run: RunningJob) -> None:
         if run.cancel.is_set():
             raise JobCancelled()
 
-    async def _fail(self, job_id: str, attempt: int, reason: str, log_tail: str | None) -> None:
-        try:
-            await asyncio.to_thread(repo.finish_job, self.db, job_id, "failed", attempt=attempt,
-                                    error=reason, log_tail=log_tail)
-        except Exception:  # the queue still records the failure; the row is reconciled later
-            log.exception("could not record failure of job %s", job_id)
+    async def _fail(self, run: RunningJob, reason: str, log_tail: str | None) -> None:
+        await self._record(run, "the failure", repo.finish_job, run.job_id, "failed", attempt=run.attempt,
+                           error=reason, log_tail=log_tail)
 
-    async def _note_retry(self, job_id: str, attempt: int, max_attempts: int, reason: str) -> None:
+    async def _record(self, run: RunningJob, what: str, call: Callable, *args: Any, **kwargs: Any) -> None:
+        """A write that goes with a failure BullMQ records anyway: if the database stays away, the
+        queue's record stands and the reconciler brings the row in line (or the next run does)."""
         try:
-            await asyncio.to_thread(repo.note_retry, self.db, job_id,
-                                    f"attempt {attempt} of {max_attempts} failed, will retry: {reason}")
+            await self._db(run, call, *args, **kwargs)
+        except DatabaseUnreachable as exc:
+            log.warning("job %s: could not record %s: %s; the reconciler will", run.job_id, what, exc)
         except Exception:
-            log.exception("could not record retry of job %s", job_id)
+            log.exception("job %s: could not record %s", run.job_id, what)
+
+    # -- the database, which may be away for a while ------------------------------------------
+    def _db_budget(self, job) -> float:
+        if self.db_retry_seconds is not None:
+            return self.db_retry_seconds
+        # job.queue is the worker running it. Waiting longer than the lock would outlive a lock
+        # that a Redis cut stopped renewing: by then another node may run the job.
+        lock_ms = getattr(getattr(job, "queue", None), "opts", {}).get("lockDuration")
+        return max(1.0, lock_ms / 1000) if isinstance(lock_ms, (int, float)) else 60.0
+
+    async def _db(self, run: RunningJob, call: Callable, *args: Any, **kwargs: Any):
+        """``call(self.db, ...)`` in a thread, waiting out an outage for at most ``run.db_budget``
+        seconds; then ``DatabaseUnreachable``. Other errors are raised at once."""
+        deadline = time.monotonic() + run.db_budget
+        pause = DB_RETRY_FIRST_S
+        while True:
+            try:
+                result = await asyncio.to_thread(call, self.db, *args, **kwargs)
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self._db_down(exc)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnreachable(
+                        f"the database {self.db.url} did not answer for {run.db_budget:.0f} s "
+                        f"({_one_line(exc)})") from None
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, DB_RETRY_MAX_S)
+                continue
+            self._db_up()
+            return result
+
+    async def _record_progress(self, job_id: str, percent: float) -> None:
+        """The bar in the database: nice to have, so an outage skips it rather than fail the job."""
+        try:
+            await asyncio.to_thread(repo.update_progress, self.db, job_id, percent, self.node_name)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._db_down(exc)
+            return
+        self._db_up()
+
+    def _db_down(self, exc: BaseException) -> None:
+        if self._db_down_since is None:
+            self._db_down_since = time.monotonic()
+            log.warning("database %s unreachable (%s); progress is not recorded and results wait until it "
+                        "answers again", self.db.url, _one_line(exc))
+
+    def _db_up(self) -> None:
+        if self._db_down_since is not None:
+            log.info("database %s reachable again after %.1f s", self.db.url,
+                        time.monotonic() - self._db_down_since)
+            self._db_down_since = None
+
+    async def _give_back(self, job, token: str, payload: JobPayload, reason: str) -> None:
+        """The database stayed away: back to the queue, no attempt used, no row written (we can't).
+
+        The row may say "active" on this node meanwhile; the next run's mark_active (or the
+        reconciler) sets it right once the database answers.
+        """
+        log.warning("job %s: %s; handing the job back to the queue (next run in %.0f s)", payload.job_id,
+                    reason, HAND_BACK_DELAY_S)
+        await job.moveToDelayed(int((time.time() + HAND_BACK_DELAY_S) * 1000), token)
 
     async def _hand_back(self, job, token: str, payload: JobPayload) -> None:
         """Cold stop: give the job back to the queue at once, without using up an attempt."""
         # The row first: once the job is back in the queue another node may take it at once, and
         # our "queued" must not overwrite its "active".
-        await asyncio.to_thread(repo.requeue, self.db, payload.job_id, note=f"handed back by node {self.node_name}")
+        # A cold stop is meant to be quick: wait for a database that is away only briefly.
+        run = RunningJob(payload.job_id, payload.input_name, 0, db_budget=2.0)
+        await self._record(run, "the hand back", repo.requeue, payload.job_id,
+                           note=f"handed back by node {self.node_name}")
         await job.moveToDelayed(int(time.time() * 1000), token)
         # A job delayed until "now" still sits in BullMQ's delayed set until some worker happens to
         # promote it: with no other node running it showed as "delayed", not waiting, in dashboards
@@ -330,10 +441,27 @@ def _killed_by_signal(exc: FFmpegError) -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, WorkDirFull):
+    if isinstance(exc, (WorkDirFull, StorageError)):  # their text is written for users already
         return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The driver's words, first line, without SQLAlchemy's statement and background link."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
+
+
+def _shown(text: str, names: dict[Path, str]) -> str:
+    """``text`` with our scratch paths (as FFmpeg writes them: ``file:<path>``, path, bare name)
+    replaced by the names the user knows."""
+    for path, name in names.items():
+        for form in (f"file:{path}", str(path)):
+            text = text.replace(form, name)
+        text = re.sub(rf"(?<![\w.-]){re.escape(path.name)}(?![\w.-])", name, text)
+    return text
 
 
 def _unreadable_fields(source: Path) -> dict:

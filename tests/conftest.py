@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from farm.settings import CONFIG_ENV, ENV_VARS, Settings
-from tests.prometheus_fixture import prometheus_server  # noqa: F401 - a fixture for every test
+from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 - fixtures for every test
 
 TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -1,4 +1,4 @@
-"""Network faults for tests: a TCP proxy in front of a real server that a test can cut or stall.
+"""Faults for tests: a TCP proxy that a test can cut or stall, and a Redis that it can restart.
 
 Stopping the real PostgreSQL or moto server would lose their data (moto keeps it in memory) and
 disturb other tests sharing them, so outage tests put this proxy between the farm and the server and
@@ -20,7 +20,14 @@ import contextlib
 import select
 import socket
 import struct
+import subprocess
 import threading
+import time
+from pathlib import Path
+
+import redis
+
+from farm.embedded import find_redis_server
 
 _CHUNK = 64 * 1024
 
@@ -157,3 +164,51 @@ def _reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):
         sock.close()
+
+
+class RestartableRedis:
+    """A private ``redis-server`` with AOF on a port and directory of its own.
+
+    ``stop()`` is SHUTDOWN (Redis flushes its AOF and exits, as a service stop does); ``start()``
+    again uses the same port and directory, so it loads the AOF and clients find it where it was.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--maxmemory-policy", "noeviction"],
+            stdout=(self.directory / "redis.log").open("a"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.directory / 'redis.log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        client = redis.Redis.from_url(self.url, socket_timeout=5)
+        try:
+            client.shutdown()
+        except redis.ConnectionError:  # the connection closes as the server exits
+            pass
+        self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def _answers(self) -> bool:
+        try:
+            return redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
+        except redis.ConnectionError:
+            return False

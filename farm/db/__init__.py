@@ -8,7 +8,7 @@
     print(repo.job_to_dict(job))
 """
 
-from farm.db.engine import Database, DatabaseError, alembic_config, open_database
+from farm.db.engine import Database, DatabaseError, alembic_config, is_unreachable, open_database
 from farm.db.models import (
     FINISHED_STATUSES,
     STATUSES,
@@ -33,6 +33,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Video",
     "alembic_config",
+    "is_unreachable",
     "isoformat",
     "job_to_dict",
     "new_id",

@@ -12,6 +12,11 @@ every local node. What makes that safe:
 - one process at a time runs the migrations (a lock file next to the database).
 
 On PostgreSQL, ``pg_advisory_lock`` plays the part of the lock file.
+
+A database that goes away for a while (PostgreSQL restarted, a network cut, an SQLite file on a NAS
+that vanished or stays locked) is survivable: the pool pings a connection before handing it out and
+replaces dead ones, so the first call after the outage works, and :func:`is_unreachable` tells the
+callers that may wait it out (the node's processor) an outage from a real error.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 10.0
 PG_CONNECT_TIMEOUT_S = 10
+# A server that vanished without a word (host down, cable out) sends no reset: TCP keepalives notice
+# it within about idle + interval * count seconds, instead of a query hanging for the kernel's hours.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# SQLite's words for a file it cannot use for now (a writer holding it, a NAS mount gone).
+_SQLITE_OUTAGE = ("database is locked", "database is busy", "unable to open database file", "disk i/o error")
 # Any fixed 64-bit number, the same in every process of every version: "EncoFlow" in ASCII.
 PG_MIGRATION_LOCK_KEY = 0x456E636F466C6F77
 
@@ -123,6 +133,24 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached for now (worth waiting for), rather than
+    that the statement or the schema is wrong (which waiting does not fix)."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    if not isinstance(exc, sa.exc.OperationalError):
+        return False
+    if exc.orig is not None and type(exc.orig).__module__.startswith("sqlite3"):
+        # SQLite raises OperationalError for "no such table" too: only these words are an outage.
+        text = str(exc.orig).lower()
+        return any(words in text for words in _SQLITE_OUTAGE)
+    return True  # PostgreSQL: connection refused or reset, server shutting down, ...
+
+
 # -- engines -----------------------------------------------------------------------------------
 
 
@@ -131,10 +159,11 @@ def _create_engine(url: sa.URL) -> sa.Engine:
     if backend == "sqlite":
         return _create_sqlite_engine(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if backend == "postgresql" and "connect_timeout" not in url.query:
-        # Query options such as sslmode reach the driver as they are; without a timeout, an
-        # unreachable host would hang the app for minutes.
-        kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if backend == "postgresql":
+        # Query options such as sslmode reach the driver as they are, and win over these; without a
+        # timeout, an unreachable host would hang the app for minutes.
+        defaults = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **PG_KEEPALIVES}
+        kwargs["connect_args"] = {k: v for k, v in defaults.items() if k not in url.query}
     return sa.create_engine(url, **kwargs)
 
 

@@ -22,14 +22,17 @@ from farm.storage.base import (
     TransferCancelled,
 )
 from farm.storage.local import LocalStorage
+from farm.storage.retry import RetryPolicy, StorageUnavailable
 
 __all__ = [
     "LocalStorage",
+    "RetryPolicy",
     "ObjectNotFound",
     "ProgressCallback",
     "S3Storage",
     "Storage",
     "StorageError",
+    "StorageUnavailable",
     "StoredObject",
     "TransferCancelled",
     "open_storage",
@@ -74,7 +77,7 @@ def _open_s3(parts, shown: str) -> Storage:
         prefix = normalize_prefix(unquote(parts.path))
     except InvalidKeyError as exc:
         raise StorageError(f"storage URL {shown!r} has an invalid prefix: {exc}") from None
-    return S3Storage(parts.netloc, prefix)
+    return S3Storage(parts.netloc, prefix, policy=RetryPolicy.from_env())
 
 
 def _open_folder(parts, shown: str) -> Storage:
@@ -88,7 +91,7 @@ def _open_folder(parts, shown: str) -> Storage:
     path = Path(url2pathname(parts.path))
     if not parts.path.startswith("/") or not path.is_absolute():
         raise StorageError(f"storage URL {shown!r} is not an absolute path; {_FORMS}")
-    return LocalStorage(path)
+    return LocalStorage(path, policy=RetryPolicy.from_env())
 
 
 def __getattr__(name: str):

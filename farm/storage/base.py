@@ -107,6 +107,13 @@ class Storage(ABC):
     def check(self) -> None:
         """Raise ``StorageError`` with the exact reason if this storage cannot be used now."""
 
+    def sweep_leftovers(self) -> int:
+        """Remove what transfers cut short by a crash left behind; return how many. Never raises.
+
+        Nodes call it when they start. Only leftovers that no live transfer can still own go.
+        """
+        return 0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
@@ -135,12 +142,21 @@ class ProgressTracker:
                 self._report(self._total)
 
     @property
+    def cancel_event(self) -> threading.Event | None:
+        return self._cancel
+
+    @property
     def cancelled(self) -> bool:
         return self._cancel is not None and self._cancel.is_set()
 
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise TransferCancelled(f"{self.what} cancelled")
+
+    def restart(self) -> None:
+        """A transfer starts again from its first byte (a retry): count afresh, report no rewind."""
+        with self._lock:
+            self._total = 0
 
     def finish(self, size: int) -> None:
         """Report the final size if the increments have not (an empty file, say)."""

@@ -3,17 +3,32 @@
 Writes go to a temp file in the target's own folder, are flushed to disk, then renamed over the
 target (``os.replace`` is atomic within one file system), so a node reading an object never sees
 half of it, even while another node is still writing it.
+
+A writer killed mid-copy (SIGKILL, a power cut) leaves its temp file behind. Temp files are named
+``.encodeflow-tmp-<random>-<pid>-<host>``, so ``sweep_leftovers`` (run by every node as it starts)
+can tell that one is dead: its host is this one and its process is gone, or it is older than a day
+(the writer was on another host, or the name is not ours). Listings never show them.
+
+A NAS that does not answer (EIO, ESTALE, a share that went away so the root is missing) is retried
+with backoff under ``RetryPolicy``, then reported as ``StorageUnavailable``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import re
+import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, TypeVar
+
+import psutil
 
 from farm.keys import InvalidKeyError, normalize_prefix, split_key
 from farm.storage.base import (
@@ -25,8 +40,19 @@ from farm.storage.base import (
     StorageError,
     StoredObject,
 )
+from farm.storage.retry import RetryPolicy, StorageUnavailable, unavailable_message
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK_SIZE = 1024 * 1024  # small enough for smooth progress and a prompt cancel
+TEMP_PREFIX = f"{INTERNAL_PREFIX}tmp-"
+STALE_TEMP_SECONDS = 24 * 3600  # a temp file this old has no live writer, whatever host it names
+_TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<pid>\d+)-(?P<host>.+)")
+# What a NAS (NFS, SMB) answers while it is away or failing over: worth waiting for.
+_NAS_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+               errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNABORTED,
+               errno.ECONNRESET, errno.ECONNREFUSED}
 
 
 class LocalStorage(Storage):
@@ -36,12 +62,16 @@ class LocalStorage(Storage):
     reported by ``check()`` instead of failing the program's start.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, policy: RetryPolicy | None = None):
         root = Path(root)
         if not root.is_absolute():
             raise StorageError(f"the storage folder must be an absolute path, got {str(root)!r}")
         self.root = Path(os.path.normpath(root))
         self.url = self.root.as_uri()
+        self.policy = policy or RetryPolicy()
+        # A root that was there and is gone is a share that went away (wait for it); one never seen
+        # is a storage not used yet (its objects are simply not there).
+        self._root_seen = False
 
     # -- transfers ---------------------------------------------------------------------------
     def upload_file(
@@ -52,11 +82,17 @@ class LocalStorage(Storage):
         cancel: threading.Event | None = None,
     ) -> int:
         target = self._path(key)
-        with _os_errors(f"upload {path} to {key!r} in {self.root}"):
+        tracker = ProgressTracker(progress, cancel, f"upload of {key!r} to {self.url}")
+
+        def attempt() -> int:
             with open(path, "rb") as source:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tracker = ProgressTracker(progress, cancel, f"upload of {key!r} to {self.url}")
+                self._root_seen = True
                 return _copy_atomically(source, target, tracker)
+
+        action = f"upload {path} to {key!r}"
+        with _os_errors(f"{action} in {self.root}"):
+            return self._retrying(attempt, action, cancel)
 
     def download_file(
         self,
@@ -67,15 +103,23 @@ class LocalStorage(Storage):
     ) -> int:
         source_path = self._path(key)
         dest = Path(dest)
-        with _os_errors(f"download {key!r} from {self.root} to {dest}"):
+        tracker = ProgressTracker(progress, cancel, f"download of {key!r} from {self.url}")
+
+        def attempt() -> int:
             try:
                 source = open(source_path, "rb")
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                if self._root_seen and not self.root.is_dir():
+                    raise _RootMissing(self.root) from None  # the share went away, not the object
                 raise ObjectNotFound(f"there is no object {key!r} in {self.root}") from None
+            self._root_seen = True
             with source:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                tracker = ProgressTracker(progress, cancel, f"download of {key!r} from {self.url}")
                 return _copy_atomically(source, dest, tracker)
+
+        action = f"download {key!r} to {dest}"
+        with _os_errors(f"download {key!r} from {self.root} to {dest}"):
+            return self._retrying(attempt, action, cancel)
 
     # -- objects -----------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -83,11 +127,16 @@ class LocalStorage(Storage):
 
     def size(self, key: str) -> int | None:
         path = self._path(key)
-        with _os_errors(f"read the size of {key!r} in {self.root}"):
+
+        def attempt() -> int | None:
             try:
                 return path.stat().st_size if path.is_file() else None
             except FileNotFoundError:
                 return None
+
+        action = f"read the size of {key!r}"
+        with _os_errors(f"{action} in {self.root}"):
+            return self._retrying(attempt, action)
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         prefix = normalize_prefix(prefix)
@@ -146,6 +195,7 @@ class LocalStorage(Storage):
             ) from None
         if not self.root.is_dir():
             raise StorageError(f"storage folder {self.root} is not a folder; choose another folder")
+        self._root_seen = True
         probe = self.root / f"{INTERNAL_PREFIX}check-{uuid.uuid4().hex}"
         try:
             with open(probe, "xb") as fh:
@@ -161,7 +211,43 @@ class LocalStorage(Storage):
             with contextlib.suppress(OSError):
                 probe.unlink()
 
+    def sweep_leftovers(self, stale_after: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temp files whose writer is dead: on this host with its process gone, or too old."""
+        host, removed = _host_tag(), []
+        now = time.time()
+        try:
+            for folder, _dirs, files in os.walk(self.root):
+                for name in files:
+                    if not name.startswith(INTERNAL_PREFIX):
+                        continue
+                    path = os.path.join(folder, name)
+                    match = _TEMP_NAME.fullmatch(name)
+                    mine_and_dead = (match is not None and match["host"] == host
+                                     and not psutil.pid_exists(int(match["pid"])))
+                    try:
+                        if mine_and_dead or now - os.lstat(path).st_mtime > stale_after:
+                            os.unlink(path)
+                            removed.append(path)
+                    except FileNotFoundError:
+                        continue  # its writer renamed it, or another node swept it
+        except OSError as exc:
+            log.warning("could not sweep temp files in %s: %s", self.root, _reason(exc))
+        if removed:
+            log.info("removed %d temp file(s) left in %s by interrupted uploads: %s", len(removed),
+                     self.root, ", ".join(os.path.relpath(p, self.root) for p in removed[:5]))
+        return len(removed)
+
     # -- helpers -----------------------------------------------------------------------------
+    def _retrying(self, call: Callable[[], T], action: str, cancel: threading.Event | None = None) -> T:
+        def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
+            return StorageUnavailable(unavailable_message(
+                self.url, action, seconds, tries, reason,
+                "check that the folder (or the network share it is on) is mounted and reachable "
+                "from this machine, then try again"))
+
+        return self.policy.run(call, transient=_transient_reason, unavailable=unavailable, cancel=cancel,
+                               what=f"{action} in {self.root}")
+
     def _path(self, key: str) -> Path:
         parts = split_key(key)
         for part in parts:
@@ -181,9 +267,33 @@ class LocalStorage(Storage):
             folder = folder.parent
 
 
+class _RootMissing(OSError):
+    def __init__(self, root: Path):
+        super().__init__(errno.ENOENT, f"the folder {root} is not there (is the share mounted?)")
+
+
+def _transient_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, _RootMissing):
+        return exc.strerror
+    if isinstance(exc, OSError) and exc.errno in _NAS_ERRNOS:
+        return _reason(exc)
+    return None
+
+
+def _host_tag() -> str:
+    """This host's name as it goes into temp file names (file-name safe, bounded)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def temp_name() -> str:
+    """A temp file name that says who wrote it, so a sweep can tell whether the writer is alive."""
+    return f"{TEMP_PREFIX}{uuid.uuid4().hex}-{os.getpid()}-{_host_tag()}"
+
+
 def _copy_atomically(source: BinaryIO, target: Path, tracker: ProgressTracker) -> int:
     """Copy ``source`` to a temp file beside ``target``, sync it, then rename it over ``target``."""
-    temp = target.parent / f"{INTERNAL_PREFIX}tmp-{uuid.uuid4().hex}"
+    tracker.restart()
+    temp = target.parent / temp_name()
     try:
         size = 0
         with open(temp, "xb") as out:

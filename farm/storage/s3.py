@@ -5,16 +5,23 @@ The endpoint and credentials come from boto3's usual chain (``AWS_ENDPOINT_URL``
 go up and down in parts, several at a time, through s3transfer's manager. An upload is atomic by
 S3's own rules: the object appears when its PUT or its CompleteMultipartUpload succeeds, and a
 cancelled or failed multipart upload is aborted so that its parts do not linger (and cost money).
+
+Outages: botocore retries each request a few times at once (standard mode, with connect and read
+timeouts), and ``RetryPolicy`` starts a transfer that still failed again from the start, with
+backoff, until it gives up with ``StorageUnavailable``. A multipart upload whose abort could not
+get through (the endpoint was down) is aborted by this storage's next upload or sweep, and every
+node's start aborts incomplete uploads older than a day under the prefix (what a crash left).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 import os
 import threading
 import uuid
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
@@ -26,16 +33,22 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     ConnectionError as BotoConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
+from s3transfer.exceptions import RetriesExceededError
 from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from farm.keys import InvalidKeyError, join_key, normalize_prefix
+from farm.settings import redact_url
 from farm.storage.base import (
     INTERNAL_PREFIX,
     ObjectNotFound,
@@ -46,6 +59,9 @@ from farm.storage.base import (
     StoredObject,
     TransferCancelled,
 )
+from farm.storage.retry import RetryPolicy, StorageUnavailable, unavailable_message
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
@@ -54,17 +70,30 @@ _AWS_DOMAINS = ("amazonaws.com", "amazonaws.com.cn")
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _CANCEL_POLL_SECONDS = 0.05
 _NO_RETRY_ID = "encodeflow-no-retry-when-cancelled"
+REQUEST_ATTEMPTS = 3  # botocore's quick retries of one request, inside each of RetryPolicy's tries
+STALE_UPLOAD_AGE = timedelta(days=1)  # an incomplete multipart upload this old has no live writer
+_SERVER_BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed"}
 
 
 class S3Storage(Storage):
     """Objects under ``prefix`` in ``bucket``; the key ``a/b`` is the S3 object ``<prefix>/a/b``."""
 
-    def __init__(self, bucket: str, prefix: str = "", session: boto3.session.Session | None = None):
+    def __init__(self, bucket: str, prefix: str = "", session: boto3.session.Session | None = None,
+                 policy: RetryPolicy | None = None):
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.policy = policy or RetryPolicy()
         self._session = session or boto3.session.Session()
-        self._client = _make_client(self._session, max_attempts=5, connect_timeout=10, read_timeout=60)
+        self._client = _make_client(self._session, max_attempts=REQUEST_ATTEMPTS,
+                                    connect_timeout=self.policy.connect_timeout,
+                                    read_timeout=self.policy.read_timeout)
+        # Multipart uploads started and not yet completed or aborted, by object key, so that a
+        # failed upload can abort its own parts; and those whose abort did not get through.
+        self._uploads_lock = threading.Lock()
+        self._open_uploads: dict[str, set[str]] = {}
+        self._unaborted: set[tuple[str, str]] = set()
+        self._client.meta.events.register("after-call.s3.CreateMultipartUpload", self._note_upload)
         self._transfer_config = TransferConfig(
             multipart_threshold=PART_SIZE,
             multipart_chunksize=PART_SIZE,
@@ -95,13 +124,26 @@ class S3Storage(Storage):
         if content_type:
             extra_args["ContentType"] = content_type
         tracker = ProgressTracker(progress, cancel, f"upload of {key!r} to {self.url}")
-        with self._errors(f"upload {path} to {key!r}", key):
-            self._transfer(
-                lambda manager, subscriber: manager.upload(
-                    os.fspath(path), self.bucket, object_key, extra_args, [subscriber]
-                ),
-                tracker,
-            )
+        self._abort_unaborted()
+
+        def attempt() -> None:
+            try:
+                self._transfer(
+                    lambda manager, subscriber: manager.upload(
+                        os.fspath(path), self.bucket, object_key, extra_args, [subscriber]
+                    ),
+                    tracker,
+                )
+            except BaseException:
+                self._abort_uploads_of(object_key)  # s3transfer tries too, but not past an outage
+                raise
+            with self._uploads_lock:
+                self._open_uploads.pop(object_key, None)  # completed
+            self._abort_unaborted()  # the endpoint answers again: clear what the outage left
+
+        action = f"upload {path} to {key!r}"
+        with self._errors(action, key):
+            self._retrying(attempt, action, tracker)
         tracker.finish(size)
         return size
 
@@ -116,13 +158,18 @@ class S3Storage(Storage):
         dest = Path(dest)
         tracker = ProgressTracker(progress, cancel, f"download of {key!r} from {self.url}")
         temp = dest.parent / f"{INTERNAL_PREFIX}tmp-{uuid.uuid4().hex}"
+        action = f"download {key!r} to {dest}"
         try:
-            with self._errors(f"download {key!r} to {dest}", key):
+            with self._errors(action, key):
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                future = self._transfer(
-                    lambda manager, subscriber: manager.download(
-                        self.bucket, object_key, os.fspath(temp), None, [subscriber]
+                future = self._retrying(
+                    lambda: self._transfer(
+                        lambda manager, subscriber: manager.download(
+                            self.bucket, object_key, os.fspath(temp), None, [subscriber]
+                        ),
+                        tracker,
                     ),
+                    action,
                     tracker,
                 )
                 # s3transfer renamed its own temp file into ours; make the data durable first.
@@ -149,6 +196,7 @@ class S3Storage(Storage):
         returns, and the manager's exit waits for every thread.
         """
         tracker.raise_if_cancelled()
+        tracker.restart()
         subscriber = _Subscriber(tracker)
         try:
             with create_transfer_manager(self._client, self._transfer_config) as manager:
@@ -173,8 +221,10 @@ class S3Storage(Storage):
     def size(self, key: str) -> int | None:
         object_key = self._key(key)
         try:
-            with self._errors(f"read the size of {key!r}", key):
-                head = self._client.head_object(Bucket=self.bucket, Key=object_key)
+            action = f"read the size of {key!r}"
+            with self._errors(action, key):
+                head = self._retrying(lambda: self._client.head_object(Bucket=self.bucket, Key=object_key),
+                                      action)
         except ObjectNotFound:
             return None
         return int(head["ContentLength"])
@@ -198,8 +248,9 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         object_key = self._key(key)
-        with self._errors(f"delete {key!r}", key):
-            self._client.delete_object(Bucket=self.bucket, Key=object_key)
+        action = f"delete {key!r}"
+        with self._errors(action, key):
+            self._retrying(lambda: self._client.delete_object(Bucket=self.bucket, Key=object_key), action)
 
     def delete_prefix(self, prefix: str) -> int:
         prefix = normalize_prefix(prefix)
@@ -242,9 +293,80 @@ class S3Storage(Storage):
             client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
             client.delete_object(Bucket=self.bucket, Key=probe)
 
+    def sweep_leftovers(self) -> int:
+        """Abort multipart uploads that no live transfer owns: ours whose abort failed, and any
+        under the prefix started more than a day ago (a node that died mid-upload)."""
+        count = self._abort_unaborted()
+        cutoff = datetime.now(timezone.utc) - STALE_UPLOAD_AGE
+        listed = f"{self.prefix}/" if self.prefix else ""
+        try:
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=listed):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                        count += 1
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("could not sweep incomplete uploads in %s: %s", self.url, _short_reason(exc))
+        if count:
+            log.info("aborted %d incomplete multipart upload(s) in %s left by failed or crashed uploads",
+                     count, self.url)
+        return count
+
     # -- helpers -----------------------------------------------------------------------------
     def _key(self, key: str) -> str:
         return join_key(self.prefix, key)
+
+    def _retrying(self, call: Callable[[], Any], action: str, tracker: ProgressTracker | None = None) -> Any:
+        """``call()`` under the retry policy; a cancelled transfer is never retried."""
+
+        def transient(exc: BaseException) -> str | None:
+            if tracker is not None and tracker.cancelled:
+                return None
+            return _transient_reason(exc)
+
+        def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
+            return StorageUnavailable(unavailable_message(
+                f"{self.url} at {redact_url(self.endpoint)}", action, seconds, tries, reason,
+                "check that the S3 server is running and reachable from this machine "
+                "(AWS_ENDPOINT_URL), then try again"))
+
+        return self.policy.run(call, transient=transient, unavailable=unavailable,
+                               cancel=tracker.cancel_event if tracker is not None else None,
+                               what=f"{action} in {self.url}")
+
+    def _note_upload(self, parsed: dict | None = None, **kwargs: Any) -> None:
+        if parsed and parsed.get("UploadId") and parsed.get("Key"):
+            with self._uploads_lock:
+                self._open_uploads.setdefault(parsed["Key"], set()).add(parsed["UploadId"])
+
+    def _abort_uploads_of(self, object_key: str) -> None:
+        with self._uploads_lock:
+            ids = self._open_uploads.pop(object_key, set())
+            self._unaborted.update((object_key, upload_id) for upload_id in ids)
+        self._abort_unaborted()
+
+    def _abort_unaborted(self) -> int:
+        """Abort the multipart uploads whose abort has not got through yet; keep those that fail."""
+        with self._uploads_lock:
+            pending = list(self._unaborted)
+        aborted = 0
+        for object_key, upload_id in pending:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+                aborted += 1
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                    continue  # try again later
+                # already aborted (s3transfer's own clean-up got through)
+            except BotoCoreError as exc:
+                log.info("could not abort the failed upload of %s yet (%s); will try again",
+                         object_key, _short_reason(exc))
+                continue
+            with self._uploads_lock:
+                self._unaborted.discard((object_key, upload_id))
+        return aborted
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str | None = None, client: Any = None) -> Iterator[None]:
@@ -309,6 +431,46 @@ def _client_error(
         )
     detail = f"{code}: {message}" if message else code or str(status)
     return StorageError(f"cannot {action} in {url}: S3 at {endpoint} answered {detail}")
+
+
+def _transient_reason(exc: BaseException | None) -> str | None:
+    """Why an S3 error may pass on its own (down, unreachable, slow, busy), or ``None``."""
+    seen = 0
+    while exc is not None and seen < 10:
+        seen += 1
+        if isinstance(exc, TransferCancelled):
+            return None
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(error.get("Code", ""))
+            if status >= 500 or code in _SERVER_BUSY:
+                return f"the server answered {code or status}"
+            return None
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError, ConnectionError,
+                            TimeoutError)):
+            return _short_reason(exc)
+        if isinstance(exc, OSError) and exc.errno is None:
+            return _short_reason(exc)  # urllib3's connection errors during a body
+        exc = getattr(exc, "last_exception", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _short_reason(exc: BaseException) -> str:
+    """A few words for a network error, without the long request URL botocore puts in its text."""
+    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
+        return _short_reason(exc.last_exception)
+    if isinstance(exc, ConnectTimeoutError):
+        return "connecting timed out"
+    if isinstance(exc, ReadTimeoutError) or "Read timed out" in str(exc):
+        return "no answer within the read timeout"
+    if isinstance(exc, EndpointConnectionError):
+        return "could not connect (connection refused or host unreachable)"
+    if isinstance(exc, ConnectionClosedError) or "reset" in str(exc).lower():
+        return "the connection was reset"
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "error"))
+    return redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _make_client(session: boto3.session.Session, *, max_attempts: int, connect_timeout: float,

@@ -1,42 +1,13 @@
 """The job-event listener survives a Redis restart and resumes where it stopped."""
 
-import subprocess
 import threading
 import time
 
 import pytest
 import redis
 
-from farm.embedded import _free_port, find_redis_server
 from farm.events import JobEventListener, events_key
-
-
-class RestartableRedis:
-    """A private redis-server with AOF on a fixed port, so it can be stopped and started again."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
-            self.proc.wait(10)
+from tests.faults import RestartableRedis
 
 
 @pytest.fixture
@@ -44,7 +15,7 @@ def server(tmp_path):
     s = RestartableRedis(tmp_path)
     s.start()
     yield s
-    s.stop()
+    s.close()
 
 
 def _emit(url, queue, job_id, event="progress", **fields):
