@@ -214,10 +214,9 @@ def _where(filename: str) -> str:
 # Top-level activities of an idle node, by the functions their asyncio tasks start from (a coroutine
 # that another awaits through asyncio.wait_for runs in a task of its own, so it is listed too).
 _TASKS = {
-    "heartbeat: sample (1 Hz) + publish + control read (every publish_every beats)": (
+    "heartbeat: sample (1 Hz) + publish + control read (every 5 s, or on a change)": (
         ("farm_node/heartbeat.py", "_loop"), ("farm/telemetry.py", "publish"),
         ("farm/telemetry.py", "desired_state")),
-    "queue-depth poll for /metrics (every 5 s)": (("farm_node/agent.py", "_queue_depth"),),
     "BullMQ worker: blocking pop, lock renewal, stalled check": (
         ("bullmq/worker.py", "retryIfFailed"), ("bullmq/worker.py", "run"),
         ("bullmq/lock_manager.py", "_renewal_loop"), ("bullmq/timer.py", "_job")),

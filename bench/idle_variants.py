@@ -11,8 +11,9 @@ settings replaced in that process only (product code is not changed):
 - ``socket_timeout``: a read timeout for the worker's own Redis connection (added to its URL), which
   must exceed ``drain`` (redis-py's default is 5 s)
 - ``publish_every``: heartbeats between two publishes (``Heartbeat(publish_every=...)``)
-- ``poll``: the metrics HTTP server's ``serve_forever`` poll interval
-- ``queue_depth_every``: seconds between the queue-depth reads for ``/metrics``
+
+The metrics server's poll interval and the queue-depth timer of earlier runs are gone: ``/metrics``
+is now served from the node's event loop and reads the queue only when scraped.
 
 Per window and variant: CPU (% of one core, from schedstat's nanoseconds), wake-ups (times its threads were put on a
 CPU, ``/proc/<pid>/task/*/schedstat``) per second, CPU per wake-up; per window, the CPU that other
@@ -47,8 +48,9 @@ from idle_node import _cpu_seconds, _sched_delta, _schedstat
 NAME = "idle_variants"
 VARIANTS = {
     "current": {},
-    "first_run": {"drain": 5, "publish_every": 1, "poll": 0.2},
-    "fewer_wakeups": {"drain": 10, "socket_timeout": 15, "publish_every": 5, "poll": 5, "queue_depth_every": 30},
+    "first_run": {"drain": 5, "publish_every": 1},
+    "publish_every_2": {"publish_every": 2},  # the heartbeat's batch before it became 5
+    "fewer_wakeups": {"drain": 10, "socket_timeout": 15},
 }
 
 _NODE = """
@@ -59,18 +61,12 @@ import farm_node.agent as agent
 import farm_node.heartbeat as heartbeat
 if "drain" in cfg:
     agent.DRAIN_DELAY_S = cfg["drain"]
-if "queue_depth_every" in cfg:
-    agent.QUEUE_DEPTH_INTERVAL_S = cfg["queue_depth_every"]
 if "publish_every" in cfg:
     class Heartbeat(heartbeat.Heartbeat):
         def __init__(self, *a, **k):
             k["publish_every"] = cfg["publish_every"]
             super().__init__(*a, **k)
     agent.Heartbeat = Heartbeat
-if "poll" in cfg:
-    import socketserver
-    serve = socketserver.BaseServer.serve_forever
-    socketserver.BaseServer.serve_forever = lambda self, poll_interval=0.5: serve(self, cfg["poll"])
 if "socket_timeout" in cfg:
     class Worker(agent.Worker):
         def __init__(self, name, processor, opts, *a, **k):

@@ -23,6 +23,17 @@ from farm.settings import ENV_VARS, Settings
 DRAIN_TIMEOUT_S = 600  # a running transcode gets this long to finish on a normal stop
 
 
+def node_command() -> list[str]:
+    """How to start a farm node from this process.
+
+    In a PyInstaller bundle ``sys.executable`` is the bundle's own program (the panel, or the
+    ``encodeflow`` CLI), not a Python that takes ``-m``; both bundles ship ``farm-node`` next to it.
+    """
+    if getattr(sys, "frozen", False):
+        return [str(Path(sys.executable).with_name("farm-node.exe" if os.name == "nt" else "farm-node"))]
+    return [sys.executable, "-m", "farm_node"]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,7 +69,7 @@ class LocalFarm:
                 env[var] = str(value)
         for index in range(1, self.count + 1):
             info = {"name": f"{self.node_prefix}-{index}", "metrics_port": _free_port()}
-            cmd = [sys.executable, "-m", "farm_node", "--name", info["name"],
+            cmd = [*node_command(), "--name", info["name"],
                    "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
                    "--metrics-port", str(info["metrics_port"])]
             # Own process group: a terminal's Ctrl-C reaches only us, and we drain the nodes once;

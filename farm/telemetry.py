@@ -7,8 +7,8 @@ desktop panel read and control through :class:`NodeRegistry` (sync ``redis.Redis
 Key layout, all under ``encodeflow:<queue>:`` so that several farms can share one Redis:
 
 ``node:<name>`` (string)
-    The node's :class:`NodeStatus` as JSON, written with a ``PX`` TTL (default 10 s, several
-    heartbeats) that every heartbeat refreshes. A missing key means the node is offline.
+    The node's :class:`NodeStatus` as JSON, written with a ``PX`` TTL (default 20 s, four
+    publishes) that every heartbeat refreshes. A missing key means the node is offline.
 ``nodes`` (sorted set)
     Node name -> last seen, epoch milliseconds. Lets readers list a node as ``offline`` after its
     key expired. Writers prune entries older than 24 h; readers ignore them.
@@ -43,7 +43,7 @@ KEY_PREFIX = "encodeflow"
 NODE_STATUSES = ("idle", "busy", "draining", "paused")
 OFFLINE = "offline"  # never written by a node: what readers report once a node's key expired
 DESIRED_STATES = ("run", "pause", "drain")
-DEFAULT_TTL = 10.0
+DEFAULT_TTL = 20.0  # nodes publish every 5 s (farm_node/heartbeat.py): three missed publishes
 MAX_SAMPLES = 600  # 10 minutes at one sample a second
 OFFLINE_RETENTION = 24 * 3600.0
 

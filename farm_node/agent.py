@@ -40,7 +40,6 @@ LOCK_SECONDS = 60.0  # renewed every half of it; a loop blocked this long loses 
 STALLED_INTERVAL_SECONDS = 30.0  # how often a node looks for jobs whose lock expired
 # A job whose node died more than this many times fails for good ("stopped responding N times").
 MAX_STALLED_COUNT = 3
-QUEUE_DEPTH_INTERVAL_S = 5.0
 DRAIN_DELAY_S = 2
 PROMOTE_INTERVAL_S = 1.0
 
@@ -145,10 +144,13 @@ class FarmNode:
         await asyncio.to_thread(storage.check)
         self.stop_orphaned_ffmpeg()
         self.sweep_work_dir()
+        await asyncio.to_thread(storage.sweep_leftovers)  # temp files, parts of uploads a crash cut short
 
         redis = redis_client(redis_url, patient=True)
         queue = QueueClient(redis_url, settings.queue, patient=True)
-        metrics = NodeMetrics(self.name, version=__version__, ffmpeg_version=ffmpeg_version(ffmpeg))
+        metrics = NodeMetrics(self.name, version=__version__, ffmpeg_version=ffmpeg_version(ffmpeg),
+                              concurrency=self.concurrency, disk_path=self.work_dir,
+                              on_scrape=lambda: self._read_queue_depth(queue, metrics))
         self.processor = JobProcessor(node_name=self.name, db=db, storage=storage, ffmpeg=ffmpeg,
                                       work_dir=self.work_dir, metrics=metrics,
                                       is_cancel_requested=queue.is_cancel_requested)
@@ -162,7 +164,7 @@ class FarmNode:
         metrics.health = lambda: heartbeat.health() if heartbeat else {"status": "starting"}
         if self.metrics_port is not None:
             try:
-                _, port = metrics.start_server(self.metrics_host, self.metrics_port)
+                port = await metrics.serve(self.metrics_host, self.metrics_port)
             except OSError as exc:
                 # Alone, "[Errno 98] Address already in use" says neither which address nor what to do.
                 raise RuntimeError(f"cannot serve /metrics on {self.metrics_host}:{self.metrics_port}: "
@@ -183,11 +185,10 @@ class FarmNode:
                         encoders=ffmpeg_encoders(ffmpeg), tags=self.tags, metrics_url=self.metrics_url)
         heartbeat = Heartbeat(writer, lambda: NodeActivity(self.status(), self.running_jobs()), info,
                               on_desired_state=self.apply_desired_state,
-                              on_sample=lambda sample: metrics.set_system(sample["cpu"], sample["mem"]))
+                              on_sample=lambda sample: self._record_sample(metrics, heartbeat, sample))
         helpers = [
             asyncio.create_task(heartbeat.run(heartbeat_stop), name="heartbeat"),
             asyncio.create_task(self._supervise("cancel", lambda: self._cancel_listener(redis)), name="cancel"),
-            asyncio.create_task(self._queue_depth(queue, metrics), name="queue-depth"),
             asyncio.create_task(self._promote_retries(queue), name="promote-retries"),
             asyncio.create_task(reconcile_forever(self.reconciler, redis, settings.queue, self.name, self._stopping,
                                                   self.reconcile_interval_seconds), name="reconcile"),
@@ -211,7 +212,7 @@ class FarmNode:
             if self.state == "drain":  # the drain is done; a restarted node runs normally
                 with contextlib.suppress(Exception):
                     await redis.delete(writer.keys.control(self.name))
-            metrics.stop()
+            await metrics.close()
             await queue.close()
             await redis.aclose()
             await asyncio.to_thread(db.dispose)
@@ -221,10 +222,7 @@ class FarmNode:
 
     # -- jobs ---------------------------------------------------------------------------------------
     async def _process(self, job, token: str) -> dict:
-        run = _RunOfJob(job)
-        log.info("job %s: run %d starting (stalled %d time(s) before)", job.id, run.attemptsMade + 1,
-                 run.stalled)
-        return await self.processor(run, token)
+        return await self.processor(job, token)  # it numbers the run (stalls included) and logs it
 
     def _on_failed(self, job, err, *args) -> None:
         """BullMQ failed a job that stalled too often without calling our processor: settle its row."""
@@ -306,16 +304,16 @@ class FarmNode:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30)
 
-    async def _queue_depth(self, queue: QueueClient, metrics: NodeMetrics) -> None:
-        while not self._stopping.is_set():
-            try:
-                metrics.set_queue_depth(await queue.counts())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("queue depth unavailable: %s", exc)
-            await asyncio.sleep(QUEUE_DEPTH_INTERVAL_S)
+    # -- metrics ------------------------------------------------------------------------------------
+    @staticmethod
+    async def _read_queue_depth(queue: QueueClient, metrics: NodeMetrics) -> None:
+        """Called by /metrics before each scrape: no timer, so an unscraped idle node stays asleep."""
+        metrics.set_queue_depth(await queue.counts())
 
+    @staticmethod
+    def _record_sample(metrics: NodeMetrics, heartbeat: Heartbeat, sample: dict) -> None:
+        metrics.set_system(sample["cpu"], sample["mem"])
+        metrics.set_redis_outage(heartbeat.outage_seconds)
 
     async def _promote_retries(self, queue: QueueClient) -> None:
         """Put jobs whose retry backoff has passed back in the queue (see QueueClient.promote_due)."""
@@ -329,26 +327,3 @@ class FarmNode:
                 log.debug("could not promote due retries: %s", exc)
             await asyncio.sleep(PROMOTE_INTERVAL_S)
 
-
-class _RunOfJob:
-    """The BullMQ job as the processor sees it, numbering runs the way users count them.
-
-    BullMQ's ``attemptsMade`` counts only runs that ended (completed, failed, retried); a run whose
-    node died leaves it unchanged and bumps ``stalledCounter`` instead. The processor numbers a run
-    ``attemptsMade + 1`` (the row's attempts and the output key ``attempt-<n>``), so without this a
-    run after a node death would reuse the dead run's number and key: a late duplicate of the dead
-    run (lost lock) would then delete the winner's output when it deletes "its own". Counting
-    stalls in both ``attemptsMade`` and the ``attempts`` budget keeps the processor's "was that the
-    last attempt?" test the same as BullMQ's.
-    """
-
-    def __init__(self, job):
-        self._job = job
-        self.stalled = int(getattr(job, "stalledCounter", 0) or 0)
-        self.attemptsMade = int(job.attemptsMade or 0) + self.stalled
-        opts = dict(job.opts or {})
-        opts["attempts"] = int(opts.get("attempts") or 1) + self.stalled
-        self.opts = opts
-
-    def __getattr__(self, name):
-        return getattr(self._job, name)

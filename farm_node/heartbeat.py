@@ -1,16 +1,21 @@
 """The node's heartbeat: samples CPU and memory, publishes the node's status, follows remote control.
 
-One loop, one tick per ``interval`` (default 1 s). Each tick samples CPU and memory, then writes
-the status key and appends the sample in one Redis transaction, then re-reads the node's control
-key. Publishing both every second costs one pipeline per node per second and gives the charts a
-1 s series (600 samples = 10 minutes); the status key's TTL (10 s) covers several missed beats.
+One loop, one tick per ``interval`` (default 1 s). Each tick samples CPU and memory; every
+``publish_every`` ticks (default 5) the node writes its status key and appends the buffered samples
+in one Redis transaction, then re-reads its control key. The charts keep a 1 s series (600 samples
+= 10 minutes) while an idle node talks to Redis once every 5 s; the status key's TTL
+(``farm.telemetry.DEFAULT_TTL``, 20 s) covers three missed publishes. A change the panel must show
+at once (idle, busy, paused, draining, or a job started or ended) is published on the next tick
+instead of waiting for the batch.
 A pub/sub listener on the control channel delivers remote control at once; the re-read on every
 beat catches what the listener missed.
 
 Each step has its own ``try/except``, so a failing step never stops the loop and is logged once
 when it starts failing and once when it recovers, not every tick. While Redis cannot be reached
 the loop keeps sampling (``last_sample`` and ``on_sample`` stay live for the metrics exporter) but
-tries Redis again only after an exponential backoff: 2, 4, 8 ... intervals, capped at 30 s.
+tries Redis again only after an exponential backoff: 2, 4, 8 ... intervals, capped at 5 s, so that
+the node is listed online again within seconds of Redis coming back (a restart takes the node
+off the list for as long as the outage, plus at most this cap and one ``step_timeout``).
 Every Redis call is bounded by ``step_timeout``, and ``run`` returns as soon as ``stop`` is set,
 cancelling whatever call is in flight.
 """
@@ -74,11 +79,11 @@ class Heartbeat:
         info: NodeInfo,
         *,
         interval: float = 1.0,
-        publish_every: int = 2,
+        publish_every: int = 5,
         on_desired_state: Callable[[str], Awaitable[None] | None] | None = None,
         on_sample: Callable[[dict[str, float]], None] | None = None,
         listen: bool = True,
-        max_backoff: float = 30.0,
+        max_backoff: float = 5.0,
         step_timeout: float = 5.0,
     ) -> None:
         self.writer = writer
@@ -150,14 +155,15 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
 
     async def beat(self) -> None:
-        """One tick: sample; every ``publish_every`` ticks, unless backing off, publish the
-        buffered samples with the status and follow remote control. Sampling every second keeps
-        the charts at 1 s; publishing every other second halves an idle node's Redis traffic."""
+        """One tick: sample; every ``publish_every`` ticks or when the activity changed, unless
+        backing off, publish the buffered samples with the status and follow remote control.
+        Sampling every second keeps the charts at 1 s; publishing every fifth second is what lets
+        an idle node sleep (docs/benchmarks.md)."""
         sample = self._step("sample", self._take_sample)
         if sample is not None:
             self._pending = (self._pending + [sample])[-MAX_PENDING_SAMPLES:]
         self._beats += 1
-        if self._beats % self.publish_every and self.published:
+        if self._beats % self.publish_every and self.published and not self._activity_changed():
             return
         if time.monotonic() < self._retry_at:
             return
@@ -167,6 +173,15 @@ class Heartbeat:
             self._ensure_listener()
 
     # -- steps ---------------------------------------------------------------------------------
+    def _activity_changed(self) -> bool:
+        """Whether status or running jobs differ from the last publish (progress alone does not count)."""
+        now = self._step("activity", self.activity)
+        if now is None:
+            return False
+        before = self.last_activity
+        return (now.status != before.status
+                or [job.get("jobId") for job in now.running] != [job.get("jobId") for job in before.running])
+
     def _take_sample(self) -> dict[str, float]:
         sample = {
             "t": round(time.time(), 3),
@@ -201,8 +216,10 @@ class Heartbeat:
         self._retry_at = time.monotonic() + delay
         if self.outage_since is None:
             self.outage_since = time.time()
+            # A timeout carries no message; say what it means rather than print "TimeoutError: ".
+            reason = str(exc) or f"no answer within {self.step_timeout:g} s"
             log.warning("node %s: cannot publish heartbeat (%s: %s); retrying with backoff up to %.0f s",
-                        self.writer.name, type(exc).__name__, exc, self.max_backoff)
+                        self.writer.name, type(exc).__name__, reason, self.max_backoff)
 
     async def _follow_control(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Prometheus exporter of one farm node: ``/metrics`` and ``/health`` on a small HTTP server thread.
+"""Prometheus exporter of one farm node: ``/metrics`` and ``/health``, served from the node's event loop.
 
 Metric names are the Node system's, so its dashboards and alerts keep working. Every node has its
 own ``CollectorRegistry`` (never the global one), so one process can hold several nodes.
@@ -9,9 +9,13 @@ metric                             type       labels                  meaning
 ``worker_cpu_usage``               gauge      node                    CPU in use on the machine, %
 ``worker_memory_usage_ratio``      gauge      node                    system memory in use, 0-1
 ``worker_active_jobs``             gauge      node                    jobs the node has in hand
+``worker_concurrency``             gauge      node                    jobs the node runs at once, at most
 ``worker_job_duration_seconds``    histogram  node, format, status    wall time of finished jobs
 ``worker_job_queue_wait_seconds``  histogram  node                    from enqueue to start
 ``workers_jobs_processed_total``   counter    node, status            finished jobs
+``worker_disk_free_bytes``         gauge      node                    free space of the work dir's disk
+``worker_disk_total_bytes``        gauge      node                    size of the work dir's disk
+``worker_redis_unreachable_seconds``  gauge   node                    how long heartbeats have failed, 0 when fine
 ``queue_jobs``                     gauge      state                   jobs per BullMQ state
 ``encodeflow_build_info``          info       version, ffmpeg_version, node   always 1
 ``process_*``                      (several)                          the node process (Linux)
@@ -20,41 +24,57 @@ metric                             type       labels                  meaning
 ``status`` of a finished job is ``success``, ``failed`` or ``cancelled``: a cancel is its own value
 so that it does not count as a failure in error-rate alerts. ``queue_jobs`` describes the shared
 queue, so every node of a farm exports the same numbers: aggregate with ``max()``, not ``sum()``.
+Queue depth and free disk are read when Prometheus scrapes (``on_scrape``, the disk's usage), not on
+a timer: an idle node with nobody scraping it does no work for them. A queue read that Redis does
+not answer within ``SCRAPE_REFRESH_TIMEOUT_S`` leaves the last numbers in place.
 
 ``/health`` answers ``{"status", "node", "running", ...}`` from the ``health()`` callable the node
 passes in: 200, or 503 when its status is ``unhealthy`` (e.g. Redis unreachable for long) or when
 the callable itself fails.
+
+The server is an ``asyncio`` server on the node's own loop (``await serve()``, ``await close()``):
+unlike ``http.server``'s ``serve_forever`` it has no poll interval, so it costs nothing between
+requests. Rendering the exposition takes about a millisecond, well within what the loop tolerates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
 import json
 import logging
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
+import shutil
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
 JOB_STATUSES = ("success", "failed", "cancelled")
 QUEUE_STATES = ("waiting", "active", "failed", "delayed")  # always exported, 0 until set
+# Transcodes last from seconds (a short proxy) to hours (a feature film in AV1): buckets up to 4 h.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 QUEUE_WAIT_BUCKETS = (0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 UNHEALTHY_STATUSES = ("unhealthy", "error")
+SCRAPE_REFRESH_TIMEOUT_S = 2.0  # well inside Prometheus' default 10 s scrape timeout
+REQUEST_TIMEOUT_S = 10.0  # a client that sends no complete request head in this time is dropped
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class NodeMetrics:
     """The node's metrics, and the HTTP server that exposes them."""
 
-    def __init__(self, node: str, *, version: str = "", ffmpeg_version: str = "",
-                 health: Callable[[], Mapping[str, Any]] | None = None) -> None:
+    def __init__(self, node: str, *, version: str = "", ffmpeg_version: str = "", concurrency: int = 1,
+                 disk_path: Path | str | None = None,
+                 health: Callable[[], Mapping[str, Any]] | None = None,
+                 on_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
         self.node = node
         self.health = health or (lambda: {"status": "ok"})
+        self.on_scrape = on_scrape  # e.g. read the queue depth, just before each /metrics
         self.registry = registry = CollectorRegistry()
 
         self._cpu = Gauge("worker_cpu_usage", "CPU in use on the node's machine, percent",
@@ -63,12 +83,17 @@ class NodeMetrics:
                              ["node"], registry=registry).labels(node)
         self._active = Gauge("worker_active_jobs", "Jobs the node is running", ["node"],
                              registry=registry).labels(node)
+        Gauge("worker_concurrency", "Jobs the node runs at once, at most", ["node"],
+              registry=registry).labels(node).set(concurrency)
         self._duration = Histogram("worker_job_duration_seconds", "Wall time of finished jobs",
                                    ["node", "format", "status"], buckets=DURATION_BUCKETS, registry=registry)
         self._queue_wait = Histogram("worker_job_queue_wait_seconds", "Time from enqueue to start of a job",
                                      ["node"], buckets=QUEUE_WAIT_BUCKETS, registry=registry).labels(node)
         self._processed = Counter("workers_jobs_processed", "Jobs finished by the node",
                                   ["node", "status"], registry=registry)
+        self._redis_outage = Gauge("worker_redis_unreachable_seconds",
+                                   "How long the node's heartbeats have failed to reach Redis, 0 while they do",
+                                   ["node"], registry=registry).labels(node)
         self._queue = Gauge("queue_jobs", "Jobs in the queue per state (the same on every node)",
                             ["state"], registry=registry)
         for status in JOB_STATUSES:
@@ -78,10 +103,11 @@ class NodeMetrics:
         Info("encodeflow_build", "Version of the node and of its FFmpeg", registry=registry).info(
             {"version": version, "ffmpeg_version": ffmpeg_version, "node": node}
         )
+        if disk_path is not None:
+            registry.register(_DiskCollector(node, Path(disk_path)))
         ProcessCollector(registry=registry)
 
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     # -- recording -----------------------------------------------------------------------------
     def observe_job(self, format: str, status: str, duration_s: float) -> None:
@@ -100,6 +126,9 @@ class NodeMetrics:
         self._cpu.set(cpu)
         self._memory.set(mem)
 
+    def set_redis_outage(self, seconds: float) -> None:
+        self._redis_outage.set(seconds)
+
     def set_queue_depth(self, depths: Mapping[str, int]) -> None:
         """Store per-state job counts (e.g. from BullMQ's getJobCounts); unknown states are kept too."""
         for state, count in depths.items():
@@ -110,6 +139,17 @@ class NodeMetrics:
         """The exposition in the format the ``Accept`` header asks for, and its content type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    async def scrape(self, accept: str = "") -> tuple[bytes, str]:
+        """``render`` after ``on_scrape`` refreshed what is read on demand (bounded in time)."""
+        if self.on_scrape is not None:
+            try:
+                await asyncio.wait_for(self.on_scrape(), SCRAPE_REFRESH_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - serve the last numbers rather than nothing
+                log.debug("node %s: refreshing metrics before a scrape failed: %r", self.node, exc)
+        return self.render(accept)
 
     def health_report(self) -> tuple[int, dict[str, Any]]:
         """The HTTP status code and JSON body of ``/health``."""
@@ -123,53 +163,83 @@ class NodeMetrics:
         report["node"] = self.node
         return (503 if report["status"] in UNHEALTHY_STATUSES else 200), report
 
-    def start_server(self, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, int]:
-        """Serve on a daemon thread; port 0 picks a free one. Returns the server and its real port."""
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve on the running loop; port 0 picks a free one. Returns the real port."""
         if self._server is not None:
             raise RuntimeError(f"metrics server of node {self.node} is already running")
-        server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
-        server = server_class((host, port), _handler_for(self))
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 1.0},
-                                        name=f"metrics-{self.node}", daemon=True)
-        self._thread.start()
-        self._server = server
-        return server, server.server_address[1]
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES)
+        return self._server.sockets[0].getsockname()[1]
 
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
 
-
-class _ThreadingHTTPServer6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _handler_for(metrics: NodeMetrics) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "encodeflow-node"
-
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server looks for
-            path = urlsplit(self.path).path
-            if path == "/metrics":
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request per connection (``Connection: close``), which is all Prometheus needs."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            method, path, headers = _parse_head(head)
+            if method not in ("GET", "HEAD"):
+                code, body, content_type = 405, b"only GET: try GET /metrics or /health\n", "text/plain"
+            elif path == "/metrics":
                 code = 200
-                body, content_type = metrics.render(self.headers.get("Accept", ""))
+                body, content_type = await self.scrape(headers.get("accept", ""))
             elif path == "/health":
-                code, report = metrics.health_report()
+                code, report = self.health_report()
                 body, content_type = json.dumps(report).encode(), "application/json"
             else:
                 code, body, content_type = 404, b"not found: try /metrics or /health\n", "text/plain"
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            writer.write(_response(code, content_type, b"" if method == "HEAD" else body, len(body)))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                ConnectionError, ValueError) as exc:
+            log.debug("metrics: dropped a bad or slow request: %r", exc)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("metrics %s: " + format, self.address_string(), *args)
 
-    return Handler
+class _DiskCollector:
+    """Free and total bytes of the disk holding the node's work dir, read at scrape time."""
+
+    def __init__(self, node: str, path: Path) -> None:
+        self.node, self.path = node, path
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []  # values come from the disk at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            usage = shutil.disk_usage(self.path)
+        except OSError as exc:  # the work dir vanished: no numbers rather than wrong ones
+            log.debug("disk usage of %s unavailable: %s", self.path, exc)
+            return
+        for name, help_text, value in (
+            ("worker_disk_free_bytes", "Free space of the disk holding the node's work dir", usage.free),
+            ("worker_disk_total_bytes", "Size of the disk holding the node's work dir", usage.total),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["node"])
+            family.add_metric([self.node], value)
+            yield family
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)  # ValueError on a malformed request line
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return method, urlsplit(target).path, headers
+
+
+def _response(code: int, content_type: str, body: bytes, length: int) -> bytes:
+    head = (f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\nServer: encodeflow-node\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body

@@ -26,14 +26,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def prometheus_server(tmp_path):
-    binary = shutil.which("prometheus")
+def required_binary(name: str, package: str) -> str:
+    """The path of a tool a test needs; skip without it, but fail under CI, which installs it (.ci/run)."""
+    binary = shutil.which(name)
     if binary is None:
-        message = "no prometheus binary (apt-get install prometheus)"
-        if os.environ.get("CI"):  # CI installs it (.ci/run): a missing binary there is a failure
+        message = f"no {name} binary (apt-get install {package})"
+        if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def promtool() -> str:
+    return required_binary("promtool", "prometheus")
+
+
+@pytest.fixture
+def prometheus_server(tmp_path):
+    binary = required_binary("prometheus", "prometheus")
     started: list[subprocess.Popen] = []
 
     def start(targets: list[str], *, rule_files: list[str] = (), interval: str = "1s") -> str:
@@ -42,7 +53,8 @@ def prometheus_server(tmp_path):
         config.write_text(json.dumps({  # JSON is YAML: no YAML library needed
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": list(rule_files),
-            "scrape_configs": [{"job_name": "encodeflow-node", "static_configs": [{"targets": targets}]}],
+            # The job name of every config in packaging/prometheus: alerts.yml selects nodes by it.
+            "scrape_configs": [{"job_name": "farm-nodes", "static_configs": [{"targets": targets}]}],
         }))
         log = (tmp_path / f"prometheus-{port}.log").open("w")
         proc = subprocess.Popen(

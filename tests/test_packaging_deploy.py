@@ -27,6 +27,7 @@ import yaml
 from farm.settings import CONFIG_ENV, ENV_VARS, Settings
 from farm_node.cli import build_parser
 from tests.e2e.helpers import wait_for
+from tests.prometheus_fixture import required_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGING = ROOT / "packaging"
@@ -99,8 +100,8 @@ def exec_start_argv(path: Path, **specifiers: str) -> list[str]:
 # -- systemd --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_the_units_pass_systemd_analyze_verify(tmp_path):
+    required_binary("systemd-analyze", "systemd")
     # verify also checks that ExecStart's program exists, so point it at this checkout's farm-node.
     for unit in (UNIT, TEMPLATE):
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_FARM_NODE, str(FARM_NODE)))
@@ -216,8 +217,12 @@ def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPro
                                if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in secrets})
 
 
-needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                   reason="docker-compose is not installed (Debian: apt-get install docker-compose)")
+@pytest.fixture
+def docker_compose() -> str:
+    return required_binary("docker-compose", "docker-compose")
+
+
+needs_compose = pytest.mark.usefixtures("docker_compose")
 
 
 @needs_compose
@@ -254,13 +259,12 @@ def test_the_compose_stack_is_configured_for_a_farm():
                 assert Path(source).exists(), f"{name} mounts {source}, which is not in the repository"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_the_stacks_prometheus_config_and_its_rules_pass_promtool(tmp_path):
+def test_the_stacks_prometheus_config_and_its_rules_pass_promtool(promtool, tmp_path):
     shutil.copy(DOCKER / "prometheus.yml", tmp_path / "prometheus.yml")
     alerts = PACKAGING / "prometheus" / "alerts.yml"  # the rules docker-compose.yml mounts next to it
     assert alerts.exists(), f"{alerts.relative_to(ROOT)} is missing: the stack's Prometheus loads it"
     shutil.copy(alerts, tmp_path / "alerts.yml")
-    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

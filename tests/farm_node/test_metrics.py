@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -13,18 +17,30 @@ from farm_node.metrics import NodeMetrics
 
 
 @pytest.fixture
-def served():
-    """start(metrics) -> base URL; every server started is stopped after the test."""
+def loop():
+    """An event loop on its own thread, standing in for the node's: the test talks HTTP to it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.fixture
+def served(loop):
+    """start(metrics) -> base URL; every server started is closed after the test."""
     started = []
 
     def start(metrics: NodeMetrics) -> str:
-        _, port = metrics.start_server("127.0.0.1", 0)
+        port = loop(metrics.serve("127.0.0.1", 0))
         started.append(metrics)
         return f"http://127.0.0.1:{port}"
 
     yield start
     for metrics in started:
-        metrics.stop()
+        loop(metrics.close())
 
 
 def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
@@ -129,16 +145,95 @@ def test_unknown_job_status_is_refused():
         NodeMetrics("render-01").observe_job("mp4", "exploded", 1.0)
 
 
-def test_stop_frees_the_port_and_allows_a_restart():
+def test_close_frees_the_port_and_allows_a_restart(loop):
     metrics = NodeMetrics("render-01")
-    _, port = metrics.start_server("127.0.0.1", 0)
+    port = loop(metrics.serve("127.0.0.1", 0))
     with pytest.raises(RuntimeError, match="already running"):
-        metrics.start_server("127.0.0.1", 0)
-    metrics.stop()
+        loop(metrics.serve("127.0.0.1", 0))
+    loop(metrics.close())
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
-    _, port = metrics.start_server("127.0.0.1", port)
+    port = loop(metrics.serve("127.0.0.1", port))
     try:
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
     finally:
-        metrics.stop()
+        loop(metrics.close())
+
+
+def test_disk_of_the_work_dir_is_read_at_scrape_time(served, tmp_path):
+    metrics = NodeMetrics("render-01", disk_path=tmp_path, concurrency=3)
+    values = samples_of(get(f"{served(metrics)}/metrics")[2])
+    node = frozenset({("node", "render-01")})
+    usage = shutil.disk_usage(tmp_path)
+    assert values[("worker_disk_total_bytes", node)] == usage.total
+    # Other processes write to the same disk meanwhile: the free space read is near the one here.
+    assert abs(values[("worker_disk_free_bytes", node)] - usage.free) < 0.01 * usage.total
+    assert values[("worker_concurrency", node)] == 3
+
+
+def test_a_vanished_work_dir_drops_the_disk_metrics_but_not_the_page(served, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    base = served(NodeMetrics("render-01", disk_path=work))
+    work.rmdir()
+    status, _, text = get(f"{base}/metrics")
+    assert status == 200 and "worker_disk_free_bytes" not in text and "worker_cpu_usage" in text
+
+
+def test_queue_depth_is_refreshed_by_each_scrape(served):
+    reads = []
+
+    async def read_queue():
+        reads.append(len(reads) + 1)
+        metrics.set_queue_depth({"waiting": 10 * len(reads)})
+
+    metrics = NodeMetrics("render-01", on_scrape=read_queue)
+    base = served(metrics)
+    assert reads == []  # nothing is read until someone scrapes
+    first = samples_of(get(f"{base}/metrics")[2])
+    second = samples_of(get(f"{base}/metrics")[2])
+    waiting = ("queue_jobs", frozenset({("state", "waiting")}))
+    assert (first[waiting], second[waiting]) == (10, 20)
+    assert get(f"{base}/health")[0] == 200 and reads == [1, 2]  # /health reads no queue
+
+
+def test_a_queue_that_does_not_answer_leaves_the_last_numbers(served):
+    answered = asyncio.Event()
+
+    async def read_queue():
+        if not answered.is_set():
+            answered.set()
+            metrics.set_queue_depth({"waiting": 7})
+            return
+        await asyncio.sleep(3600)  # Redis hangs: the scrape must not
+
+    metrics = NodeMetrics("render-01", on_scrape=read_queue)
+    base = served(metrics)
+    get(f"{base}/metrics")
+    status, _, text = get(f"{base}/metrics")
+    assert status == 200
+    assert samples_of(text)[("queue_jobs", frozenset({("state", "waiting")}))] == 7
+
+
+def test_redis_outage_is_exported(served):
+    metrics = NodeMetrics("render-01")
+    metrics.set_redis_outage(42.5)
+    values = samples_of(get(f"{served(metrics)}/metrics")[2])
+    assert values[("worker_redis_unreachable_seconds", frozenset({("node", "render-01")}))] == 42.5
+
+
+def test_a_garbled_request_is_dropped_and_the_server_keeps_serving(served):
+    base = served(NodeMetrics("render-01"))
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        assert sock.recv(100) == b""  # closed without an answer
+    assert get(f"{base}/metrics")[0] == 200
+
+
+def test_only_get_is_answered(served):
+    base = served(NodeMetrics("render-01"))
+    request = urllib.request.Request(f"{base}/metrics", method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=5)
+    assert error.value.code == 405
