@@ -35,7 +35,7 @@ from typing import Any, Callable
 from bullmq import UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
-from farm.db import is_unreachable, repo
+from farm.db import error_line, is_unreachable, repo
 from farm.jobspec import OutputConfig, outputs_record
 from farm.keys import output_filename, output_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, probe
@@ -351,7 +351,7 @@ class JobProcessor:
                 if left <= 0:
                     raise DatabaseUnreachable(
                         f"the database {self.db.url} did not answer for {run.db_budget:.0f} s "
-                        f"({_one_line(exc)})") from None
+                        f"({error_line(exc)})") from None
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, DB_RETRY_MAX_S)
                 continue
@@ -373,7 +373,7 @@ class JobProcessor:
         if self._db_down_since is None:
             self._db_down_since = time.monotonic()
             log.warning("database %s unreachable (%s); progress is not recorded and results wait until it "
-                        "answers again", self.db.url, _one_line(exc))
+                        "answers again", self.db.url, error_line(exc))
 
     def _db_up(self) -> None:
         if self._db_down_since is not None:
@@ -445,13 +445,6 @@ def _reason(exc: Exception) -> str:
         return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _one_line(exc: BaseException) -> str:
-    """The driver's words, first line, without SQLAlchemy's statement and background link."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return lines[0] if lines else type(original).__name__
 
 
 def _shown(text: str, names: dict[Path, str]) -> str:

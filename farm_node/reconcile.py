@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 
+from farm.db import error_line
 from farm.queue import keys_prefix
 from farm.reconcile import Reconciler
 
@@ -36,6 +37,7 @@ async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name
                             stopping: asyncio.Event, interval_s: float = RECONCILE_INTERVAL_S) -> None:
     """Run a pass about every ``interval_s`` until ``stopping`` is set; errors are logged, not fatal."""
     holder = f"{node_name}:{uuid.uuid4().hex[:8]}"
+    failing_since: float | None = None  # one warning per outage, not one per pass
     while not stopping.is_set():
         wait = interval_s * random.uniform(1 - JITTER, 1 + JITTER)
         try:
@@ -50,7 +52,15 @@ async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name
             began = time.monotonic()
             actions = await reconciler.run_once()
             log.debug("reconcile pass: %d change(s) in %.2f s", len(actions), time.monotonic() - began)
+            if failing_since is not None:
+                log.info("reconcile passes work again after %.0f s", time.monotonic() - failing_since)
+                failing_since = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis or the database away: try again next interval
-            log.warning("reconcile pass failed: %s", exc)
+            if failing_since is None:
+                failing_since = time.monotonic()
+                log.warning("reconcile pass failed: %s; trying again every interval", error_line(exc))
+            else:
+                log.debug("reconcile pass failed again: %s", error_line(exc))
+

@@ -36,6 +36,13 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_VARS["data_dir"], str(data_dir))
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config.toml"))
     yield data_dir
+    # A CLI command on the embedded defaults starts the data dir's Redis and leaves it running for
+    # the next command, as it should for a user; a test's must not outlive the test.
+    from farm.embedded import running_embedded_redis
+
+    leftover = running_embedded_redis(Settings(data_dir=data_dir))
+    if leftover is not None:
+        leftover.stop()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ RATE_WINDOW_MINUTES = 60
 QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))
 RATE_SERIES = (("completed", "Completed", "#2e9e5b"), ("failed", "Failed", "#d62728"))
 HISTORY_HOURS = 24
+FLEET_CURVES = 12  # more nodes than this: one grey curve for all of them and their average
 HISTORY_REFRESH_MS = 60_000
 
 
@@ -74,9 +75,11 @@ class MetricsPage(QWidget):
         self.error.setWordWrap(True)
         self.error.hide()
 
-        self.cpu_chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES)
+        fleet = dict(max_curves=FLEET_CURVES, group_label="nodes")
+        self.cpu_chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES,
+                                   **fleet)
         self.mem_chart = LiveChart("Memory in use per node (% of the machine)", "%", y_range=(0, 100),
-                                   capacity=MAX_SAMPLES)
+                                   capacity=MAX_SAMPLES, **fleet)
         self.queue_chart = LiveChart("Queue depth (jobs)", "jobs", y_range=None, capacity=MAX_SAMPLES)
         self.rate_chart = LiveChart("Jobs finished per minute (last hour)", "jobs / min", y_range=None,
                                     window_s=RATE_WINDOW_MINUTES * MINUTE, capacity=RATE_WINDOW_MINUTES + 1)
@@ -224,9 +227,12 @@ class MetricsPage(QWidget):
             return
         window = HISTORY_HOURS * 3600
         options = dict(window_s=window, min_span_s=window, capacity=MAX_POINTS + 10)
+        fleet = dict(max_curves=FLEET_CURVES, group_label="nodes")
         self.history_charts = {
-            "cpu": LiveChart(f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100), **options),
-            "memory": LiveChart(f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100), **options),
+            "cpu": LiveChart(f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100),
+                             **options, **fleet),
+            "memory": LiveChart(f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100),
+                                **options, **fleet),
             "queue": LiveChart(f"Queue depth, last {HISTORY_HOURS} h (jobs)", "jobs", y_range=None, **options),
             "finished": LiveChart(f"Jobs finished per minute, last {HISTORY_HOURS} h", "jobs / min", y_range=None,
                                   **options),

@@ -180,6 +180,7 @@ class WorkersPage(QWidget):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
 
+        self._cards_stale = False
         hub.nodes_updated.connect(self.show_nodes)
         self.show_nodes(hub.nodes)
 
@@ -192,10 +193,27 @@ class WorkersPage(QWidget):
         table = view == "table"
         self.stack.setCurrentWidget(self.table if table else self.scroll)
         (self.table_button if table else self.cards_button).setChecked(True)
+        if not table and self._cards_stale and self.scroll.isVisible():
+            self._update_cards()
 
     # -- nodes -------------------------------------------------------------------------------------
     def show_nodes(self, nodes: list[NodeStatus]) -> None:
         self.model.set_nodes(nodes)
+        if not self.scroll.isVisible():
+            # Cards of 64 nodes cost the GUI thread tens of ms a second while nobody sees them (page
+            # hidden, or the table shown instead); they catch up when shown (showEvent, set_view).
+            self._cards_stale = True
+            self._show_summary()
+            return
+        self._update_cards()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self._cards_stale:
+            self._update_cards()
+
+    def _update_cards(self) -> None:
+        self._cards_stale = False
         now = time.time()
         names = set()
         for node in self.model.nodes():

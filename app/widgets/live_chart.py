@@ -126,9 +126,16 @@ class LiveChart(QWidget):
 
     def __init__(self, title: str = "", y_label: str = "", *, y_range: tuple[float, float] | None = (0, 100),
                  window_s: float = 600.0, min_span_s: float = 60.0, min_count_range: float = 4,
-                 capacity: int = 600,
+                 capacity: int = 600, max_curves: int | None = None, group_label: str = "series",
                  interval_ms: int = 500, parent=None):
         super().__init__(parent)
+        # Past ``max_curves`` series the chart draws them all as one thin curve plus their average
+        # (see _become_fleet): 64 curves of 600 points took ~100 ms a tick, one curve ~30 ms, and 64
+        # colours cannot be told apart anyway.
+        self.max_curves = max_curves
+        self.group_label = group_label
+        self._fleet: tuple[pg.PlotDataItem, pg.PlotDataItem] | None = None
+        self._fleet_size = 0
         self.window_s = window_s
         self.min_span_s = min(min_span_s, window_s)
         self.capacity = capacity
@@ -184,6 +191,14 @@ class LiveChart(QWidget):
         """Create the series' curve (once; later calls return the same curve)."""
         if key in self._curves:
             return self._curves[key]
+        if self._fleet is None and self.max_curves is not None and len(self._curves) >= self.max_curves:
+            self._become_fleet()
+        if self._fleet is not None:  # one more series in the group curve: no item of its own
+            self._curves[key] = None
+            self._buffers[key] = RingBuffer(self.capacity)
+            self._labels[key] = label or key
+            self._dirty.add(key)
+            return self._fleet[0]
         color = QColor(color or SERIES_COLORS[len(self._curves) % len(SERIES_COLORS)])
         # A 1 px cosmetic pen: thicker lines made one tick of a 64-node chart ~4x slower to draw.
         options = {"pen": pg.mkPen(color, width=1)}
@@ -207,7 +222,15 @@ class LiveChart(QWidget):
         return list(self._curves)
 
     def curve(self, key: str) -> pg.PlotDataItem:
+        """The series' own curve; in fleet mode (past ``max_curves``) series share the group curve."""
+        if self._fleet is not None:
+            return self._fleet[0]
         return self._curves[key]
+
+    @property
+    def fleet_curves(self) -> tuple[pg.PlotDataItem, pg.PlotDataItem] | None:
+        """(every series in one curve, their average) once past ``max_curves``; else ``None``."""
+        return self._fleet
 
     def buffer(self, key: str) -> RingBuffer:
         return self._buffers[key]
@@ -243,10 +266,63 @@ class LiveChart(QWidget):
 
     def flush(self) -> None:
         """Push the changed series to their curves now (the tick does this while visible)."""
-        for key in self._dirty:
-            self._curves[key].setData(*self._buffers[key].data())
+        if self._fleet is not None:
+            if self._dirty:
+                self._draw_fleet()
+        else:
+            for key in self._dirty:
+                self._curves[key].setData(*self._buffers[key].data())
         self._dirty.clear()
         self._slide_window()
+
+    # -- fleet mode ---------------------------------------------------------------------------
+    def _become_fleet(self) -> None:
+        """From one curve per series to two items: all series in one grey curve (NaN between
+        series, so they are not joined) and their average in colour."""
+        item = self.plot.getPlotItem()
+        for curve in self._curves.values():
+            item.removeItem(curve)
+        if self._legend is not None:
+            self._legend.clear()
+        else:
+            base = self.palette().color(QPalette.ColorRole.Base)
+            base.setAlpha(210)
+            self._legend = item.addLegend(offset=(8, 8), labelTextSize="8pt", brush=base, pen=pg.mkPen("#d5d9e0"))
+            self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
+        self._legend.setColumnCount(1)
+        every = item.plot([], [], pen=pg.mkPen(QColor(128, 134, 145, 110), width=1), connect="finite")
+        mean = item.plot([], [], pen=pg.mkPen(QColor(SERIES_COLORS[0]), width=2))
+        self._fleet = (every, mean)
+        self._curves = dict.fromkeys(self._curves)
+        self._dirty.update(self._buffers)
+
+    def _draw_fleet(self) -> None:
+        every, mean = self._fleet
+        times, values = [], []
+        for buffer in self._buffers.values():
+            t, v = buffer.data()
+            if len(t):
+                times += [t, [np.nan]]
+                values += [v, [np.nan]]
+        if not times:
+            every.setData([], [])
+            mean.setData([], [])
+            return
+        t_all, v_all = np.concatenate(times), np.concatenate(values)
+        every.setData(t_all, v_all, connect="finite")
+        # The average per 5 s bin: samples of different series never share a timestamp.
+        finite = np.isfinite(t_all)
+        bins = np.floor(t_all[finite] / 5.0)
+        keys, inverse = np.unique(bins, return_inverse=True)
+        sums = np.bincount(inverse, weights=v_all[finite])
+        counts = np.bincount(inverse)
+        mean.setData(keys * 5.0 + 2.5, sums / counts)
+        n = len(self._buffers)
+        if n != self._fleet_size:  # relabel only when a series joined
+            self._fleet_size = n
+            self._legend.clear()
+            self._legend.addItem(every, f"each of {n} {self.group_label}")
+            self._legend.addItem(mean, f"average of {n}")
 
     # -- internals ----------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -272,7 +348,7 @@ class LiveChart(QWidget):
         self.plot.getPlotItem().setXRange(right - span, right, padding=0)
 
     def _update_legend(self, key: str) -> None:
-        if len(self._curves) < 2:
+        if len(self._curves) < 2 or self._fleet is not None:
             return
         if self._legend is None:
             base = self.palette().color(QPalette.ColorRole.Base)

@@ -8,7 +8,7 @@
     print(repo.job_to_dict(job))
 """
 
-from farm.db.engine import Database, DatabaseError, alembic_config, is_unreachable, open_database
+from farm.db.engine import Database, DatabaseError, alembic_config, error_line, is_unreachable, open_database
 from farm.db.models import (
     FINISHED_STATUSES,
     STATUSES,
@@ -23,6 +23,7 @@ from farm.db import repo
 from farm.db.repo import PROBE_FIELDS, isoformat, job_to_dict, video_to_dict
 
 __all__ = [
+    "error_line",
     "Database",
     "DatabaseError",
     "FINISHED_STATUSES",

@@ -133,6 +133,13 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+def error_line(exc: BaseException) -> str:
+    """The driver's own words, first line, without SQLAlchemy's statement and background link."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached for now (worth waiting for), rather than
     that the statement or the schema is wrong (which waiting does not fix)."""

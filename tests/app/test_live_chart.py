@@ -126,3 +126,38 @@ def test_time_axis_spans_the_data_between_one_minute_and_the_window(qtbot):
     assert span() == pytest.approx(600, abs=1)
     assert chart.plot.getPlotItem().getAxis("bottom").tickStrings([now], 1, 120)[0] == \
         time.strftime("%H:%M", time.localtime(now))
+
+
+def test_past_max_curves_the_series_share_one_curve_and_their_average(qtbot):
+    chart = LiveChart("CPU", "%", max_curves=3, group_label="nodes", interval_ms=50)
+    qtbot.addWidget(chart)
+    chart.resize(500, 250)
+    chart.show()
+    qtbot.waitExposed(chart)
+    item = chart.plot.getPlotItem()
+    now = time.time()
+    for node in range(3):
+        for i in range(10):
+            chart.append(f"n{node}", now - 10 + i, 10 * (node + 1))
+    chart.flush()
+    assert chart.fleet_curves is None and len(item.listDataItems()) == 3
+
+    for node in range(3, 20):  # 20 nodes: two items, whatever the count
+        for i in range(10):
+            chart.append(f"n{node}", now - 10 + i, 10 * (node % 4 + 1))
+    chart.flush()
+    every, mean = chart.fleet_curves
+    assert item.listDataItems() == [every, mean]
+    assert len(chart.series_keys()) == 20 and chart.curve("n7") is every
+    x, y = every.getData()
+    assert np.isnan(y).sum() == 20, "a gap after each node's samples: nodes are not joined"
+    assert np.nanmax(y) == 40 and np.nanmin(y) == 10
+    _, averages = mean.getData()
+    expected = np.mean([10 * (n + 1) for n in range(3)] + [10 * (n % 4 + 1) for n in range(3, 20)])
+    assert averages == pytest.approx(np.full(len(averages), expected))
+    assert [label.text for _, label in item.legend.items] == ["each of 20 nodes", "average of 20"]
+
+    chart.append("n21", now, 100)  # one more node joins the group curve and the count
+    chart.flush()
+    assert item.listDataItems() == [every, mean]
+    assert [label.text for _, label in item.legend.items] == ["each of 21 nodes", "average of 21"]

@@ -3,6 +3,8 @@ pause / resume / drain, and the card turning offline when the node stops."""
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -135,6 +137,24 @@ def test_a_failed_action_is_shown_with_its_reason(services, runner, hub, qtbot):
     assert "Could not pause no-such-node" in page.error.text()
     assert "no node named 'no-such-node'" in page.error.text()
     assert page.empty.isVisibleTo(page) and page.summary.text() == "no nodes"
+
+
+def test_cards_wait_while_nobody_sees_them_and_catch_up_when_shown(services, runner, hub, qtbot):
+    page = WorkersPage(services, runner, hub)
+    qtbot.addWidget(page)
+    busy = [NodeStatus(name=f"n{i}", status="busy", cpu=80, memory=0.5, last_seen=time.time()) for i in range(3)]
+    page.show_nodes(busy)  # the page is hidden: the table model follows, the cards wait
+    assert page.model.rowCount() == 3 and page.cards == {}
+    assert page.summary.text() == "3 nodes: 3 busy"
+    page.show()
+    qtbot.waitExposed(page)
+    assert sorted(page.cards) == ["n0", "n1", "n2"] and page.cards["n1"].status == "busy"
+
+    page.set_view("table")  # cards hidden behind the table: they wait again
+    page.show_nodes([NodeStatus(name=n, status="idle", last_seen=time.time()) for n in ("n0", "n1", "n2")])
+    assert page.cards["n1"].status == "busy"
+    page.set_view("cards")
+    assert page.cards["n1"].status == "idle"
 
 
 def test_nodes_model_updates_rows_in_place(qtmodeltester):

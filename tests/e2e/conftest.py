@@ -78,7 +78,7 @@ def local_farm(data_dir):
 
         node = NodeProcess(name, data_dir, list(extra))
         nodes.append(node)
-        registry = NodeRegistry(redis.Redis.from_url(redis_server.url, decode_responses=True), settings.queue)
+        registry = NodeRegistry(redis.Redis.from_url(redis_url, decode_responses=True), settings.queue)
         wait_for(lambda: any(n.name == name and n.online and n.pid == node.proc.pid for n in registry.nodes()),
                  timeout=60, what=f"node {name} to register")
         return node
