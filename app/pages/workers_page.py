@@ -38,6 +38,9 @@ def set_node_state(services: AppServices, name: str, state: str) -> None:
         registry.redis.close()
 
 
+CARD_BATCH = 8  # new cards made per turn of the event loop
+
+
 class _CardGrid(QWidget):
     """Cards in as many columns as the width allows, re-flowed only when that number changes."""
 
@@ -52,8 +55,9 @@ class _CardGrid(QWidget):
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.grid.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
 
-    def add(self, card: NodeCard) -> None:
-        self.cards.append(card)
+    def add(self, *cards: NodeCard) -> None:
+        """Add cards and lay them out once (one reflow per card made 64 new cards cost 64 reflows)."""
+        self.cards.extend(cards)
         self.cards.sort(key=lambda c: c.name)
         self._reflow(force=True)
 
@@ -215,22 +219,35 @@ class WorkersPage(QWidget):
     def _update_cards(self) -> None:
         self._cards_stale = False
         now = time.time()
-        names = set()
+        names, new = set(), []
         for node in self.model.nodes():
             names.add(node.name)
             card = self.cards.get(node.name)
+            if card is None and len(new) >= CARD_BATCH:
+                # Making (and first painting) 64 cards at once froze the window for ~250 ms: make a
+                # few per turn of the event loop; the rest follow at once, between other events.
+                if not self._cards_stale:
+                    self._cards_stale = True
+                    QTimer.singleShot(0, self._more_cards)
+                continue
             if card is None:
                 card = NodeCard(node.name)
                 card.clicked.connect(self.open_detail)
                 card.action_requested.connect(self.request_state)
                 self.cards[node.name] = card
-                self.card_grid.add(card)
+                new.append(card)
             card.show_node(node, now)
             self._settle_pending(node, card)
         for name in [n for n in self.cards if n not in names]:
             self.card_grid.remove(self.cards.pop(name))
+        if new:
+            self.card_grid.add(*new)
         self.empty.setVisible(not self.cards)
         self._show_summary()
+
+    def _more_cards(self) -> None:
+        if self._cards_stale and self.scroll.isVisible():
+            self._update_cards()
 
     def _show_summary(self) -> None:
         nodes = self.model.nodes()

@@ -100,9 +100,10 @@ def test_workers_page_follows_the_local_node(local_node, services, runner, hub, 
     resume = next(a for a in menu.actions() if a.text() == "Resume")
     assert resume.isEnabled() and not next(a for a in menu.actions() if a.text() == "Pause").isEnabled()
     resume.trigger()
-    qtbot.waitUntil(lambda: card.status in ("idle", "busy"), timeout=10_000)
+    qtbot.waitUntil(lambda: cell(page, "status") in ("idle", "busy"), timeout=10_000)
     screenshot(page, tmp_path / "workers_table.png")
     page.set_view("cards")
+    assert card.status in ("idle", "busy"), "the cards catch up with the table when shown again"
 
     # Drain asks first; "Cancel" sends nothing.
     answer_next_dialog("Cancel")
@@ -142,6 +143,7 @@ def test_a_failed_action_is_shown_with_its_reason(services, runner, hub, qtbot):
 def test_cards_wait_while_nobody_sees_them_and_catch_up_when_shown(services, runner, hub, qtbot):
     page = WorkersPage(services, runner, hub)
     qtbot.addWidget(page)
+    hub.nodes_updated.disconnect(page.show_nodes)  # this test feeds the nodes itself
     busy = [NodeStatus(name=f"n{i}", status="busy", cpu=80, memory=0.5, last_seen=time.time()) for i in range(3)]
     page.show_nodes(busy)  # the page is hidden: the table model follows, the cards wait
     assert page.model.rowCount() == 3 and page.cards == {}
@@ -155,6 +157,13 @@ def test_cards_wait_while_nobody_sees_them_and_catch_up_when_shown(services, run
     assert page.cards["n1"].status == "busy"
     page.set_view("cards")
     assert page.cards["n1"].status == "idle"
+
+    # A whole studio at once: cards are made a few per turn of the event loop, all of them soon.
+    many = [NodeStatus(name=f"m{i:02d}", status="idle", last_seen=time.time()) for i in range(40)]
+    page.show_nodes(many)
+    assert 0 < len(page.cards) < 40
+    qtbot.waitUntil(lambda: sorted(page.cards) == [n.name for n in many], timeout=5000)
+    assert not page._cards_stale
 
 
 def test_nodes_model_updates_rows_in_place(qtmodeltester):
