@@ -6,7 +6,6 @@ inside a bucket, folder permissions) has its own tests at the end.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -28,8 +27,8 @@ from farm.storage import (
     TransferCancelled,
     open_storage,
 )
+from tests.files import MiB, random_file, sha256
 
-MiB = 1024 * 1024
 BIG_SIZE = 100 * MiB
 SECRET = "testing-secret-key"  # what the s3_url fixture puts in AWS_SECRET_ACCESS_KEY
 
@@ -44,25 +43,7 @@ def storage(request, tmp_path) -> Storage:
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory) -> Path:
     """100 MB of random bytes, written a MiB at a time (never all in memory)."""
-    path = tmp_path_factory.mktemp("big") / "big.bin"
-    with open(path, "wb") as fh:
-        for _ in range(BIG_SIZE // MiB):
-            fh.write(os.urandom(MiB))
-    return path
-
-
-def make_file(path: Path, size: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(os.urandom(size))
-    return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return random_file(tmp_path_factory.mktemp("big") / "big.bin", BIG_SIZE)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -78,7 +59,7 @@ def multipart_uploads(storage: Storage) -> list:
 
 
 def test_round_trip_gives_identical_bytes(storage, tmp_path):
-    source = make_file(tmp_path / "in" / "clip.mp4", 3 * MiB + 17)
+    source = random_file(tmp_path / "in" / "clip.mp4", 3 * MiB + 17)
     assert storage.upload_file(source, "inputs/v1/clip.mp4") == source.stat().st_size
 
     seen: list[int] = []
@@ -90,7 +71,7 @@ def test_round_trip_gives_identical_bytes(storage, tmp_path):
 
 
 def test_an_empty_file_round_trips(storage, tmp_path):
-    source = make_file(tmp_path / "empty.mp4", 0)
+    source = random_file(tmp_path / "empty.mp4", 0)
     seen: list[int] = []
     assert storage.upload_file(source, "inputs/v1/empty.mp4", progress=seen.append) == 0
     assert seen == [0]
@@ -100,17 +81,17 @@ def test_an_empty_file_round_trips(storage, tmp_path):
 
 
 def test_upload_replaces_an_existing_object(storage, tmp_path):
-    storage.upload_file(make_file(tmp_path / "a", 10), "k/obj")
-    storage.upload_file(make_file(tmp_path / "b", 20), "k/obj")
+    storage.upload_file(random_file(tmp_path / "a", 10), "k/obj")
+    storage.upload_file(random_file(tmp_path / "b", 20), "k/obj")
     assert storage.size("k/obj") == 20
     storage.download_file("k/obj", tmp_path / "c")
     assert (tmp_path / "c").read_bytes() == (tmp_path / "b").read_bytes()
 
 
 def test_list_gives_keys_sizes_and_utc_dates(storage, tmp_path):
-    storage.upload_file(make_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
-    storage.upload_file(make_file(tmp_path / "b", 20), "inputs/v1/b.mp4")
-    storage.upload_file(make_file(tmp_path / "c", 5), "outputs/j1/attempt-0/out.mp4")
+    storage.upload_file(random_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
+    storage.upload_file(random_file(tmp_path / "b", 20), "inputs/v1/b.mp4")
+    storage.upload_file(random_file(tmp_path / "c", 5), "outputs/j1/attempt-0/out.mp4")
 
     objects = sorted(storage.list(), key=lambda o: o.key)
     assert [(o.key, o.size) for o in objects] == [
@@ -132,7 +113,7 @@ def test_list_gives_keys_sizes_and_utc_dates(storage, tmp_path):
 
 
 def test_exists_size_and_delete(storage, tmp_path):
-    storage.upload_file(make_file(tmp_path / "a", 123), "inputs/v1/a.mp4")
+    storage.upload_file(random_file(tmp_path / "a", 123), "inputs/v1/a.mp4")
     assert storage.exists("inputs/v1/a.mp4")
     assert storage.size("inputs/v1/a.mp4") == 123
     assert not storage.exists("inputs/v1/missing.mp4")
@@ -148,7 +129,7 @@ def test_exists_size_and_delete(storage, tmp_path):
 
 def test_delete_prefix_removes_whole_parts_only(storage, tmp_path):
     for key in ["outputs/j1/attempt-0/a.mp4", "outputs/j1/attempt-1/a.mp4", "outputs/j10/attempt-0/a.mp4"]:
-        storage.upload_file(make_file(tmp_path / "f", 7), key)
+        storage.upload_file(random_file(tmp_path / "f", 7), key)
 
     assert storage.delete_prefix("outputs/j") == 0
     assert storage.delete_prefix("outputs/j1") == 2
@@ -162,7 +143,7 @@ def test_delete_prefix_removes_whole_parts_only(storage, tmp_path):
 
 
 def test_presigned_url_downloads_the_bytes(storage, tmp_path):
-    source = make_file(tmp_path / "a.mp4", 50_000)
+    source = random_file(tmp_path / "a.mp4", 50_000)
     storage.upload_file(source, "outputs/j1/attempt-0/a.mp4")
     url = storage.presigned_url("outputs/j1/attempt-0/a.mp4", expires=600)
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -182,7 +163,7 @@ BAD_KEYS = ["../escape", "inputs/../../escape", "/etc/passwd", "a//b", "a\\b", "
 
 @pytest.mark.parametrize("key", BAD_KEYS)
 def test_keys_escaping_the_prefix_are_refused(storage, tmp_path, key):
-    source = make_file(tmp_path / "a", 10)
+    source = random_file(tmp_path / "a", 10)
     before = sorted(tmp_path.iterdir())
     calls = [
         lambda: storage.upload_file(source, key),
@@ -204,7 +185,7 @@ def test_keys_escaping_the_prefix_are_refused(storage, tmp_path, key):
 
 
 def test_readers_never_see_a_partial_upload(storage, tmp_path):
-    source = make_file(tmp_path / "a.mp4", 12 * MiB)  # multipart on S3
+    source = random_file(tmp_path / "a.mp4", 12 * MiB)  # multipart on S3
     seen_during: list[tuple[bool, list[str]]] = []
 
     def progress(done: int) -> None:
@@ -217,7 +198,7 @@ def test_readers_never_see_a_partial_upload(storage, tmp_path):
 
 
 def test_cancel_mid_upload_leaves_nothing(storage, tmp_path):
-    source = make_file(tmp_path / "a.mp4", 6 * MiB)  # a single PUT on S3
+    source = random_file(tmp_path / "a.mp4", 6 * MiB)  # a single PUT on S3
     cancel = threading.Event()
 
     def progress(done: int) -> None:
@@ -231,7 +212,7 @@ def test_cancel_mid_upload_leaves_nothing(storage, tmp_path):
 
 
 def test_cancel_before_start_transfers_nothing(storage, tmp_path):
-    source = make_file(tmp_path / "a.mp4", 1000)
+    source = random_file(tmp_path / "a.mp4", 1000)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(TransferCancelled):
@@ -240,7 +221,7 @@ def test_cancel_before_start_transfers_nothing(storage, tmp_path):
 
 
 def test_cancel_mid_download_keeps_the_old_destination(storage, tmp_path):
-    storage.upload_file(make_file(tmp_path / "a.mp4", 6 * MiB), "inputs/v1/a.mp4")
+    storage.upload_file(random_file(tmp_path / "a.mp4", 6 * MiB), "inputs/v1/a.mp4")
     dest = tmp_path / "dl" / "a.mp4"
     dest.parent.mkdir()
     dest.write_bytes(b"old")
@@ -371,7 +352,7 @@ def test_s3_keeps_objects_under_its_prefix(s3_url, tmp_path):
     client = boto3.client("s3")
     client.put_object(Bucket=storage.bucket, Key="elsewhere/x.mp4", Body=b"not ours")
     client.put_object(Bucket=storage.bucket, Key="farmer/y.mp4", Body=b"not ours either")
-    storage.upload_file(make_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
+    storage.upload_file(random_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
 
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=storage.bucket)["Contents"]]
     assert "farm/inputs/v1/a.mp4" in keys
@@ -393,7 +374,7 @@ def test_s3_check_on_a_missing_bucket(s3_url):
 def test_s3_operations_on_a_missing_bucket_say_so(s3_url, tmp_path):
     storage = open_storage("s3://no-such-bucket-here")
     with pytest.raises(StorageError, match="does not exist"):
-        storage.upload_file(make_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
+        storage.upload_file(random_file(tmp_path / "a", 10), "inputs/v1/a.mp4")
     with pytest.raises(StorageError, match="does not exist"):
         list(storage.list())
 
@@ -457,11 +438,11 @@ def test_folder_check_when_the_root_is_not_writable(tmp_path):
 
 def test_folder_hides_temp_files_and_prunes_empty_folders(tmp_path):
     storage = open_storage((tmp_path / "storage").as_uri())
-    storage.upload_file(make_file(tmp_path / "a", 10), "outputs/j1/attempt-0/a.mp4")
+    storage.upload_file(random_file(tmp_path / "a", 10), "outputs/j1/attempt-0/a.mp4")
     (storage.root / "outputs" / "j1" / "attempt-0" / ".encodeflow-tmp-stale").write_bytes(b"partial")
     assert [o.key for o in storage.list()] == ["outputs/j1/attempt-0/a.mp4"]
 
-    storage.upload_file(make_file(tmp_path / "b", 10), "inputs/v1/b.mp4")
+    storage.upload_file(random_file(tmp_path / "b", 10), "inputs/v1/b.mp4")
     storage.delete("inputs/v1/b.mp4")
     assert not (storage.root / "inputs").exists()
 

@@ -8,7 +8,6 @@ generous bounds.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -22,28 +21,16 @@ import pytest
 from farm.storage import StorageError, StorageUnavailable, TransferCancelled, open_storage
 from farm.storage.local import temp_name
 from farm.storage.retry import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, RETRY_SECONDS_ENV, RetryPolicy
+from tests.files import MiB, random_file, sha256
 
-MiB = 1024 * 1024
 MULTIPART_SIZE = 24 * MiB  # three 8 MiB parts: a multipart upload, and a ranged download
 SECRET = "testing-secret-key"  # the s3_url fixture's AWS_SECRET_ACCESS_KEY
 OUTAGE_S = 3.0
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def multipart_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "take.bin"
-    with open(path, "wb") as fh:
-        for _ in range(MULTIPART_SIZE // MiB):
-            fh.write(os.urandom(MiB))
-    return path
+    return random_file(tmp_path_factory.mktemp("faults") / "take.bin", MULTIPART_SIZE)
 
 
 def knobs(monkeypatch, retry: float, timeout: float = 2.0) -> None:
