@@ -39,7 +39,7 @@ from common import (
     write_result,
 )
 from farm.embedded import ensure_embedded_redis
-from farm.localfarm import _free_port
+from farm.ports import free_port
 
 NAME = "idle_node"
 TARGET_CPU_PERCENT = 1.0
@@ -246,7 +246,7 @@ def profile_window(settings, root: Path, settle: float, window: float, top: int 
     log = (root / "profiled-node.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-c", _PROFILED_NODE, str(prof), "--name", "bench-profiled",
-         "--metrics-host", "127.0.0.1", "--metrics-port", str(_free_port())],
+         "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port())],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(settle)

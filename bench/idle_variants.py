@@ -42,7 +42,7 @@ from common import (
     write_result,
 )
 from farm.embedded import ensure_embedded_redis
-from farm.localfarm import _free_port
+from farm.ports import free_port
 from idle_node import _cpu_seconds, _sched_delta, _schedstat
 
 NAME = "idle_variants"
@@ -98,7 +98,7 @@ def main() -> int:
                 log = (root / f"{name}.log").open("w")
                 procs[name] = subprocess.Popen(
                     [sys.executable, "-c", _NODE, json.dumps(cfg), "--name", f"variant-{name.replace('_', '-')}",
-                     "--metrics-host", "127.0.0.1", "--metrics-port", str(_free_port())],
+                     "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port())],
                     stdout=log, stderr=subprocess.STDOUT)
             print(f"{len(procs)} idle nodes; settling {opts.settle:.0f} s, then {opts.runs} windows of "
                   f"{opts.window:.0f} s ...", flush=True)

@@ -131,11 +131,12 @@ class Farm:
         validate_priority(priority)
         checked = check_inputs(paths)
         submitted_by = submitted_by or _user()
+        self.check_queue()  # once for the batch; each file's submit_checked need not ask again
         jobs = []
         for item in checked:
             try:
                 jobs.append(self.submit_checked(item, config, priority=priority, submitted_by=submitted_by,
-                                                progress=progress, cancel=cancel))
+                                                progress=progress, cancel=cancel, check_queue=False))
             except FarmError as exc:
                 if not jobs:
                     raise
@@ -146,8 +147,9 @@ class Farm:
     def submit_checked(self, item: CheckedFile, config: OutputConfig, *, priority: int = 0,
                        submitted_by: str | None = None,
                        progress: Callable[[Path, int, int], None] | None = None,
-                       cancel: threading.Event | None = None) -> dict:
-        self.check_queue()
+                       cancel: threading.Event | None = None, check_queue: bool = True) -> dict:
+        if check_queue:
+            self.check_queue()
         video_id = str(uuid.uuid4())
         key = input_key(video_id, item.path.name)
         total = item.path.stat().st_size

@@ -31,6 +31,7 @@ from pathlib import Path
 import redis
 
 from farm.settings import Settings
+from farm.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,6 @@ def _responds(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
@@ -129,12 +125,12 @@ def _endpoint(directory: Path) -> tuple[int, str]:
     except (OSError, ValueError, KeyError, TypeError):
         port, password = 0, secrets.token_urlsafe(24)
     if port and not _port_is_free(port):
-        new_port = _free_port()
+        new_port = free_port()
         log.warning("the embedded Redis's port %d is taken by another program; starting it on port %d "
                     "instead. Processes still using the old address (running farm nodes, an open panel) "
                     "cannot reconnect: restart them.", port, new_port)
         port = new_port
-    port = port or _free_port()
+    port = port or free_port()
     record.touch(mode=0o600)
     record.write_text(json.dumps({"port": port, "password": password}))
     return port, password

@@ -19,6 +19,7 @@ from pathlib import Path
 from farm.embedded import ensure_embedded_redis
 from farm.media import find_ffmpeg
 from farm.settings import ENV_VARS, Settings
+from farm.ports import free_port
 
 DRAIN_TIMEOUT_S = 600  # a running transcode gets this long to finish on a normal stop
 
@@ -33,11 +34,6 @@ def node_command() -> list[str]:
         return [str(Path(sys.executable).with_name("farm-node.exe" if os.name == "nt" else "farm-node"))]
     return [sys.executable, "-m", "farm_node"]
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalFarm:
@@ -68,7 +64,7 @@ class LocalFarm:
             if value is not None:
                 env[var] = str(value)
         for index in range(1, self.count + 1):
-            info = {"name": f"{self.node_prefix}-{index}", "metrics_port": _free_port()}
+            info = {"name": f"{self.node_prefix}-{index}", "metrics_port": free_port()}
             cmd = [*node_command(), "--name", info["name"],
                    "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
                    "--metrics-port", str(info["metrics_port"])]

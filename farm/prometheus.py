@@ -66,17 +66,14 @@ class PrometheusClient:
 
     def query_range(self, query: str, start: float, end: float, step: int) -> list[dict]:
         """The ``result`` list of a range query (``[{"metric": {...}, "values": [[t, "v"], ...]}]``)."""
-        params = urllib.parse.urlencode({"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                                         "step": str(step)})
-        body = self._get(f"/api/v1/query_range?{params}")
-        if body.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.shown_url} refused the query {query!r}: "
-                                  f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}")
-        return body.get("data", {}).get("result", [])
+        return self._result("query_range", query, start=f"{start:.3f}", end=f"{end:.3f}", step=str(step))
 
     def query(self, query: str) -> list[dict]:
         """The ``result`` list of an instant query (``[{"metric": {...}, "value": [t, "v"]}]``)."""
-        body = self._get(f"/api/v1/query?{urllib.parse.urlencode({'query': query})}")
+        return self._result("query", query)
+
+    def _result(self, endpoint: str, query: str, **params: str) -> list[dict]:
+        body = self._get(f"/api/v1/{endpoint}?{urllib.parse.urlencode({'query': query, **params})}")
         if body.get("status") != "success":
             raise PrometheusError(f"Prometheus at {self.shown_url} refused the query {query!r}: "
                                   f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}")
@@ -102,10 +99,9 @@ class PrometheusClient:
 
     def _get(self, path: str) -> dict:
         shown = self.shown_url
-        headers = {"Accept": "application/json"}
-        if self._auth:
-            headers["Authorization"] = self._auth
-        request = urllib.request.Request(self.url + path, headers=headers)
+        request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
+        if self._auth:  # never sent on to where a redirect points
+            request.add_unredirected_header("Authorization", self._auth)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.load(response)

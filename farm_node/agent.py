@@ -144,7 +144,10 @@ class FarmNode:
         await asyncio.to_thread(storage.check)
         self.stop_orphaned_ffmpeg()
         self.sweep_work_dir()
-        await asyncio.to_thread(storage.sweep_leftovers)  # temp files, parts of uploads a crash cut short
+        # Temp files and upload parts that a crash left: a walk of the whole storage (a NAS, a
+        # bucket), so it runs beside the node's start instead of delaying it.
+        self._sweep = asyncio.ensure_future(asyncio.to_thread(storage.sweep_leftovers))
+        self._sweep.add_done_callback(_log_failure("sweeping storage leftovers"))
 
         redis = redis_client(redis_url, patient=True)
         queue = QueueClient(redis_url, settings.queue, patient=True)
@@ -153,7 +156,8 @@ class FarmNode:
                               on_scrape=lambda: self._read_queue_depth(queue, metrics))
         self.processor = JobProcessor(node_name=self.name, db=db, storage=storage, ffmpeg=ffmpeg,
                                       work_dir=self.work_dir, metrics=metrics,
-                                      is_cancel_requested=queue.is_cancel_requested)
+                                      is_cancel_requested=queue.is_cancel_requested,
+                                      db_retry_seconds=self.lock_seconds)
         writer = NodeRegistryWriter(redis, settings.queue, self.name)
         self.state = await writer.desired_state()
         if self.state == "drain":  # a drain that ended with our last exit: start afresh
@@ -327,3 +331,12 @@ class FarmNode:
                 log.debug("could not promote due retries: %s", exc)
             await asyncio.sleep(PROMOTE_INTERVAL_S)
 
+
+def _log_failure(what: str):
+    """A done-callback for a background task: its exception in the log, not lost."""
+
+    def done(task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %s", what, task.exception())
+
+    return done

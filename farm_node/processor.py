@@ -90,7 +90,6 @@ class RunningJob:
     hand_back: bool = False  # cold stop: give the job back to the queue instead of failing it
     progress: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    db_budget: float = 60.0  # seconds a database write may wait out an outage (the job's lock)
 
 
 class JobProcessor:
@@ -98,7 +97,7 @@ class JobProcessor:
 
     def __init__(self, *, node_name: str, db, storage, ffmpeg: str, work_dir: Path,
                  metrics=None, is_cancel_requested: Callable[[str], Any] | None = None,
-                 db_retry_seconds: float | None = None):
+                 db_retry_seconds: float = 60.0):
         self.node_name = node_name
         self.db = db
         self.storage = storage
@@ -107,7 +106,9 @@ class JobProcessor:
         self.metrics = metrics
         self.is_cancel_requested = is_cancel_requested
         self.running: dict[str, RunningJob] = {}
-        # How long a write waits out a database outage; None: the job's lock duration.
+        # How long a write waits out a database outage: the node passes its lock duration, since
+        # waiting longer would outlive a lock that a Redis cut stopped renewing (another node may
+        # be running the job by then).
         self.db_retry_seconds = db_retry_seconds
         self._db_down_since: float | None = None  # one log line per outage, not one per write
 
@@ -126,7 +127,7 @@ class JobProcessor:
             payload = JobPayload.parse(job.id, job.data)
         except PayloadError as exc:
             raise UnrecoverableError(f"invalid job payload: {exc}") from None
-        run = RunningJob(payload.job_id, payload.input_name, attempt, db_budget=self._db_budget(job))
+        run = RunningJob(payload.job_id, payload.input_name, attempt)
         self.running[payload.job_id] = run
         job_dir = self.work_dir / f"{sanitize_name(payload.job_id)}-{attempt}"
         started = time.monotonic()
@@ -148,7 +149,7 @@ class JobProcessor:
                 status = None  # not an outcome: the job will run again elsewhere
                 await self._hand_back(job, token, payload)
                 raise DelayedError() from None
-            await self._record(run, "the cancel", repo.mark_cancelled, payload.job_id, "cancelled by user")
+            await self._record(payload.job_id, "the cancel", repo.mark_cancelled, payload.job_id, "cancelled by user")
             raise UnrecoverableError("cancelled by user") from None
         except UnrecoverableError as exc:
             await self._fail(run, str(exc), getattr(exc, "log_tail", None))
@@ -160,7 +161,7 @@ class JobProcessor:
             if attempt >= max_attempts:
                 await self._fail(run, reason, getattr(exc, "log_tail", None))
             else:
-                await self._record(run, "the retry", repo.note_retry, payload.job_id,
+                await self._record(payload.job_id, "the retry", repo.note_retry, payload.job_id,
                                    f"attempt {attempt} of {max_attempts} failed, will retry: {reason}")
             raise
         finally:
@@ -178,7 +179,7 @@ class JobProcessor:
         job_dir.mkdir(parents=True, exist_ok=True)
         source = job_dir / ("input" + Path(sanitize_name(payload.input_name)).suffix.lower())
 
-        known = await self._db(run, repo.get_job, payload.job_id)
+        known = await self._db(repo.get_job, payload.job_id)
         if known is not None:
             await self._mark_active(payload, run)
         try:
@@ -194,10 +195,10 @@ class JobProcessor:
             info = await self._probe(source, payload.input_name)
         except UnrecoverableError:
             if known is None:  # a job from another producer: record it, so its failure is listed
-                await self._db(run, repo.ensure_from_payload, payload.job_id, payload.raw, _unreadable_fields(source))
+                await self._db(repo.ensure_from_payload, payload.job_id, payload.raw, _unreadable_fields(source))
             raise
         if known is None:
-            await self._db(run, repo.ensure_from_payload, payload.job_id, payload.raw, _probe_fields(info, payload))
+            await self._db(repo.ensure_from_payload, payload.job_id, payload.raw, _probe_fields(info, payload))
             await self._mark_active(payload, run)
 
         config = payload.config
@@ -244,11 +245,11 @@ class JobProcessor:
         except TransferCancelled:
             raise JobCancelled() from None
         outputs = [outputs_record(config, key=key, size=size)]
-        won = await self._db(run, repo.finish_job, payload.job_id, "completed", attempt=run.attempt,
+        won = await self._db(repo.finish_job, payload.job_id, "completed", attempt=run.attempt,
                              outputs=outputs, log_tail=result.log_tail)
         if not won:
             # A try that committed just before the link broke makes the retry "lose" to itself.
-            row = await self._db(run, repo.get_job, payload.job_id)
+            row = await self._db(repo.get_job, payload.job_id)
             won = row is not None and row.status == "completed" and key in [o.get("key") for o in row.outputs or []]
         if not won:
             # Another run finished this job first (we lost our lock): leave no second result.
@@ -260,15 +261,15 @@ class JobProcessor:
                 "duration": out_info.duration, "node": self.node_name}
 
     async def _mark_active(self, payload: JobPayload, run: RunningJob) -> None:
-        ok = await self._db(run, repo.mark_active, payload.job_id, self.node_name, run.attempt)
+        ok = await self._db(repo.mark_active, payload.job_id, self.node_name, run.attempt)
         if not ok:
-            row = await self._db(run, repo.get_job, payload.job_id)
+            row = await self._db(repo.get_job, payload.job_id)
             if row is not None and row.status == "completed":
                 # An earlier run finished the row, then its node died before telling BullMQ.
                 raise AlreadyCompleted(row.outputs or [])
             raise JobCancelled()  # cancelled meanwhile: a stale queue entry
         if self.metrics is not None:
-            job = await self._db(run, repo.get_job, payload.job_id)
+            job = await self._db(repo.get_job, payload.job_id)
             if job is not None and job.queue_wait_seconds is not None and run.attempt == 1:
                 self.metrics.observe_queue_wait(job.queue_wait_seconds)
             self.metrics.set_active(len(self.running))
@@ -279,10 +280,7 @@ class JobProcessor:
         except NotAVideoError as exc:
             # probe names the file it read, our scratch copy ("input.mp4"), which the user never
             # saw; the reason on the job must name the file they know.
-            reason = str(exc)
-            if reason.startswith(path.name):
-                reason = shown_name + reason[len(path.name):]
-            raise UnrecoverableError(reason) from None
+            raise UnrecoverableError(_shown(str(exc), {path: shown_name})) from None
 
     async def _verify(self, target: Path, source: MediaInfo, config: OutputConfig, shown_name: str) -> MediaInfo:
         """Check the output before calling the job done: readable, right streams, full length.
@@ -313,32 +311,25 @@ class JobProcessor:
             raise JobCancelled()
 
     async def _fail(self, run: RunningJob, reason: str, log_tail: str | None) -> None:
-        await self._record(run, "the failure", repo.finish_job, run.job_id, "failed", attempt=run.attempt,
+        await self._record(run.job_id, "the failure", repo.finish_job, run.job_id, "failed", attempt=run.attempt,
                            error=reason, log_tail=log_tail)
 
-    async def _record(self, run: RunningJob, what: str, call: Callable, *args: Any, **kwargs: Any) -> None:
+    async def _record(self, job_id: str, what: str, call: Callable, *args: Any, **kwargs: Any) -> None:
         """A write that goes with a failure BullMQ records anyway: if the database stays away, the
         queue's record stands and the reconciler brings the row in line (or the next run does)."""
         try:
-            await self._db(run, call, *args, **kwargs)
+            await self._db(call, *args, **kwargs)
         except DatabaseUnreachable as exc:
-            log.warning("job %s: could not record %s: %s; the reconciler will", run.job_id, what, exc)
+            log.warning("job %s: could not record %s: %s; the reconciler will", job_id, what, exc)
         except Exception:
-            log.exception("job %s: could not record %s", run.job_id, what)
+            log.exception("job %s: could not record %s", job_id, what)
 
     # -- the database, which may be away for a while ------------------------------------------
-    def _db_budget(self, job) -> float:
-        if self.db_retry_seconds is not None:
-            return self.db_retry_seconds
-        # job.queue is the worker running it. Waiting longer than the lock would outlive a lock
-        # that a Redis cut stopped renewing: by then another node may run the job.
-        lock_ms = getattr(getattr(job, "queue", None), "opts", {}).get("lockDuration")
-        return max(1.0, lock_ms / 1000) if isinstance(lock_ms, (int, float)) else 60.0
-
-    async def _db(self, run: RunningJob, call: Callable, *args: Any, **kwargs: Any):
-        """``call(self.db, ...)`` in a thread, waiting out an outage for at most ``run.db_budget``
-        seconds; then ``DatabaseUnreachable``. Other errors are raised at once."""
-        deadline = time.monotonic() + run.db_budget
+    async def _db(self, call: Callable, *args: Any, budget: float | None = None, **kwargs: Any):
+        """``call(self.db, ...)`` in a thread, waiting out an outage for at most ``budget`` seconds
+        (default ``db_retry_seconds``); then ``DatabaseUnreachable``. Other errors are raised at once."""
+        budget = self.db_retry_seconds if budget is None else budget
+        deadline = time.monotonic() + budget
         pause = DB_RETRY_FIRST_S
         while True:
             try:
@@ -350,7 +341,7 @@ class JobProcessor:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DatabaseUnreachable(
-                        f"the database {self.db.url} did not answer for {run.db_budget:.0f} s "
+                        f"the database {self.db.url} did not answer for {budget:.0f} s "
                         f"({error_line(exc)})") from None
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, DB_RETRY_MAX_S)
@@ -396,9 +387,8 @@ class JobProcessor:
         # The row first: once the job is back in the queue another node may take it at once, and
         # our "queued" must not overwrite its "active".
         # A cold stop is meant to be quick: wait for a database that is away only briefly.
-        run = RunningJob(payload.job_id, payload.input_name, 0, db_budget=2.0)
-        await self._record(run, "the hand back", repo.requeue, payload.job_id,
-                           note=f"handed back by node {self.node_name}")
+        await self._record(payload.job_id, "the hand back", repo.requeue, payload.job_id,
+                           note=f"handed back by node {self.node_name}", budget=2.0)
         await job.moveToDelayed(int(time.time() * 1000), token)
         # A job delayed until "now" still sits in BullMQ's delayed set until some worker happens to
         # promote it: with no other node running it showed as "delayed", not waiting, in dashboards

@@ -28,6 +28,7 @@ from pathlib import Path
 import redis
 
 from farm.embedded import find_redis_server
+from farm.ports import free_port
 
 _CHUNK = 64 * 1024
 
@@ -175,9 +176,7 @@ class RestartableRedis:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 

@@ -12,18 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
+from farm.ports import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def required_binary(name: str, package: str) -> str:
@@ -48,7 +43,7 @@ def prometheus_server(tmp_path):
     started: list[subprocess.Popen] = []
 
     def start(targets: list[str], *, rule_files: list[str] = (), interval: str = "1s") -> str:
-        port = _free_port()
+        port = free_port()
         config = tmp_path / f"prometheus-{port}.yml"
         config.write_text(json.dumps({  # JSON is YAML: no YAML library needed
             "global": {"scrape_interval": interval, "evaluation_interval": interval},

@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from farm.ports import free_port
 from farm.settings import CONFIG_ENV, ENV_VARS, Settings
 from farm_node.cli import build_parser
 from tests.e2e.helpers import wait_for
@@ -152,9 +152,7 @@ def test_the_env_file_is_settings_the_node_accepts():
 def test_the_template_units_command_line_starts_a_node_that_drains_on_sigterm(tmp_path, redis_url, pg_url):
     """farm-node@<port>.service's ExecStart, run as systemd would run it (minus systemd), on real
     Redis and PostgreSQL: the node comes up healthy on the instance's port and a SIGTERM stops it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     cache = tmp_path / "cache"
     argv = exec_start_argv(TEMPLATE, C=str(cache), H="unit-test", i=port)
     argv[0] = str(FARM_NODE)

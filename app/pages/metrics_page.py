@@ -30,7 +30,8 @@ RATE_WINDOW_MINUTES = 60
 QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))
 RATE_SERIES = (("completed", "Completed", "#2e9e5b"), ("failed", "Failed", "#d62728"))
 HISTORY_HOURS = 24
-FLEET_CURVES = 12  # more nodes than this: one grey curve for all of them and their average
+# More nodes than this: one grey curve for all of them and their average (see LiveChart).
+FLEET = dict(max_curves=12, group_label="nodes")
 HISTORY_REFRESH_MS = 60_000
 
 
@@ -75,11 +76,10 @@ class MetricsPage(QWidget):
         self.error.setWordWrap(True)
         self.error.hide()
 
-        fleet = dict(max_curves=FLEET_CURVES, group_label="nodes")
         self.cpu_chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES,
-                                   **fleet)
+                                   **FLEET)
         self.mem_chart = LiveChart("Memory in use per node (% of the machine)", "%", y_range=(0, 100),
-                                   capacity=MAX_SAMPLES, **fleet)
+                                   capacity=MAX_SAMPLES, **FLEET)
         self.queue_chart = LiveChart("Queue depth (jobs)", "jobs", y_range=None, capacity=MAX_SAMPLES)
         self.rate_chart = LiveChart("Jobs finished per minute (last hour)", "jobs / min", y_range=None,
                                     window_s=RATE_WINDOW_MINUTES * MINUTE, capacity=RATE_WINDOW_MINUTES + 1)
@@ -215,24 +215,33 @@ class MetricsPage(QWidget):
             self.history_status.setText(f"Loading the last {HISTORY_HOURS} hours from Prometheus…")
             self.history_status.setStyleSheet("")
             self.history_status.show()
-            self._history_timer.start()
+            if self.isVisible():
+                self._history_timer.start()
             self._load_prometheus()
         else:
             self._history_timer.stop()
             self.history_status.hide()
             self.stack.setCurrentIndex(0)
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self.showing_history():
+            self._history_timer.start()
+
+    def hideEvent(self, event) -> None:
+        super().hideEvent(event)
+        self._history_timer.stop()  # nobody looks: no 24-hour queries every minute
+
     def _ensure_history_charts(self) -> None:
         if self.history_charts:
             return
         window = HISTORY_HOURS * 3600
         options = dict(window_s=window, min_span_s=window, capacity=MAX_POINTS + 10)
-        fleet = dict(max_curves=FLEET_CURVES, group_label="nodes")
         self.history_charts = {
             "cpu": LiveChart(f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100),
-                             **options, **fleet),
+                             **options, **FLEET),
             "memory": LiveChart(f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100),
-                                **options, **fleet),
+                                **options, **FLEET),
             "queue": LiveChart(f"Queue depth, last {HISTORY_HOURS} h (jobs)", "jobs", y_range=None, **options),
             "finished": LiveChart(f"Jobs finished per minute, last {HISTORY_HOURS} h", "jobs / min", y_range=None,
                                   **options),

@@ -184,7 +184,8 @@ class WorkersPage(QWidget):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
 
-        self._cards_stale = False
+        self._cards_stale = False  # the nodes changed while the cards were not seen
+        self._batch_pending = False  # more new cards are to be made on the next turn
         hub.nodes_updated.connect(self.show_nodes)
         self.show_nodes(hub.nodes)
 
@@ -213,41 +214,48 @@ class WorkersPage(QWidget):
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if self._cards_stale:
+        if self._cards_stale and self.scroll.isVisible():
             self._update_cards()
 
-    def _update_cards(self) -> None:
+    def _update_cards(self, only_new: bool = False) -> None:
+        """Bring the cards in line with the model. Making (and first painting) 64 cards at once froze
+        the window for ~250 ms, so new cards are made ``CARD_BATCH`` per turn of the event loop; the
+        turns that follow make only the missing ones (``only_new``)."""
         self._cards_stale = False
         now = time.time()
-        names, new = set(), []
+        names, new, more = set(), [], False
         for node in self.model.nodes():
             names.add(node.name)
             card = self.cards.get(node.name)
-            if card is None and len(new) >= CARD_BATCH:
-                # Making (and first painting) 64 cards at once froze the window for ~250 ms: make a
-                # few per turn of the event loop; the rest follow at once, between other events.
-                if not self._cards_stale:
-                    self._cards_stale = True
-                    QTimer.singleShot(0, self._more_cards)
-                continue
             if card is None:
+                if len(new) >= CARD_BATCH:
+                    more = True
+                    continue
                 card = NodeCard(node.name)
                 card.clicked.connect(self.open_detail)
                 card.action_requested.connect(self.request_state)
                 self.cards[node.name] = card
                 new.append(card)
+            elif only_new:
+                continue
             card.show_node(node, now)
             self._settle_pending(node, card)
         for name in [n for n in self.cards if n not in names]:
             self.card_grid.remove(self.cards.pop(name))
         if new:
             self.card_grid.add(*new)
+        if more and not self._batch_pending:
+            self._batch_pending = True
+            QTimer.singleShot(0, self._more_cards)
         self.empty.setVisible(not self.cards)
         self._show_summary()
 
     def _more_cards(self) -> None:
-        if self._cards_stale and self.scroll.isVisible():
-            self._update_cards()
+        self._batch_pending = False
+        if self.scroll.isVisible():
+            self._update_cards(only_new=True)
+        else:
+            self._cards_stale = True  # made when the cards are seen again
 
     def _show_summary(self) -> None:
         nodes = self.model.nodes()

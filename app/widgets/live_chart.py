@@ -282,13 +282,7 @@ class LiveChart(QWidget):
         item = self.plot.getPlotItem()
         for curve in self._curves.values():
             item.removeItem(curve)
-        if self._legend is not None:
-            self._legend.clear()
-        else:
-            base = self.palette().color(QPalette.ColorRole.Base)
-            base.setAlpha(210)
-            self._legend = item.addLegend(offset=(8, 8), labelTextSize="8pt", brush=base, pen=pg.mkPen("#d5d9e0"))
-            self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
+        self._ensure_legend().clear()
         self._legend.setColumnCount(1)
         every = item.plot([], [], pen=pg.mkPen(QColor(128, 134, 145, 110), width=1), connect="finite")
         mean = item.plot([], [], pen=pg.mkPen(QColor(SERIES_COLORS[0]), width=2))
@@ -347,15 +341,20 @@ class LiveChart(QWidget):
         span = self.window_s if oldest is None else min(self.window_s, max(self.min_span_s, right - oldest))
         self.plot.getPlotItem().setXRange(right - span, right, padding=0)
 
-    def _update_legend(self, key: str) -> None:
-        if len(self._curves) < 2 or self._fleet is not None:
-            return
+    def _ensure_legend(self) -> pg.LegendItem:
         if self._legend is None:
             base = self.palette().color(QPalette.ColorRole.Base)
             base.setAlpha(210)  # curves stay visible under it, labels stay readable
             self._legend = self.plot.getPlotItem().addLegend(offset=(8, 8), labelTextSize="8pt", brush=base,
                                                              pen=pg.mkPen("#d5d9e0"))
             self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
+        return self._legend
+
+    def _update_legend(self, key: str) -> None:
+        if len(self._curves) < 2 or self._fleet is not None:
+            return
+        if self._legend is None:
+            self._ensure_legend()
             for existing in self._curves:
                 if existing != key:
                     self._legend.addItem(self._curves[existing], self._labels[existing])

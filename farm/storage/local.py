@@ -86,6 +86,7 @@ class LocalStorage(Storage):
 
         def attempt() -> int:
             with open(path, "rb") as source:
+                self._require_root()
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._root_seen = True
                 return _copy_atomically(source, target, tracker)
@@ -109,8 +110,7 @@ class LocalStorage(Storage):
             try:
                 source = open(source_path, "rb")
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                if self._root_seen and not self.root.is_dir():
-                    raise _RootMissing(self.root) from None  # the share went away, not the object
+                self._require_root()  # the share went away, not the object
                 raise ObjectNotFound(f"there is no object {key!r} in {self.root}") from None
             self._root_seen = True
             with source:
@@ -130,9 +130,12 @@ class LocalStorage(Storage):
 
         def attempt() -> int | None:
             try:
-                return path.stat().st_size if path.is_file() else None
+                if path.is_file():
+                    return path.stat().st_size
             except FileNotFoundError:
-                return None
+                pass
+            self._require_root()
+            return None
 
         action = f"read the size of {key!r}"
         with _os_errors(f"{action} in {self.root}"):
@@ -238,6 +241,12 @@ class LocalStorage(Storage):
         return len(removed)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _require_root(self) -> None:
+        """A root that was there and is gone is a share that went away: wait for it, and never
+        recreate it on the local disk under the empty mount point (an upload's mkdir would)."""
+        if self._root_seen and not self.root.is_dir():
+            raise _RootMissing(self.root)
+
     def _retrying(self, call: Callable[[], T], action: str, cancel: threading.Event | None = None) -> T:
         def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
             return StorageUnavailable(unavailable_message(

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
-from farm.storage.base import StorageError
+from farm.storage.base import StorageError, TransferCancelled
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class RetryPolicy:
 
         ``transient(exc)`` says why an error may pass (a short reason, e.g. "connection refused"),
         or ``None`` for one that will not (raised at once). ``unavailable(seconds, tries, reason)``
-        builds the final error. A set ``cancel`` ends the wait at once; the next ``call()`` is
-        expected to raise ``TransferCancelled`` itself.
+        builds the final error. A set ``cancel`` ends the wait at once, and a try that fails once it
+        is set raises ``TransferCancelled`` (not the outage's error).
         """
         first_failure = None
         delay = self.first_delay
@@ -81,8 +81,11 @@ class RetryPolicy:
             try:
                 return call()
             except Exception as exc:
+                if cancel is not None and cancel.is_set() and not isinstance(exc, TransferCancelled):
+                    # A cancel during an outage is a cancel, whatever the last try ran into.
+                    raise TransferCancelled(f"{what}: cancelled") from None
                 reason = transient(exc)
-                if reason is None or (cancel is not None and cancel.is_set()):
+                if reason is None:
                     raise
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now

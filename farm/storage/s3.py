@@ -124,7 +124,6 @@ class S3Storage(Storage):
         if content_type:
             extra_args["ContentType"] = content_type
         tracker = ProgressTracker(progress, cancel, f"upload of {key!r} to {self.url}")
-        self._abort_unaborted()
 
         def attempt() -> None:
             try:
@@ -321,18 +320,13 @@ class S3Storage(Storage):
     def _retrying(self, call: Callable[[], Any], action: str, tracker: ProgressTracker | None = None) -> Any:
         """``call()`` under the retry policy; a cancelled transfer is never retried."""
 
-        def transient(exc: BaseException) -> str | None:
-            if tracker is not None and tracker.cancelled:
-                return None
-            return _transient_reason(exc)
-
         def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
             return StorageUnavailable(unavailable_message(
                 f"{self.url} at {redact_url(self.endpoint)}", action, seconds, tries, reason,
                 "check that the S3 server is running and reachable from this machine "
                 "(AWS_ENDPOINT_URL), then try again"))
 
-        return self.policy.run(call, transient=transient, unavailable=unavailable,
+        return self.policy.run(call, transient=_transient_reason, unavailable=unavailable,
                                cancel=tracker.cancel_event if tracker is not None else None,
                                what=f"{action} in {self.url}")
 
@@ -342,10 +336,12 @@ class S3Storage(Storage):
                 self._open_uploads.setdefault(parsed["Key"], set()).add(parsed["UploadId"])
 
     def _abort_uploads_of(self, object_key: str) -> None:
+        """Queue the failed upload's parts for an abort. Not sent now: the endpoint may be the thing
+        that is down, and each abort would wait out its timeouts; the next upload that gets through
+        (and every node's start-up sweep) sends them."""
         with self._uploads_lock:
             ids = self._open_uploads.pop(object_key, set())
             self._unaborted.update((object_key, upload_id) for upload_id in ids)
-        self._abort_unaborted()
 
     def _abort_unaborted(self) -> int:
         """Abort the multipart uploads whose abort has not got through yet; keep those that fail."""
@@ -358,7 +354,9 @@ class S3Storage(Storage):
                 aborted += 1
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
-                    continue  # try again later
+                    log.info("could not abort the failed upload of %s yet (%s); will try again",
+                             object_key, _short_reason(exc))
+                    continue
                 # already aborted (s3transfer's own clean-up got through)
             except BotoCoreError as exc:
                 log.info("could not abort the failed upload of %s yet (%s); will try again",

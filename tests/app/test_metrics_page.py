@@ -112,6 +112,11 @@ def test_metrics_page_shows_the_last_24_hours_from_prometheus(local_node, servic
     assert 0 < memory[-1] <= 100
     assert set(page.history_charts["queue"].series_keys()) == {"waiting", "active"}
 
+    assert page._history_timer.isActive()
+    page.hide()
+    assert not page._history_timer.isActive(), "no queries every minute while the page is hidden"
+    page.show()
+    assert page._history_timer.isActive()
     page.range_combo.setCurrentIndex(0)  # back to live: the live charts, which kept filling
     assert page.stack.currentIndex() == 0 and page.history_status.isHidden()
     assert points(page.cpu_chart, NODE) >= 1

@@ -163,7 +163,7 @@ def test_cards_wait_while_nobody_sees_them_and_catch_up_when_shown(services, run
     page.show_nodes(many)
     assert 0 < len(page.cards) < 40
     qtbot.waitUntil(lambda: sorted(page.cards) == [n.name for n in many], timeout=5000)
-    assert not page._cards_stale
+    assert not page._cards_stale and not page._batch_pending
 
 
 def test_nodes_model_updates_rows_in_place(qtmodeltester):

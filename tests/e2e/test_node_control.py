@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import time
 import urllib.request
 
@@ -23,6 +22,7 @@ from bullmq import Queue
 
 from farm.client import Farm
 from farm.telemetry import NodeRegistry, NodeStatus
+from farm.ports import free_port
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 
 SHORT_JOB = ("--format", "mp4", "--resolution", "360p")
@@ -93,11 +93,6 @@ def holds(predicate, seconds: float, interval: float = 0.25) -> bool:
         time.sleep(interval)
     return bool(predicate())
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(url: str) -> tuple[int, str, str]:

@@ -109,6 +109,6 @@ def test_a_node_start_sweeps_the_temp_file_of_an_upload_killed_half_way(local_fa
     assert [p.name.startswith(".encodeflow-tmp-") for p in temp] == [True]
     assert list(storage.list()) == []  # never taken for an object, even before the sweep
 
-    node, = local_farm(1)
-    assert not temp[0].exists()
-    assert "removed 1 temp file(s) left in" in node.log.read_text()
+    node, = local_farm(1)  # the sweep runs beside the node's start
+    wait_for(lambda: not temp[0].exists(), timeout=30, what="the node to sweep the temp file")
+    wait_for(lambda: "removed 1 temp file(s) left in" in node.log.read_text(), timeout=10, what="the log line")

@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,16 +32,12 @@ from farm.checks import check_redis
 from farm.client import Farm
 from farm.settings import ENV_VARS, Settings
 from farm.telemetry import NodeRegistry
+from farm.ports import free_port
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 
 # -- a private redis-server ----------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_server_binaries() -> list[str]:

@@ -250,6 +250,31 @@ def test_a_share_that_stays_away_fails_clearly(tmp_path, monkeypatch):
     assert not dest.parent.exists() or list(dest.parent.iterdir()) == []  # no half file, no temp
 
 
+def test_an_upload_while_the_share_is_away_waits_and_never_writes_to_the_local_disk(tmp_path, monkeypatch):
+    storage = folder_storage(tmp_path, monkeypatch, retry=2)
+    source = tmp_path / "out.mp4"
+    source.write_bytes(b"x" * 1000)
+    storage.root.rename(tmp_path / "share" / "unmounted")  # what an unmounted share looks like
+    with pytest.raises(StorageUnavailable, match="is the share mounted"):
+        storage.upload_file(source, "outputs/j1/attempt-1/out.mp4")
+    assert not storage.root.exists(), "the storage folder was recreated on the local disk"
+    with pytest.raises(StorageUnavailable):  # asking for an object's size waits for the share too
+        storage.size("outputs/j1/attempt-1/out.mp4")
+
+
+def test_a_cancel_while_the_share_is_away_is_a_cancel(tmp_path, monkeypatch):
+    storage = folder_storage(tmp_path, monkeypatch, retry=120)
+    source = tmp_path / "out.mp4"
+    source.write_bytes(b"x" * 1000)
+    storage.root.rename(tmp_path / "share" / "unmounted")
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(TransferCancelled):
+        storage.upload_file(source, "outputs/j1/attempt-1/out.mp4", cancel=cancel)
+    assert time.monotonic() - started < 1.0 + 10  # not the 120 s window
+
+
 def test_a_storage_never_used_still_says_the_object_is_missing(tmp_path, monkeypatch):
     from farm.storage import ObjectNotFound
 

@@ -9,75 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import pytest
-from bullmq import Worker
 
-from farm.db import open_database, repo
-from farm.jobspec import OutputConfig
-from farm.keys import input_key, output_key, output_prefix
-from farm.payload import JobPayload
+from farm.db import repo
+from farm.keys import output_key, output_prefix
 from farm.queue import QueueClient
 from farm.reconcile import Reconciler
 from farm.settings import Settings
-from farm.storage import open_storage
 from farm.telemetry import NodeRegistryWriter, NodeStatus
 from farm_node.reconcile import reconcile_forever
+from tests.farm_node.bull import record_job, take_and_die, wait_state, worker
 
 pytestmark = pytest.mark.postgres
-
-CONFIG = OutputConfig(resolution="360p", format="mp4")
-
-
-@pytest.fixture
-def services(redis_url, pg_url, clip):
-    settings = Settings.load()
-    db = open_database(settings.effective_database_url)
-    storage = open_storage(settings.effective_storage_url)
-    yield settings, db, storage, clip
-    db.dispose()
-
-
-def record_job(db, storage, clip, *, upload: bool = True, priority: int = 0) -> tuple[str, dict]:
-    """A submitted job's rows (and its input in storage); returns (job id, queue payload)."""
-    video_id = str(uuid.uuid4())
-    key = input_key(video_id, clip.name)
-    if upload:
-        storage.upload_file(clip, key)
-    repo.create_video(db, id=video_id, name=clip.name, key=key, size=clip.stat().st_size, duration=2.0,
-                      width=320, height=240, video_codec="h264", container="mov,mp4,m4a,3gp,3g2,mj2")
-    job = repo.create_job(db, video_id, CONFIG.to_payload(), priority=priority)
-    return job.id, JobPayload.build(job.id, key, clip.name, CONFIG, videoId=video_id)
-
-
-def worker(settings, processor, **opts) -> Worker:
-    return Worker(settings.queue, processor, {"connection": settings.redis_url, "autorun": False,
-                                              "lockDuration": 1000, "stalledInterval": 300, **opts})
-
-
-async def take_and_die(settings, db, job_id: str, node: str) -> None:
-    """A node takes the job, marks its row active, and dies: its worker stops without a word."""
-    taken = asyncio.Event()
-
-    async def hang(job, token):
-        repo.mark_active(db, job.id, node, job.attemptsMade + 1)
-        taken.set()
-        await asyncio.Event().wait()
-
-    dying = worker(settings, hang)
-    task = asyncio.ensure_future(dying.run())
-    await asyncio.wait_for(taken.wait(), 20)
-    await dying.close(force=True)  # no renewal, no moveToFailed: what SIGKILL leaves behind
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def wait_state(queue: QueueClient, job_id: str, state: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := await queue.state(job_id)) != state:
-        assert time.monotonic() < deadline, f"job stayed {now}, expected {state}"
-        await asyncio.sleep(0.05)
-
 
 def run(coro):
     return asyncio.run(coro)
