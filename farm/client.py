@@ -30,7 +30,7 @@ from farm.payload import JobPayload
 from farm.queue import QueueClient
 from farm.redact import redact_text
 from farm.settings import Settings
-from farm.storage import StorageError, TransferCancelled, open_storage
+from farm.storage import RetryPolicy, StorageError, TransferCancelled, open_storage
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -90,7 +90,7 @@ class Farm:
 
     @cached_property
     def storage(self):
-        return open_storage(self.settings.effective_storage_url)
+        return open_storage(self.settings.effective_storage_url, RetryPolicy.from_settings(self.settings))
 
     @cached_property
     def redis_url(self) -> str:

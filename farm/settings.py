@@ -32,7 +32,12 @@ ENV_VARS = {
     "queue": "ENCODEFLOW_QUEUE",
     "ffmpeg": "ENCODEFLOW_FFMPEG",
     "prometheus_url": "ENCODEFLOW_PROMETHEUS_URL",
+    # Advanced: how storage rides out an outage (farm.storage.retry), in seconds; None: the default.
+    "storage_retry_seconds": "ENCODEFLOW_STORAGE_RETRY_SECONDS",
+    "storage_connect_timeout": "ENCODEFLOW_STORAGE_CONNECT_TIMEOUT",
+    "storage_read_timeout": "ENCODEFLOW_STORAGE_READ_TIMEOUT",
 }
+_SECONDS = ("storage_retry_seconds", "storage_connect_timeout", "storage_read_timeout")
 CONFIG_ENV = "ENCODEFLOW_CONFIG"  # path of the config file, for tests and multi-farm setups
 
 
@@ -62,6 +67,9 @@ class Settings:
     queue: str = DEFAULT_QUEUE
     ffmpeg: str | None = None
     prometheus_url: str | None = None
+    storage_retry_seconds: float | None = None
+    storage_connect_timeout: float | None = None
+    storage_read_timeout: float | None = None
     default_preset: str | None = None
     keep_local_farm: bool = False
     notifications: bool = True
@@ -120,6 +128,9 @@ class Settings:
                 f"unknown setting(s) {', '.join(sorted(unknown))} in {path}; "
                 f"known: {', '.join(sorted(f.name for f in dataclasses.fields(cls)))}"
             )
+        for name in _SECONDS:  # the environment gives text
+            if isinstance(merged.get(name), str):
+                merged[name] = _seconds(name, merged[name])
         data_dir = merged.pop("data_dir", None) or platformdirs.user_data_dir(APP_NAME)
         merged.pop("config_path", None)
         settings = cls(data_dir=Path(data_dir).expanduser().resolve(), config_path=path, **merged)
@@ -147,6 +158,12 @@ class Settings:
         if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
             raise SettingsError("ENCODEFLOW_PROMETHEUS_URL must be http://host:9090 or https://…, "
                                 f"got {redact_url(self.prometheus_url)!r}")
+        for name in _SECONDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value <= 24 * 3600):
+                raise SettingsError(f"{ENV_VARS[name]} must be a number of seconds above 0 and at most a day, "
+                                    f"got {value!r}")
         if not self.queue or any(c in self.queue for c in ": \t\n"):
             raise SettingsError(f"ENCODEFLOW_QUEUE must be a plain name without ':' or spaces, got {self.queue!r}")
 
@@ -168,6 +185,13 @@ class Settings:
             fh.write(tomli_w.dumps(values).encode())
         tmp.replace(path)
         return path
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"{ENV_VARS[name]} must be a number of seconds, got {text!r}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from farm.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
 from farm.queue import QueueClient, cancel_channel, redis_client
 from farm.reconcile import Reconciler
 from farm.settings import Settings
-from farm.storage import open_storage
+from farm.storage import RetryPolicy, open_storage
 from farm.telemetry import NodeRegistryWriter, check_node_name
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 from farm_node.metrics import NodeMetrics
@@ -140,7 +140,7 @@ class FarmNode:
         redis_url = await asyncio.to_thread(resolve_redis_url, settings)
         ffmpeg = find_ffmpeg(settings.ffmpeg)
         db = await asyncio.to_thread(open_database, settings.effective_database_url)
-        storage = open_storage(settings.effective_storage_url)
+        storage = open_storage(settings.effective_storage_url, RetryPolicy.from_settings(settings))
         await asyncio.to_thread(storage.check)
         self.stop_orphaned_ffmpeg()
         self.sweep_work_dir()

@@ -42,11 +42,14 @@ _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 _FORMS = "use s3://bucket[/prefix] or file:///absolute/dir"
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, policy: RetryPolicy | None = None) -> Storage:
     """The backend for a storage URL; ``StorageError`` says what is wrong with a bad one.
 
-    Nothing is contacted here; call ``check()`` to find out whether the storage can be used.
+    ``policy`` says how long an outage is ridden out (``RetryPolicy.from_settings(settings)``;
+    default: a minute). Nothing is contacted here; call ``check()`` to find out whether the storage
+    can be used.
     """
+    policy = policy or RetryPolicy()
     shown = redact_url(url) if isinstance(url, str) else repr(url)
     if not isinstance(url, str) or not url:
         raise StorageError(f"no storage URL given; {_FORMS}")
@@ -55,13 +58,13 @@ def open_storage(url: str) -> Storage:
     except ValueError as exc:
         raise StorageError(f"storage URL {shown!r} cannot be parsed ({exc}); {_FORMS}") from None
     if parts.scheme == "s3":
-        return _open_s3(parts, shown)
+        return _open_s3(parts, shown, policy)
     if parts.scheme == "file":
-        return _open_folder(parts, shown)
+        return _open_folder(parts, shown, policy)
     raise StorageError(f"unsupported storage URL {shown!r}; {_FORMS}")
 
 
-def _open_s3(parts, shown: str) -> Storage:
+def _open_s3(parts, shown: str, policy: RetryPolicy) -> Storage:
     from farm.storage.s3 import S3Storage  # boto3 takes a while to import; folder users skip it
 
     if "@" in parts.netloc:
@@ -77,10 +80,10 @@ def _open_s3(parts, shown: str) -> Storage:
         prefix = normalize_prefix(unquote(parts.path))
     except InvalidKeyError as exc:
         raise StorageError(f"storage URL {shown!r} has an invalid prefix: {exc}") from None
-    return S3Storage(parts.netloc, prefix, policy=RetryPolicy.from_env())
+    return S3Storage(parts.netloc, prefix, policy=policy)
 
 
-def _open_folder(parts, shown: str) -> Storage:
+def _open_folder(parts, shown: str, policy: RetryPolicy) -> Storage:
     if parts.netloc not in ("", "localhost"):
         raise StorageError(
             f"storage URL {shown!r} is not an absolute local path (the folder went into the host "
@@ -91,7 +94,7 @@ def _open_folder(parts, shown: str) -> Storage:
     path = Path(url2pathname(parts.path))
     if not parts.path.startswith("/") or not path.is_absolute():
         raise StorageError(f"storage URL {shown!r} is not an absolute path; {_FORMS}")
-    return LocalStorage(path, policy=RetryPolicy.from_env())
+    return LocalStorage(path, policy=policy)
 
 
 def __getattr__(name: str):

@@ -5,19 +5,18 @@ Both backends run each operation through ``RetryPolicy.run``: an error the backe
 exponential backoff until ``give_up_after`` seconds have passed since the first failure, then
 ``StorageUnavailable`` says which storage did not answer, for how long, why, and what to do.
 
-The knobs are read from the environment when a storage is opened (never at import), so that tests
-and admins can tune them without new flags on every command; the defaults ride out a short outage
-or a restart of the storage server and give up in about a minute.
+The knobs are settings (``ENCODEFLOW_STORAGE_RETRY_SECONDS``, ``…_CONNECT_TIMEOUT``, ``…_READ_TIMEOUT``
+or the config file; ``RetryPolicy.from_settings``); the defaults ride out a short outage or a
+restart of the storage server and give up in about a minute.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
 from farm.storage.base import StorageError, TransferCancelled
 
@@ -25,9 +24,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RETRY_SECONDS_ENV = "ENCODEFLOW_STORAGE_RETRY_SECONDS"
-CONNECT_TIMEOUT_ENV = "ENCODEFLOW_STORAGE_CONNECT_TIMEOUT"
-READ_TIMEOUT_ENV = "ENCODEFLOW_STORAGE_READ_TIMEOUT"
 
 
 class StorageUnavailable(StorageError):
@@ -46,22 +42,11 @@ class RetryPolicy:
     read_timeout: float = 60.0  # S3: seconds without a byte before a request counts as failed
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "RetryPolicy":
-        environ = os.environ if environ is None else environ
-        values = {}
-        for field, var in (("give_up_after", RETRY_SECONDS_ENV), ("connect_timeout", CONNECT_TIMEOUT_ENV),
-                           ("read_timeout", READ_TIMEOUT_ENV)):
-            text = environ.get(var, "").strip()
-            if not text:
-                continue
-            try:
-                value = float(text)
-            except ValueError:
-                value = -1.0
-            if not 0 <= value <= 24 * 3600 or (value == 0 and field != "give_up_after"):
-                raise StorageError(f"{var} must be a number of seconds (above 0, at most a day), got {text!r}")
-            values[field] = value
-        return cls(**values)
+    def from_settings(cls, settings) -> "RetryPolicy":
+        """The policy ``farm.settings.Settings`` asks for (its ``storage_*`` fields; unset: the defaults)."""
+        values = {"give_up_after": settings.storage_retry_seconds, "connect_timeout": settings.storage_connect_timeout,
+                  "read_timeout": settings.storage_read_timeout}
+        return cls(**{name: float(value) for name, value in values.items() if value is not None})
 
     def run(self, call: Callable[[], T], *, transient: Callable[[BaseException], str | None],
             unavailable: Callable[[float, int, str], StorageUnavailable],

@@ -13,18 +13,17 @@ import subprocess
 import sys
 import time
 
-from farm.settings import Settings
+from farm.settings import ENV_VARS, Settings
 from farm.storage import open_storage
-from farm.storage.retry import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, RETRY_SECONDS_ENV
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 
 SECRET = "testing-secret-key"  # the s3_url fixture's AWS_SECRET_ACCESS_KEY
 
 
 def short_storage_patience(monkeypatch, retry: float = 2) -> None:
-    monkeypatch.setenv(RETRY_SECONDS_ENV, str(retry))
-    monkeypatch.setenv(CONNECT_TIMEOUT_ENV, "2")
-    monkeypatch.setenv(READ_TIMEOUT_ENV, "2")
+    monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], str(retry))
+    monkeypatch.setenv(ENV_VARS["storage_connect_timeout"], "2")
+    monkeypatch.setenv(ENV_VARS["storage_read_timeout"], "2")
 
 
 def test_a_node_whose_upload_meets_a_cut_retries_the_job_and_completes_once(

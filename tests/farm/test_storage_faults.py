@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.storage import StorageError, StorageUnavailable, TransferCancelled, open_storage
+from farm.storage import StorageUnavailable, TransferCancelled, open_storage
 from farm.storage.local import temp_name
-from farm.storage.retry import CONNECT_TIMEOUT_ENV, READ_TIMEOUT_ENV, RETRY_SECONDS_ENV, RetryPolicy
+from farm.settings import ENV_VARS, Settings, SettingsError
+from farm.storage.retry import RetryPolicy
 from tests.files import MiB, random_file, sha256
 
 MULTIPART_SIZE = 24 * MiB  # three 8 MiB parts: a multipart upload, and a ranged download
@@ -34,9 +35,16 @@ def multipart_file(tmp_path_factory) -> Path:
 
 
 def knobs(monkeypatch, retry: float, timeout: float = 2.0) -> None:
-    monkeypatch.setenv(RETRY_SECONDS_ENV, str(retry))
-    monkeypatch.setenv(CONNECT_TIMEOUT_ENV, str(timeout))
-    monkeypatch.setenv(READ_TIMEOUT_ENV, str(timeout))
+    """Short patience, set as an admin would (the environment); ``configured`` reads it back."""
+    monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], str(retry))
+    monkeypatch.setenv(ENV_VARS["storage_connect_timeout"], str(timeout))
+    monkeypatch.setenv(ENV_VARS["storage_read_timeout"], str(timeout))
+
+
+def configured(url: str | None = None):
+    """The storage as a node opens it: URL and retry policy from the settings."""
+    settings = Settings.load()
+    return open_storage(url or settings.effective_storage_url, RetryPolicy.from_settings(settings))
 
 
 class Outage:
@@ -81,7 +89,7 @@ def incomplete_uploads(link, bucket: str) -> list:
 
 def test_an_upload_survives_a_short_outage_and_the_object_is_whole(s3_link, monkeypatch, multipart_file):
     knobs(monkeypatch, retry=60)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     outage = Outage(s3_link, OUTAGE_S)
     started = time.monotonic()
     size = storage.upload_file(multipart_file, "inputs/v1/take.bin", progress=outage.progress)
@@ -102,7 +110,7 @@ def test_an_upload_survives_a_short_outage_and_the_object_is_whole(s3_link, monk
 def test_a_download_survives_a_short_outage_and_the_file_is_whole(s3_link, monkeypatch, multipart_file,
                                                                     tmp_path):
     knobs(monkeypatch, retry=60)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     storage.upload_file(multipart_file, "inputs/v1/take.bin")
     dest = tmp_path / "dl" / "take.bin"
     outage = Outage(s3_link, OUTAGE_S)
@@ -120,7 +128,7 @@ def test_a_download_survives_a_short_outage_and_the_file_is_whole(s3_link, monke
 def test_a_long_outage_fails_clearly_and_leaves_no_object_and_no_parts(s3_link, monkeypatch, multipart_file,
                                                                        tmp_path):
     knobs(monkeypatch, retry=3)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     outage = Outage(s3_link, None)
     started = time.monotonic()
     with pytest.raises(StorageUnavailable) as info:
@@ -148,7 +156,7 @@ def test_a_long_outage_fails_clearly_and_leaves_no_object_and_no_parts(s3_link, 
 
 def test_a_failed_download_keeps_the_old_destination(s3_link, monkeypatch, multipart_file, tmp_path):
     knobs(monkeypatch, retry=2)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     storage.upload_file(multipart_file, "inputs/v1/take.bin")
     dest = tmp_path / "dl" / "take.bin"
     dest.parent.mkdir()
@@ -164,7 +172,7 @@ def test_a_failed_download_keeps_the_old_destination(s3_link, monkeypatch, multi
 
 def test_a_stalled_endpoint_times_out_is_retried_then_fails_clearly(s3_link, monkeypatch, tmp_path):
     knobs(monkeypatch, retry=3, timeout=1)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     small = tmp_path / "small.mp4"
     small.write_bytes(os.urandom(4096))
     storage.upload_file(small, "inputs/v1/warm.mp4")  # the client has a pooled connection now
@@ -181,13 +189,13 @@ def test_a_stalled_endpoint_times_out_is_retried_then_fails_clearly(s3_link, mon
     # Slow, not dead: a stall that ends while the retries go on costs time, not the transfer.
     threading.Timer(2.0, s3_link.restore).start()
     knobs(monkeypatch, retry=30, timeout=1)
-    patient = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    patient = configured()
     assert patient.size("inputs/v1/warm.mp4") == 4096
 
 
 def test_a_cancel_during_an_outage_stops_at_once(s3_link, monkeypatch, tmp_path):
     knobs(monkeypatch, retry=120)
-    storage = open_storage(os.environ["ENCODEFLOW_STORAGE_URL"])
+    storage = configured()
     small = tmp_path / "small.mp4"
     small.write_bytes(os.urandom(4096))
     s3_link.cut()
@@ -201,23 +209,31 @@ def test_a_cancel_during_an_outage_stops_at_once(s3_link, monkeypatch, tmp_path)
     assert not storage.exists("inputs/v1/small.mp4")
 
 
-def test_retry_knobs_are_validated(monkeypatch):
-    monkeypatch.setenv(READ_TIMEOUT_ENV, "soon")
-    with pytest.raises(StorageError, match=READ_TIMEOUT_ENV):
-        RetryPolicy.from_env()
-    monkeypatch.setenv(READ_TIMEOUT_ENV, "0")
-    with pytest.raises(StorageError, match=READ_TIMEOUT_ENV):
-        RetryPolicy.from_env()
-    monkeypatch.delenv(READ_TIMEOUT_ENV)
-    assert RetryPolicy.from_env() == RetryPolicy()  # the production defaults, untouched by tests
+def test_retry_knobs_are_settings_and_are_validated(monkeypatch, tmp_path):
+    variable = ENV_VARS["storage_read_timeout"]
+    monkeypatch.setenv(variable, "soon")
+    with pytest.raises(SettingsError, match=f"{variable} must be a number of seconds, got 'soon'"):
+        Settings.load()
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(SettingsError, match=variable):
+        Settings.load()
+    monkeypatch.delenv(variable)
+    assert RetryPolicy.from_settings(Settings.load()) == RetryPolicy()  # the production defaults
+    # The config file (what the Settings page writes) works like the environment, below it.
+    config = tmp_path / "knobs.toml"
+    config.write_text("storage_retry_seconds = 5\nstorage_read_timeout = 7.5\n")
+    policy = RetryPolicy.from_settings(Settings.load(config_path=config))
+    assert (policy.give_up_after, policy.read_timeout, policy.connect_timeout) == (5.0, 7.5, 10.0)
+    monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], "9")
+    assert RetryPolicy.from_settings(Settings.load(config_path=config)).give_up_after == 9.0
 
 
 # -- folder storage: the share goes away ---------------------------------------------------------
 
 
 def folder_storage(tmp_path, monkeypatch, retry: float):
-    monkeypatch.setenv(RETRY_SECONDS_ENV, str(retry))
-    storage = open_storage((tmp_path / "share" / "encodeflow").as_uri())
+    monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], str(retry))
+    storage = configured((tmp_path / "share" / "encodeflow").as_uri())
     storage.check()
     return storage
 
@@ -278,8 +294,8 @@ def test_a_cancel_while_the_share_is_away_is_a_cancel(tmp_path, monkeypatch):
 def test_a_storage_never_used_still_says_the_object_is_missing(tmp_path, monkeypatch):
     from farm.storage import ObjectNotFound
 
-    monkeypatch.setenv(RETRY_SECONDS_ENV, "30")
-    storage = open_storage((tmp_path / "new").as_uri())
+    monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], "30")
+    storage = configured((tmp_path / "new").as_uri())
     started = time.monotonic()
     with pytest.raises(ObjectNotFound):
         storage.download_file("inputs/v1/a.mp4", tmp_path / "a.mp4")
