@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import redis
 import sqlalchemy as sa
 
-from farm.db.engine import sqlite_path
+from farm.db.engine import driver_reason, sqlite_path
 from farm.settings import database_url_problem, redact_url, redis_url_problem
 from farm.storage import LocalStorage, StorageError, open_storage
 
@@ -161,14 +161,14 @@ def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     try:
         engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=connect_args)
     except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        return CheckResult(False, f"cannot use database {shown}: {_db_reason(exc, parsed)}; "
+        return CheckResult(False, f"cannot use database {shown}: {driver_reason(exc, parsed)}; "
                                   "install its driver or fix the URL's scheme")
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
             found = _describe_database(engine, connection, parsed)
     except (sa.exc.DBAPIError, OSError) as exc:
-        return CheckResult(False, f"cannot connect to database {shown}: {_db_reason(exc, parsed)}")
+        return CheckResult(False, f"cannot connect to database {shown}: {driver_reason(exc, parsed)}")
     finally:
         engine.dispose()
     return CheckResult(True, found)
@@ -184,15 +184,6 @@ def _describe_database(engine: sa.Engine, connection: sa.Connection, url: sa.URL
     where = f"{url.host or 'localhost'}{f':{url.port}' if url.port else ''}"
     database = f", database {url.database!r}" if url.database else ""
     return f"{name} {version} at {where}{database}"
-
-
-def _db_reason(exc: BaseException, url: sa.URL) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = " ".join(str(original).split()) or type(original).__name__
-    text = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text)
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return text
 
 
 # -- storage -----------------------------------------------------------------------------------

@@ -100,11 +100,8 @@ class Farm:
         """Run ``fn(queue_client)`` (a coroutine function) with a short-lived async client."""
 
         async def call():
-            client = QueueClient(self.redis_url, self.settings.queue)
-            try:
+            async with QueueClient(self.redis_url, self.settings.queue) as client:
                 return await fn(client)
-            finally:
-                await client.close()
 
         return asyncio.run(call())
 

@@ -85,6 +85,12 @@ class QueueClient:
         await self.queue.close()
         await self.redis.aclose()
 
+    async def __aenter__(self) -> "QueueClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
     async def enqueue(self, job_id: str, payload: dict[str, Any], *, priority: int = 0,
                       attempts: int = DEFAULT_ATTEMPTS) -> None:
         opts: dict[str, Any] = {

@@ -111,7 +111,7 @@ def open_database(url: str) -> Database:
     try:
         engine = _create_engine(parsed)
     except (ImportError, sa.exc.ArgumentError, OSError) as exc:
-        raise DatabaseError(f"cannot open database {shown}: {_reason(exc, parsed)}") from None
+        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}") from None
     try:
         _migrate(engine)
     except DatabaseError:
@@ -119,7 +119,7 @@ def open_database(url: str) -> Database:
         raise
     except (sa.exc.DBAPIError, OSError) as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {shown}: {_reason(exc, parsed)}") from None
+        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}") from None
     return Database(engine)
 
 
@@ -305,7 +305,7 @@ def _file_lock(path: Path) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _reason(exc: BaseException, url: sa.URL) -> str:
+def driver_reason(exc: BaseException, url: sa.URL) -> str:
     """The driver's own words, on one line, with the password scrubbed just in case."""
     original = getattr(exc, "orig", None) or exc
     text = " ".join(str(original).split()) or type(original).__name__

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.helpers import LONG_JOB, submit, wait_for
-from tests.e2e.test_node_death import FAST, bull_job, outputs_in_storage, running_on
+from tests.bull import bull_job
+from tests.e2e.test_node_death import FAST, outputs_in_storage, running_on
 from tests.faults import FaultyLink
 
 pytestmark = pytest.mark.postgres
@@ -49,13 +50,13 @@ def test_a_short_outage_mid_transcode_is_waited_out(pg_url, local_farm, farm, pg
     pg_link.cut()
     time.sleep(10)
     # The node kept its job: still running, and still holding it in the queue (not failed or handed back).
-    assert node.proc.poll() is None and bull_job(local_farm, job_id)[0] == "active"
+    assert node.proc.poll() is None and bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[0] == "active"
     pg_link.restore()
 
     job = wait_for(lambda: finished(farm, job_id), timeout=120, what="the job to finish")
     assert (job["status"], job["attempts"], job["node"], job["error"]) == ("completed", 1, node.name, None)
     assert outputs_in_storage(local_farm, job_id) == [job["output"]["key"]], "exactly one output, the row's"
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.attemptsMade, bull.returnvalue["outputs"][0]["key"]) == \
         ("completed", 1, job["output"]["key"])
     log = node.log.read_text()
@@ -75,7 +76,7 @@ def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(pg_ur
         wait_for(lambda: HAND_BACK_LOG in node.log.read_text(), timeout=120, what="the node to hand the job back")
         seen = set()
         for _ in range(30):  # the job goes round (handed back, taken, handed back) while the database is away
-            seen.add(bull_job(local_farm, job_id)[0])
+            seen.add(bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[0])
             time.sleep(0.2)
         assert "completed" not in seen, "the queue must not say completed while the row cannot"
         assert farm.show(job_id)["status"] == "active"
@@ -86,7 +87,7 @@ def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(pg_ur
     assert (job["status"], job["node"], job["error"]) == ("completed", node.name, None)
     assert job["attempts"] == 1, "a hand back is not an attempt"
     assert outputs_in_storage(local_farm, job_id) == [job["output"]["key"]], "exactly one output, the row's"
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.returnvalue["outputs"][0]["key"]) == ("completed", job["output"]["key"])
     assert bull.attemptsStarted >= 2, "the job ran again once the database was back"
     time.sleep(3)

@@ -26,6 +26,7 @@ from farm.client import Farm, UnknownJobError
 from farm.keys import sanitize_name
 from farm.media import find_ffmpeg, probe
 from farm.storage import open_storage
+from tests.bull import bull_job
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 from tests.farm.test_hostile_inputs import (
     FifoWatch,
@@ -193,17 +194,6 @@ def bull_add(redis_url: str, queue: str, job_id: str, payload: dict) -> None:
     asyncio.run(add())
 
 
-def bull_record(redis_url: str, queue: str, job_id: str):
-    async def read():
-        bull = Queue(queue, {"connection": redis_url})
-        try:
-            return await bull.getJobState(job_id), await bull.getJob(job_id)
-        finally:
-            await bull.close()
-
-    return asyncio.run(read())
-
-
 def ended(farm: Farm, job_id: str) -> dict | None:
     try:
         job = farm.show(job_id)
@@ -259,7 +249,7 @@ def test_a_node_fails_each_hostile_foreign_job_once_and_opens_nothing_else(local
         job = farm.show(job_id)
         assert (job["status"], job["attempts"], job["output"]) == ("failed", 1, None), (name, job)
         assert job["error"].startswith(reasons[name]), (name, job["error"])
-        state, bull = bull_record(local_farm.redis_url, settings.queue, job_id)
+        state, bull = bull_job(local_farm.redis_url, settings.queue, job_id)
         assert (state, bull.attemptsMade) == ("failed", 1), f"{name}: a retry cannot fix it"
         if target is not None and target.parent.parent == node.work_dir:
             assert not target.parent.exists(), "the job ran in the dir the reference points into"

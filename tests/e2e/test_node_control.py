@@ -8,7 +8,6 @@ node's exit code, the processes left, the files left.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
@@ -18,12 +17,12 @@ import urllib.request
 import psutil
 import pytest
 import redis
-from bullmq import Queue
 
 from farm.client import Farm
 from farm.telemetry import NodeRegistry, NodeStatus
 from farm.ports import free_port
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
+from tests.bull import bull_job
 
 SHORT_JOB = ("--format", "mp4", "--resolution", "360p")
 
@@ -52,19 +51,6 @@ def shows(registry: NodeRegistry, name: str, status: str, timeout: float) -> Non
     wait_for(lambda: (registry.node(name) or NodeStatus(name, status="unknown")).status == status,
              timeout=timeout, interval=0.05, what=f"node {name} to show {status}")
     assert node_status(name) == status
-
-
-def bull_job(local_farm, job_id: str) -> tuple[str, object]:
-    """BullMQ's own view of a job: its state and the job (attemptsMade, failedReason, ...)."""
-
-    async def read():
-        queue = Queue(local_farm.settings.queue, {"connection": local_farm.redis_url})
-        try:
-            return await queue.getJobState(job_id), await queue.getJob(job_id)
-        finally:
-            await queue.close()
-
-    return asyncio.run(read())
 
 
 def running(farm: Farm, job_id: str) -> bool:
@@ -117,7 +103,7 @@ def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, registr
     done = farm.show(first)
     assert (done["status"], done["node"], done["attempts"]) == ("completed", node.name, 1)
     assert farm.show(second)["status"] == "queued", "a draining node must take no new job"
-    assert bull_job(local_farm, second)[0] == "waiting"
+    assert bull_job(local_farm.redis_url, local_farm.settings.queue, second)[0] == "waiting"
     assert list(node.work_dir.iterdir()) == []
     assert node_status(node.name) == "offline"
 
@@ -141,7 +127,7 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
     job = farm.show(job_id)
     assert (job["status"], job["node"], job["output"]) == ("queued", None, None)
     assert "handed back" in (job["error"] or "")
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert state == "waiting", f"the job must be back in the queue, not {state}"
     assert bull.attemptsMade == 0, "a hand-back must not use up an attempt"
     assert list(first.work_dir.iterdir()) == []

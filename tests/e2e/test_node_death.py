@@ -10,19 +10,18 @@ of the job, the objects in storage, the processes and files left on the machine.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
 
 import psutil
 import pytest
-from bullmq import Queue
 
 from farm.client import Farm
 from farm.keys import output_prefix
 from farm.storage import open_storage
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
+from tests.bull import bull_job
 
 LOCK_S, STALLED_S = 5, 3
 FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED_S),
@@ -31,19 +30,6 @@ FAST = ["--lock-seconds", str(LOCK_S), "--stalled-interval-seconds", str(STALLED
 # renewal), then the next stalled check moves the job back (<= STALLED_S). The rest is slack
 # for a shared 2-core machine.
 RECOVERY_BOUND_S = LOCK_S + STALLED_S + 20
-
-
-def bull_job(local_farm, job_id: str):
-    """BullMQ's state of the job and the job (attemptsMade, attemptsStarted, stalledCounter, ...)."""
-
-    async def read():
-        queue = Queue(local_farm.settings.queue, {"connection": local_farm.redis_url})
-        try:
-            return await queue.getJobState(job_id), await queue.getJob(job_id)
-        finally:
-            await queue.close()
-
-    return asyncio.run(read())
 
 
 def outputs_in_storage(local_farm, job_id: str) -> list[str]:
@@ -145,7 +131,7 @@ def test_a_node_killed_mid_job_is_replaced_and_the_job_completes_once(local_farm
     job = wait_for(lambda: (j := farm.show(job_id))["status"] in ("completed", "failed") and j,
                    timeout=120, what="the job to finish")
     assert (job["status"], job["node"], job["attempts"], job["error"]) == ("completed", survivor.name, 2, None)
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.attemptsStarted, bull.stalledCounter) == ("completed", 2, 1)
     assert outputs_in_storage(local_farm, job_id) == [job["output"]["key"]], "exactly one output, the row's"
     assert "/attempt-2/" in job["output"]["key"]
@@ -199,7 +185,7 @@ def test_a_job_whose_nodes_keep_dying_fails_with_that_reason(local_farm, farm, l
     assert job["status"] == "failed"
     assert job["error"] == f"the node running it stopped responding 2 times; last node {second.name}"
     assert job["attempts"] == 2
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.failedReason) == ("failed", "job stalled more than allowable limit")
     assert outputs_in_storage(local_farm, job_id) == []
 
@@ -240,7 +226,7 @@ def test_a_run_that_lost_its_lock_leaves_no_second_result(local_farm, farm, long
         {k: won[k] for k in ("status", "node", "attempts", "finished_at", "output")}, "the row is finished once"
     assert outputs_in_storage(local_farm, job_id) == [job["output"]["key"]], "the late run left no second result"
     assert "/attempt-2/" in job["output"]["key"]
-    state, bull = bull_job(local_farm, job_id)
+    state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert state == "completed"
     assert bull.returnvalue["outputs"][0]["key"] == job["output"]["key"]
     assert frozen.proc.poll() is None, "the late run's node carries on"

@@ -29,6 +29,7 @@ from farm.storage import open_storage
 from farm.telemetry import NodeRegistry
 from tests.e2e.helpers import LONG_JOB, json_lines, run_cli, wait_for
 from tests.faults import RestartableRedis
+from tests.bull import bull_job
 
 OUTAGE_S = 30
 
@@ -67,19 +68,11 @@ def private_redis(tmp_path, monkeypatch):
 
 def bull_records(redis_url: str, queue_name: str, job_ids: list[str]) -> dict[str, tuple]:
     """BullMQ's state and number of started runs of each job."""
-
-    async def read():
-        queue = Queue(queue_name, {"connection": redis_url})
-        try:
-            records = {}
-            for job_id in job_ids:
-                job = await queue.getJob(job_id)
-                records[job_id] = (await queue.getJobState(job_id), job.attemptsStarted if job else None)
-            return records
-        finally:
-            await queue.close()
-
-    return asyncio.run(read())
+    records = {}
+    for job_id in job_ids:
+        state, job = bull_job(redis_url, queue_name, job_id)
+        records[job_id] = (state, job.attemptsStarted if job else None)
+    return records
 
 
 def bull_finish_times(redis_url: str, queue_name: str, job_ids: list[str]) -> dict[str, float]:

@@ -129,7 +129,7 @@ def red_over_blue(tmp_path_factory):
 
 
 def test_thumbnail_fits_the_box_and_keeps_the_aspect(clip):
-    width, height, rgb = thumb = thumbnail(clip, (160, 90))
+    width, height, rgb = thumbnail(clip, (160, 90))
     assert (width, height) == (120, 90)
     assert len(rgb) == width * height * 3
     assert len(set(rgb)) > 10  # a picture, not a blank

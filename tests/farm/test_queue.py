@@ -4,11 +4,10 @@ import asyncio
 import os
 
 import pytest
-from bullmq import Queue
 
 from farm.jobspec import OutputConfig
 from farm.payload import JobPayload
-from farm.queue import JOB_NAME, QueueClient, QueueStateError, cancel_channel, cancel_key
+from farm.queue import JOB_NAME, QueueClient, QueueStateError, cancel_channel
 
 
 def _payload(job_id):
@@ -17,11 +16,8 @@ def _payload(job_id):
 
 def run(coro_fn):
     async def main():
-        client = QueueClient(os.environ["ENCODEFLOW_REDIS_URL"], os.environ["ENCODEFLOW_QUEUE"])
-        try:
+        async with QueueClient(os.environ["ENCODEFLOW_REDIS_URL"], os.environ["ENCODEFLOW_QUEUE"]) as client:
             return await coro_fn(client)
-        finally:
-            await client.close()
 
     return asyncio.run(main())
 

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from farm.settings import Settings, SettingsError, redact_url

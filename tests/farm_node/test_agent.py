@@ -31,6 +31,7 @@ from farm.storage import open_storage
 from farm.telemetry import NodeRegistry
 from farm_node.agent import FarmNode
 from tests.e2e.helpers import wait_for
+from tests.bull import bull_job
 
 
 class NodeThread:
@@ -116,17 +117,6 @@ def bull_add(settings: Settings, job_id: str, payload: dict, **opts) -> None:
     asyncio.run(add())
 
 
-def bull_job(settings: Settings, job_id: str):
-    async def read():
-        queue = Queue(settings.queue, {"connection": settings.redis_url})
-        try:
-            return await queue.getJobState(job_id), await queue.getJob(job_id)
-        finally:
-            await queue.close()
-
-    return asyncio.run(read())
-
-
 def upload_input(settings: Settings, path: Path) -> tuple[str, str]:
     """Put ``path`` where a producer puts inputs; returns (video id, key)."""
     video_id = str(uuid.uuid4())
@@ -176,7 +166,7 @@ def test_a_job_from_a_foreign_producer_gets_its_rows_and_completes(
     out = probe(dest)
     assert (out.width, out.height, out.video_codec, out.audio_codec) == (640, 360, "h264", "aac")
     assert job["output"]["size"] == dest.stat().st_size
-    state, bull = bull_job(settings_on_services, job_id)
+    state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert state == "completed"
     assert bull.returnvalue["outputs"][0]["key"] == job["output"]["key"]
     assert list(node.node.work_dir.iterdir()) == []
@@ -194,9 +184,9 @@ def test_an_invalid_payload_fails_at_once_naming_the_field(settings_on_services,
     bull_add(settings_on_services, job_id, payload(job_id, key, clip.name, resolution="4k"),
              attempts=3, backoff={"type": "fixed", "delay": 100})
 
-    wait_for(lambda: bull_job(settings_on_services, job_id)[0] == "failed", timeout=30,
-             what="the job to fail")
-    state, bull = bull_job(settings_on_services, job_id)
+    wait_for(lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
+             timeout=30, what="the job to fail")
+    state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1, "a payload a retry cannot fix must not be retried"
     assert "resolution" in bull.failedReason and "4k" in bull.failedReason, bull.failedReason
     assert farm.jobs() == [], "an untrusted payload must not make rows"
@@ -219,7 +209,7 @@ def test_an_input_that_is_not_a_video_fails_at_once_with_the_reason(settings_on_
     job = wait_for(lambda: finished(farm, job_id), timeout=30, what="the job to finish")
     assert (job["status"], job["attempts"], job["output"]) == ("failed", 1, None)
     assert job["error"].startswith("notes.mp4 is not a video"), "the reason must name the user's file"
-    state, bull = bull_job(settings_on_services, job_id)
+    state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert (state, bull.attemptsMade) == ("failed", 1), "no retries for a file that is not a video"
     assert "not a video" in bull.failedReason
     assert list(node.node.work_dir.iterdir()) == []
@@ -250,8 +240,9 @@ def test_a_missing_input_fails_at_once(settings_on_services, farm, start_node):
     bull_add(settings_on_services, job_id, payload(job_id, key, "gone.mp4"),
              attempts=3, backoff={"type": "fixed", "delay": 100})
 
-    wait_for(lambda: bull_job(settings_on_services, job_id)[0] == "failed", timeout=30, what="the job to fail")
-    _, bull = bull_job(settings_on_services, job_id)
+    wait_for(lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
+             timeout=30, what="the job to fail")
+    _, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1
     assert key in bull.failedReason and "not in storage" in bull.failedReason, bull.failedReason
 

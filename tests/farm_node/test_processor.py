@@ -16,7 +16,7 @@ from bullmq import Queue
 from farm.keys import output_prefix
 from farm.media import find_ffmpeg
 from farm_node.processor import JobProcessor
-from tests.farm_node.bull import record_job, take_and_die, worker
+from tests.bull import record_job, take_and_die, worker
 
 pytestmark = pytest.mark.postgres
 

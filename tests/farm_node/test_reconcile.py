@@ -19,7 +19,7 @@ from farm.reconcile import Reconciler
 from farm.settings import Settings
 from farm.telemetry import NodeRegistryWriter, NodeStatus
 from farm_node.reconcile import reconcile_forever
-from tests.farm_node.bull import record_job, take_and_die, wait_state, worker
+from tests.bull import record_job, take_and_die, wait_state, worker
 
 pytestmark = pytest.mark.postgres
 
@@ -35,8 +35,7 @@ def test_a_job_that_stalled_too_often_fails_with_a_reason_users_understand(servi
     job_id, payload = record_job(db, storage, clip)
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             await queue.enqueue(job_id, payload)
             await take_and_die(settings, db, job_id, "dead-node")
 
@@ -54,8 +53,6 @@ def test_a_job_that_stalled_too_often_fails_with_a_reason_users_understand(servi
                 await asyncio.gather(task, return_exceptions=True)
             assert repo.get_job(db, job_id).status == "active", "the row still says active"
             return await Reconciler(db, queue, storage, grace_s=0).run_once()
-        finally:
-            await queue.close()
 
     actions = run(scenario())
     job = repo.get_job(db, job_id)
@@ -72,8 +69,7 @@ def test_settle_failed_settles_one_job_at_once_and_leaves_others(services):
     waiting_id, waiting_payload = record_job(db, storage, clip)
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             await queue.enqueue(job_id, payload)
             await take_and_die(settings, db, job_id, "dead-node")
             survivor = worker(settings, lambda job, token: asyncio.sleep(0), maxStalledCount=0)
@@ -87,8 +83,6 @@ def test_settle_failed_settles_one_job_at_once_and_leaves_others(services):
             reconciler = Reconciler(db, queue, storage, grace_s=3600)
             return (await reconciler.run_once(), await reconciler.settle_failed(job_id),
                     await reconciler.settle_failed(waiting_id))
-        finally:
-            await queue.close()
 
     periodic, settled, untouched = run(scenario())
     assert periodic == [], "the periodic pass waits out its grace"
@@ -103,8 +97,7 @@ def test_a_failed_queue_job_keeps_its_own_reason(services):
     job_id, payload = record_job(db, storage, clip)
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             await queue.enqueue(job_id, payload, attempts=1)
 
             async def fails(job, token):
@@ -119,8 +112,6 @@ def test_a_failed_queue_job_keeps_its_own_reason(services):
                 await node.close()
                 await asyncio.gather(task, return_exceptions=True)
             return await Reconciler(db, queue, storage, grace_s=0).run_once()
-        finally:
-            await queue.close()
 
     run(scenario())
     job = repo.get_job(db, job_id)
@@ -150,8 +141,7 @@ def test_jobs_lost_from_the_queue_are_queued_again_if_their_input_is_there(servi
     orphan_id, orphan_payload = record_job(db, storage, clip, upload=False)  # input gone too
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             for job_id, payload in ((queued_id, queued_payload), (active_id, active_payload),
                                     (orphan_id, orphan_payload)):
                 await queue.enqueue(job_id, payload, priority=3 if job_id == queued_id else 0)
@@ -161,8 +151,6 @@ def test_jobs_lost_from_the_queue_are_queued_again_if_their_input_is_there(servi
             states = {job_id: await queue.state(job_id) for job_id in (queued_id, active_id, orphan_id)}
             again = await queue.queue.getJob(queued_id)
             return actions, states, again
-        finally:
-            await queue.close()
 
     actions, states, again = run(scenario())
     assert sorted((a.job_id, a.action) for a in actions) == sorted(
@@ -188,9 +176,8 @@ def test_an_active_row_whose_node_died_shows_queued_while_the_job_waits(services
     live_id, live_payload = record_job(db, storage, clip)
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        writer = NodeRegistryWriter(queue.redis, settings.queue, "live-node")
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
+            writer = NodeRegistryWriter(queue.redis, settings.queue, "live-node")
             await queue.enqueue(dead_id, dead_payload)
             await take_and_die(settings, db, dead_id, "dead-node")
             await queue.enqueue(live_id, live_payload)
@@ -204,8 +191,6 @@ def test_an_active_row_whose_node_died_shows_queued_while_the_job_waits(services
             await checker.close()
             await writer.publish(NodeStatus(name="live-node", status="busy", running=[{"jobId": live_id}]))
             return await Reconciler(db, queue, storage, grace_s=0).run_once()
-        finally:
-            await queue.close()
 
     actions = run(scenario())
     assert [(a.job_id, a.action) for a in actions] == [(dead_id, "queued")]
@@ -228,12 +213,9 @@ def test_settled_and_fresh_rows_are_left_alone(services):
     before = {j: repo.job_to_dict(repo.get_job(db, j)) for j in (completed_id, cancelled_id, fresh_id)}
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             # None of them is in the queue at all; the fresh one is younger than the grace.
             return await Reconciler(db, queue, storage, grace_s=30).run_once()
-        finally:
-            await queue.close()
 
     assert run(scenario()) == []
     assert {j: repo.job_to_dict(repo.get_job(db, j)) for j in before} == before
@@ -253,11 +235,8 @@ def test_a_row_changed_while_the_pass_looked_is_not_overwritten(services, monkey
     monkeypatch.setattr(storage, "exists", exists_while_a_node_takes_the_job)
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             return await Reconciler(db, queue, storage, grace_s=0).run_once()
-        finally:
-            await queue.close()
 
     assert run(scenario()) == []
     job = repo.get_job(db, job_id)
@@ -281,11 +260,8 @@ def test_outputs_of_runs_that_lost_are_swept_after_the_job_completed(services, t
                     outputs=[{"key": output_key(once_id, 1, "clip-360p-mp4.mp4"), "size": 1}])
 
     async def scenario():
-        queue = QueueClient(settings.redis_url, settings.queue)
-        try:
+        async with QueueClient(settings.redis_url, settings.queue) as queue:
             return await Reconciler(db, queue, storage, grace_s=0).run_once()
-        finally:
-            await queue.close()
 
     actions = run(scenario())
     assert [(a.job_id, a.action) for a in actions] == [(rerun_id, "swept")]

@@ -1,5 +1,5 @@
-"""Jobs put into BullMQ states for real, for the node's tests: rows recorded as a submit makes them,
-a worker that takes a job and dies, waiting for a queue state."""
+"""BullMQ for tests, for real: rows recorded as a submit makes them, a worker that takes a job and
+dies, waiting for a queue state, and BullMQ's own view of a job."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 
-from bullmq import Worker
+from bullmq import Queue, Worker
 
 from farm.db import repo
 from farm.jobspec import OutputConfig
@@ -56,3 +56,17 @@ async def wait_state(queue: QueueClient, job_id: str, state: str, timeout: float
     while (now := await queue.state(job_id)) != state:
         assert time.monotonic() < deadline, f"job stayed {now}, expected {state}"
         await asyncio.sleep(0.05)
+
+
+def bull_job(redis_url: str, queue: str, job_id: str) -> tuple[str, object]:
+    """BullMQ's state of a job and the job (attemptsMade, attemptsStarted, stalledCounter,
+    failedReason, returnvalue, ...); the job is ``None`` if BullMQ has no such job."""
+
+    async def read():
+        bull = Queue(queue, {"connection": redis_url})
+        try:
+            return await bull.getJobState(job_id), await bull.getJob(job_id)
+        finally:
+            await bull.close()
+
+    return asyncio.run(read())
