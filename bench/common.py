@@ -144,6 +144,16 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 # -- other load on the machine -----------------------------------------------------------------
 
+
+def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
+    """CPU seconds (user + system, reaped children included) of these processes; gone ones count 0."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
 class ForeignCpu:
     """CPU that processes other than the benchmark's own used over a span.
 
@@ -164,12 +174,7 @@ class ForeignCpu:
         for pid in self.extra_pids:
             with contextlib.suppress(psutil.NoSuchProcess):
                 procs.append(psutil.Process(pid))
-        total = 0.0
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                t = proc.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-        return total
+        return cpu_seconds(procs)
 
     @staticmethod
     def _machine() -> tuple[float, float]:

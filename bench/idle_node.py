@@ -29,6 +29,7 @@ import redis
 from common import (
     REPO_ROOT,
     ForeignCpu,
+    cpu_seconds,
     describe,
     environment,
     isolated_data_dir,
@@ -51,15 +52,6 @@ MB = 2**20
 def _tree(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
-
-
-def _cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
 
 
 def _memory(procs: list[psutil.Process], uss: bool) -> dict:
@@ -117,8 +109,8 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
     foreign = ForeignCpu([redis_pid]).start()
     sched_before = _schedstat(node_pid)
     began = time.monotonic()
-    cpu_before = _cpu_seconds(procs)
-    redis_before = _cpu_seconds([redis_proc]) if redis_proc else None
+    cpu_before = cpu_seconds(procs)
+    redis_before = cpu_seconds([redis_proc]) if redis_proc else None
     memory, per_second = [], []
     last_cpu, last_t = cpu_before, began
     tick = 0
@@ -126,17 +118,17 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
         tick += 1
         time.sleep(max(0.0, began + tick - time.monotonic()))
         procs = _tree(node_pid)  # children come and go; count whoever is there
-        now, cpu = time.monotonic(), _cpu_seconds(procs)
+        now, cpu = time.monotonic(), cpu_seconds(procs)
         per_second.append(100 * (cpu - last_cpu) / (now - last_t))
         last_cpu, last_t = cpu, now
         memory.append(_memory(procs, uss=tick % 10 == 0))
         if now - began >= window:
             break
     elapsed = time.monotonic() - began
-    cpu_after = _cpu_seconds(procs)
+    cpu_after = cpu_seconds(procs)
     sched = _sched_delta(sched_before, _schedstat(node_pid), elapsed)
     other_load = foreign.stop()
-    redis_after = _cpu_seconds([redis_proc]) if redis_proc else None
+    redis_after = cpu_seconds([redis_proc]) if redis_proc else None
     commands_after = _commandstats(client)
     connections_after = int(client.info("stats")["total_connections_received"])
     # Our own two INFO calls are in the counts; take them out.
@@ -252,9 +244,9 @@ def profile_window(settings, root: Path, settle: float, window: float, top: int 
         time.sleep(settle)
         proc.send_signal(signal.SIGUSR1)
         began = time.process_time(), time.monotonic()
-        cpu_before = _cpu_seconds([psutil.Process(proc.pid)])
+        cpu_before = cpu_seconds([psutil.Process(proc.pid)])
         time.sleep(window)
-        cpu_after = _cpu_seconds([psutil.Process(proc.pid)])
+        cpu_after = cpu_seconds([psutil.Process(proc.pid)])
         proc.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 30
         while not prof.exists() and time.monotonic() < deadline:

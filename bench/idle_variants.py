@@ -34,6 +34,7 @@ import psutil
 
 from common import (
     ForeignCpu,
+    cpu_seconds,
     environment,
     isolated_data_dir,
     load_settings,
@@ -43,7 +44,7 @@ from common import (
 )
 from farm.embedded import ensure_embedded_redis
 from farm.ports import free_port
-from idle_node import _cpu_seconds, _sched_delta, _schedstat
+from idle_node import _sched_delta, _schedstat
 
 NAME = "idle_variants"
 VARIANTS = {
@@ -108,7 +109,7 @@ def main() -> int:
                     raise RuntimeError(f"variant {name} exited: {(root / f'{name}.log').read_text()[-2000:]}")
             nodes = {name: psutil.Process(proc.pid) for name, proc in procs.items()}
             for index in range(opts.runs):
-                cpu0 = {n: _cpu_seconds([p]) for n, p in nodes.items()}
+                cpu0 = {n: cpu_seconds([p]) for n, p in nodes.items()}
                 sched0 = {n: _schedstat(p.pid) for n, p in nodes.items()}
                 other = ForeignCpu([server.pid]).start()
                 began = time.monotonic()
@@ -119,7 +120,7 @@ def main() -> int:
                 row["other_processes_cpu_percent"] = round(100 * row["other_load"]["foreign_cpu_s"] / elapsed, 1)
                 for n, p in nodes.items():
                     sched = _sched_delta(sched0[n], _schedstat(p.pid), elapsed)
-                    ticks = 100 * (_cpu_seconds([p]) - cpu0[n]) / elapsed  # 10 ms resolution
+                    ticks = 100 * (cpu_seconds([p]) - cpu0[n]) / elapsed  # 10 ms resolution
                     row["variants"][n] = {"cpu_percent": round(100 * sched["cpu_s"] / elapsed, 3) if sched else ticks,
                                           "cpu_percent_psutil": round(ticks, 3), "sched": sched}
                 windows.append(row)
