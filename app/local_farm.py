@@ -8,7 +8,6 @@ and Redis then outlive the app (they are in their own session), and the next lau
 from __future__ import annotations
 
 import logging
-import socket
 
 from PySide6.QtCore import QObject, Signal
 
@@ -40,7 +39,7 @@ class LocalFarmLauncher(QObject):
         def start_farm():
             if running_embedded_redis(settings) and _local_node_running(self.services):
                 return None, "Local farm already running"
-            farm = LocalFarm(settings, nodes=1, node_prefix=f"{socket.gethostname()}-desktop")
+            farm = LocalFarm(settings, nodes=1, role="desktop")
             farm.start()
             return farm, "Local farm started (embedded Redis + 1 node)"
 

@@ -44,7 +44,9 @@ import psutil
 import redis
 
 RUN_LINE = re.compile(r"job (\S+): run (\d+) starting")
-LOST_LINE = re.compile(r"job (\S+) was finished by another run; deleting this run's output")
+# A run that lost its lock: stopped as it woke, or (past the check) beaten to the row.
+LOST_LINE = re.compile(r"job (\S+?)(?::? run \d+ lost its lock to another run| was finished by another run; "
+                       r"deleting this run's output)")
 RECONCILED_LINE = re.compile(r"reconciled job \S+: (\w+)")
 ORPHAN_LINE = re.compile(r"killed (\d+) FFmpeg process\(es\) left running")
 
@@ -354,8 +356,9 @@ class Soak:
                     ffmpeg_left.append(proc.pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        work_left = {n.name: sorted(p.name for p in n.work_dir.iterdir()) for n in nodes
-                     if n.work_dir.exists() and any(n.work_dir.iterdir())}
+        from farm_node.workdir import entries  # what a work dir holds besides the node's marker
+
+        work_left = {n.name: [p.name for p in entries(n.work_dir)] for n in nodes if entries(n.work_dir)}
         recoveries = [s for k in kills for s in k.recovered.values()]
         # A caught job that never started again but finished had finished in the instant before the
         # kill landed (its run had settled the row and was telling BullMQ); one that did neither is stuck.

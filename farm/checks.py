@@ -8,10 +8,15 @@ failure, exactly what went wrong and what to do. Messages never hold a password.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import socket
+import ssl
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from farm.db.engine import driver_reason, sqlite_path
@@ -26,6 +31,9 @@ MIN_REDIS_VERSION = (6, 2)  # what BullMQ's scripts and the node registry rely o
 class CheckResult:
     ok: bool
     message: str
+    # The settings are wrong (refused password, not a Redis server, missing bucket): waiting and
+    # trying again cannot fix it, unlike a server that is down or does not answer.
+    config: bool = False
 
     def __bool__(self) -> bool:
         return self.ok
@@ -35,59 +43,80 @@ class CheckResult:
 
 
 def check_redis(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
-    """PING the server, then report its version and warn about settings a farm should not run with."""
+    """``probe_redis`` for synchronous callers (the CLI, the panel's background tasks)."""
+    return asyncio.run(probe_redis(url, timeout))
+
+
+async def probe_redis(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
+    """PING the server, then report its version and warn about settings a farm should not run with.
+
+    A coroutine, so that a node starting up can be stopped in the middle of it.
+    """
     shown = redact_url(url) if isinstance(url, str) else repr(url)
     if not url or not url.startswith(("redis://", "rediss://", "unix://")):
-        return CheckResult(False, f"{shown!r} is not a Redis URL; use redis://host:6379/0, rediss://… (TLS) or unix:///path")
+        return CheckResult(False, f"{shown!r} is not a Redis URL; use redis://host:6379/0, rediss://… (TLS) "
+                                  "or unix:///path", config=True)
     problem = redis_url_problem(url)
     if problem:  # the driver would misread it, and its error would quote part of the password
-        return CheckResult(False, problem)
+        return CheckResult(False, problem, config=True)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     except (ValueError, redis.RedisError) as exc:
-        return CheckResult(False, _scrub(f"the Redis URL {shown!r} cannot be used: {exc}", url))
-    where = _redis_location(client)
+        return CheckResult(False, _scrub(f"the Redis URL {shown!r} cannot be used: {exc}", url), config=True)
     try:
-        client.ping()
-        info = client.info("server")
-        policy = _config_value(client, "maxmemory-policy")
-    except redis.AuthenticationError as exc:
-        if not client.connection_pool.connection_kwargs.get("password"):
-            return CheckResult(False, f"Redis at {where} needs a password; put it in the URL "
-                                      "(redis://:PASSWORD@host:port/0)")
-        return CheckResult(False, _scrub(
-            f"Redis at {where} refused the credentials ({str(exc).rstrip('.')}); put the right password "
-            "in the URL (redis://:PASSWORD@host:port/0)", url))
-    except redis.TimeoutError:
-        return CheckResult(False, f"no answer from Redis at {where} within {timeout:g} s; check the "
-                                  "host and port, and that no firewall drops the connection")
-    except redis.ConnectionError as exc:
-        return CheckResult(False, _scrub(
-            f"cannot connect to Redis at {where}: {_connection_reason(exc)}; check the URL and that "
-            "the server is running", url))
-    except redis.ResponseError as exc:
-        if str(exc).startswith("NOAUTH"):
-            return CheckResult(False, f"Redis at {where} needs a password; put it in the URL "
-                                      "(redis://:PASSWORD@host:port/0)")
-        return CheckResult(False, _scrub(f"Redis at {where} answered with an error: {exc}", url))
+        await client.ping()
+        info = await client.info("server")
+        policy = await _config_value(client, "maxmemory-policy")
     except redis.RedisError as exc:
-        return CheckResult(False, _scrub(
-            f"the server at {where} does not speak Redis ({exc}); check the host and port", url))
+        return redis_failure(exc, url, timeout)
     finally:
-        client.close()
+        await client.aclose()
 
     version = str(info.get("redis_version", "?"))
-    found = f"Redis {version} at {where}"
+    found = f"Redis {version} at {_redis_location(url)}"
     if _version_tuple(version) < MIN_REDIS_VERSION:
         return CheckResult(False, f"{found} is too old: EncodeFlow needs Redis "
-                                  f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer")
+                                  f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer", config=True)
     if policy and policy != "noeviction":
         found += f" (warning: maxmemory-policy is {policy}; use noeviction, or queued jobs can vanish)"
     return CheckResult(True, found)
 
 
-def _redis_location(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
+def redis_failure(exc: redis.RedisError, url: str, timeout: float) -> CheckResult:
+    """What a Redis error means for the user of ``url`` (whose commands time out after ``timeout``
+    seconds): one line, no password, and whether it is a configuration error."""
+    where = _redis_location(url)
+    needs_password = CheckResult(False, f"Redis at {where} needs a password; put it in the URL "
+                                        "(redis://:PASSWORD@host:port/0)", config=True)
+    if isinstance(exc, redis.AuthenticationError):
+        if not _redis_url_fields(url).get("password"):
+            return needs_password
+        return CheckResult(False, _scrub(
+            f"Redis at {where} refused the credentials ({str(exc).rstrip('.')}); put the right password "
+            "in the URL (redis://:PASSWORD@host:port/0)", url), config=True)
+    if isinstance(exc, redis.TimeoutError):
+        return CheckResult(False, no_answer_from_redis(url, timeout) + "; check the host and port, and that "
+                                  "no firewall drops the connection")
+    if isinstance(exc, redis.ConnectionError):
+        return CheckResult(False, _scrub(
+            f"cannot connect to Redis at {where}: {_connection_reason(exc)}; check the URL and that "
+            "the server is running", url), config=_unknown_host(exc))
+    if isinstance(exc, redis.ResponseError):
+        if str(exc).startswith("NOAUTH"):
+            return needs_password
+        return CheckResult(False, _scrub(f"Redis at {where} answered with an error: {exc}", url), config=True)
+    return CheckResult(False, _scrub(
+        f"the server at {where} does not speak Redis ({exc}); check the host and port", url), config=True)
+
+
+def no_answer_from_redis(url: str, timeout: float) -> str:
+    """What a user is told about a Redis that accepts connections but does not answer (a server
+    that hangs, a link that drops packets): not that the farm is down, which it may not be."""
+    return f"no answer from Redis at {redact_url(url)} within {timeout:g} s"
+
+
+def _redis_location(url: str) -> str:
+    kwargs = _redis_url_fields(url)
     if kwargs.get("path"):
         return str(kwargs["path"])
     location = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
@@ -95,17 +124,37 @@ def _redis_location(client: redis.Redis) -> str:
     return f"{location} (db {db})" if db else location
 
 
+def _redis_url_fields(url: str) -> dict:
+    try:
+        return redis.connection.parse_url(url)
+    except ValueError:
+        return {}
+
+
 def _connection_reason(exc: Exception) -> str:
     """redis-py's "Error 111 connecting to host:port. Connection refused." -> "Connection refused"."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        cause = None
+    if isinstance(cause, OSError) and (cause.errno or 0) > 0:
+        return os.strerror(cause.errno)
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
     text = " ".join(str(exc).split())
     match = re.match(r"Error -?\d+ (?:connecting to|while writing to) .*?\. (.+?)\.?$", text)
     return match.group(1) if match else (text or type(exc).__name__)
 
 
-def _config_value(client: redis.Redis, name: str) -> str | None:
+def _unknown_host(exc: Exception) -> bool:
+    """A host name that DNS says does not exist: a typo in the URL, not an outage."""
+    cause = exc.__cause__
+    return isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME
+
+
+async def _config_value(client: aioredis.Redis, name: str) -> str | None:
     # Managed services (ElastiCache, Upstash...) often refuse CONFIG; that is not a failure.
     try:
-        return client.config_get(name).get(name)
+        return (await client.config_get(name)).get(name)
     except redis.ResponseError:
         return None
 

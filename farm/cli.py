@@ -14,6 +14,7 @@ from pathlib import Path
 
 from farm import __version__
 from farm.jobspec import FORMATS, RESOLUTIONS, JobSpecError, OutputConfig, PresetStore
+from farm.pipes import quiet_on_closed_pipe
 from farm.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:

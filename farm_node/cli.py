@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from farm import __version__
+from farm.pipes import quiet_on_closed_pipe
 from farm.settings import Settings, SettingsError
+from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S  # light: asyncio and the progress parser
 
 # Plain numbers, repeated here so that `farm-node --help` does not import the agent (and BullMQ);
 # tests/e2e/test_node_death.py checks they match the agent's.
@@ -30,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics and /health")
     p.add_argument("--work-dir", type=Path, help="scratch space for inputs and outputs (default: <data dir>/work/<name>)")
     p.add_argument("--tags", default="", help="comma-separated tags, e.g. gpu,fast-disk")
+    p.add_argument("--progress-timeout", type=float, default=PROGRESS_TIMEOUT_S, metavar="SECONDS",
+                   help="stop an FFmpeg whose progress has not moved for this long, and retry its job; "
+                        "keep it above the longest quiet spell of a healthy run (opening a slow input, "
+                        f"finishing a large output) (default {PROGRESS_TIMEOUT_S:g})")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     for flag in ("data-dir", "redis-url", "database-url", "storage-url", "queue"):
         p.add_argument(f"--{flag}", dest=flag.replace("-", "_"))
@@ -50,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s farm-node: %(message)s")
@@ -72,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         metrics_host=args.metrics_host,
                         metrics_port=None if args.no_metrics else args.metrics_port,
                         lock_seconds=args.lock_seconds, stalled_interval_seconds=args.stalled_interval_seconds,
-                        max_stalled=args.max_stalled, reconcile_interval_seconds=args.reconcile_interval_seconds)
+                        max_stalled=args.max_stalled, reconcile_interval_seconds=args.reconcile_interval_seconds,
+                        progress_timeout=args.progress_timeout)
     except ValueError as exc:
         print(f"farm-node: {exc}", file=sys.stderr)
         return 2
@@ -83,7 +91,14 @@ async def _run(node) -> int:
     _install_stop_signals(asyncio.get_running_loop(), node.request_stop)
     try:
         return await node.run()
-    except Exception as exc:
+    except asyncio.CancelledError:
+        if not node.stop_requests:
+            raise
+        return 0  # stopped while starting: what was asked
+    except SettingsError as exc:  # found only once running: a name or work dir in use, say
+        print(f"farm-node: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an outage (farm_node.startup.ServiceUnavailable) or a bug: restart may help
         logging.getLogger("farm_node").error("%s", exc, exc_info=logging.getLogger().isEnabledFor(logging.DEBUG))
         return 1
 

@@ -48,6 +48,7 @@ class NodeInfo:
     concurrency: int = 1
     version: str = ""
     ffmpeg_version: str = ""
+    ffmpeg_path: str = ""
     encoders: Sequence[str] = ()
     tags: Sequence[str] = ()
     metrics_url: str | None = None
@@ -57,11 +58,13 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class NodeActivity:
-    """What the node is doing now: ``status`` is idle, busy, draining or paused; ``running`` holds
-    one ``{"jobId", "progress", "name"?}`` per job in hand."""
+    """What the node is doing now: ``status`` is idle, busy, draining, paused or disk full;
+    ``running`` holds one ``{"jobId", "progress", "name"?}`` per job in hand; ``reason`` says why
+    a node takes no jobs when its status alone does not (how full its disk is)."""
 
     status: str = "idle"
     running: Sequence[Mapping[str, Any]] = ()
+    reason: str = ""
 
 
 class Heartbeat:
@@ -264,7 +267,7 @@ class Heartbeat:
             await asyncio.wait_for(self.writer.remove(), self.step_timeout)
         except Exception as exc:  # noqa: BLE001
             log.warning("node %s: could not mark itself offline (%s); its key expires on its own",
-                        self.writer.name, exc)
+                        self.writer.name, str(exc) or f"no answer from Redis within {self.step_timeout:g} s")
 
     # -- helpers -------------------------------------------------------------------------------
     def _status(self, activity: NodeActivity) -> NodeStatus:
@@ -273,9 +276,10 @@ class Heartbeat:
             name=self.writer.name, host=info.host, pid=info.pid, status=activity.status,
             cpu=sample.get("cpu", 0.0), memory=sample.get("mem", 0.0), rss=self.last_rss,
             concurrency=info.concurrency, running=[dict(job) for job in activity.running],
-            ffmpeg_version=info.ffmpeg_version, encoders=list(info.encoders), tags=list(info.tags),
+            ffmpeg_version=info.ffmpeg_version, ffmpeg_path=info.ffmpeg_path, encoders=list(info.encoders),
+            tags=list(info.tags),
             version=info.version, started_at=self.started_at, last_seen=time.time(),
-            metrics_url=info.metrics_url,
+            metrics_url=info.metrics_url, reason=activity.reason,
         )
 
     def _step(self, name: str, func: Callable[..., Any], *args: Any) -> Any:

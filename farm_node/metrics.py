@@ -16,8 +16,13 @@ metric                             type       labels                  meaning
 ``worker_disk_free_bytes``         gauge      node                    free space of the work dir's disk
 ``worker_disk_total_bytes``        gauge      node                    size of the work dir's disk
 ``worker_redis_unreachable_seconds``  gauge   node                    how long heartbeats have failed, 0 when fine
+``worker_disk_full``               gauge      node                    1 while the work dir has no room for jobs
+``worker_jobs_handed_back_total``  counter    node, reason            jobs given back without using an attempt
+``worker_ffmpeg_stalls_total``     counter    node                    FFmpeg runs stopped for making no progress
 ``queue_jobs``                     gauge      state                   jobs per BullMQ state
-``encodeflow_build_info``          info       version, ffmpeg_version, node   always 1
+``encodeflow_build_info``          info       node, version,          always 1; the FFmpeg the node runs
+                                              ffmpeg_version,
+                                              ffmpeg_path
 ``process_*``                      (several)                          the node process (Linux)
 =================================  =========  ======================  ================================
 
@@ -55,6 +60,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 log = logging.getLogger(__name__)
 
 JOB_STATUSES = ("success", "failed", "cancelled")
+# Why a job went back to the queue unfinished, its attempt unused: no room in the work dir, the
+# database away, a stop (second SIGTERM).
+HAND_BACK_REASONS = ("disk_full", "database_unreachable", "stop")
 QUEUE_STATES = ("waiting", "active", "failed", "delayed")  # always exported, 0 until set
 # Transcodes last from seconds (a short proxy) to hours (a feature film in AV1): buckets up to 4 h.
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
@@ -68,7 +76,8 @@ MAX_HEAD_BYTES = 16 * 1024
 class NodeMetrics:
     """The node's metrics, and the HTTP server that exposes them."""
 
-    def __init__(self, node: str, *, version: str = "", ffmpeg_version: str = "", concurrency: int = 1,
+    def __init__(self, node: str, *, version: str = "", ffmpeg_version: str = "", ffmpeg_path: str = "",
+                 concurrency: int = 1,
                  disk_path: Path | str | None = None,
                  health: Callable[[], Mapping[str, Any]] | None = None,
                  on_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -94,6 +103,14 @@ class NodeMetrics:
         self._redis_outage = Gauge("worker_redis_unreachable_seconds",
                                    "How long the node's heartbeats have failed to reach Redis, 0 while they do",
                                    ["node"], registry=registry).labels(node)
+        self._stalls = Counter("worker_ffmpeg_stalls", "FFmpeg runs the progress watchdog stopped",
+                               ["node"], registry=registry).labels(node)  # exported as 0 from the start
+        self._disk_full = Gauge("worker_disk_full", "1 while the node's work dir has no room for jobs",
+                                ["node"], registry=registry).labels(node)
+        self._handed_back = Counter("worker_jobs_handed_back", "Jobs the node gave back to the queue without "
+                                    "using an attempt", ["node", "reason"], registry=registry)
+        for reason in HAND_BACK_REASONS:
+            self._handed_back.labels(node, reason)
         self._queue = Gauge("queue_jobs", "Jobs in the queue per state (the same on every node)",
                             ["state"], registry=registry)
         for status in JOB_STATUSES:
@@ -101,7 +118,7 @@ class NodeMetrics:
         for state in QUEUE_STATES:
             self._queue.labels(state)
         Info("encodeflow_build", "Version of the node and of its FFmpeg", registry=registry).info(
-            {"version": version, "ffmpeg_version": ffmpeg_version, "node": node}
+            {"version": version, "ffmpeg_version": ffmpeg_version, "ffmpeg_path": ffmpeg_path, "node": node}
         )
         if disk_path is not None:
             registry.register(_DiskCollector(node, Path(disk_path)))
@@ -115,6 +132,17 @@ class NodeMetrics:
             raise ValueError(f"unknown job status {status!r}; choose one of {', '.join(JOB_STATUSES)}")
         self._duration.labels(self.node, format, status).observe(max(0.0, duration_s))
         self._processed.labels(self.node, status).inc()
+
+    def count_stall(self) -> None:
+        self._stalls.inc()
+
+    def set_disk_full(self, full: bool) -> None:
+        self._disk_full.set(1 if full else 0)
+
+    def count_hand_back(self, reason: str) -> None:
+        if reason not in HAND_BACK_REASONS:
+            raise ValueError(f"unknown hand-back reason {reason!r}; choose one of {', '.join(HAND_BACK_REASONS)}")
+        self._handed_back.labels(self.node, reason).inc()
 
     def observe_queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(max(0.0, seconds))  # clocks of producer and node may disagree

@@ -2,8 +2,10 @@
 
 mark active -> download the input -> probe -> FFmpeg (progress to the queue and the database) ->
 verify the output -> upload it under a key of its own attempt -> finish the Job row with a
-conditional update. A run that may be repeated (a node died, a lock was lost) is harmless: the
-losing run deletes its own output, and the row is finished once.
+conditional update. A run that may be repeated (a node died, a lock was lost) is harmless: a run
+that finds its lock taken by another run stops at once and leaves the job to it; a run that finds
+the row completed by another deletes its own output and returns the row's result, so the row and
+BullMQ's return value always name the same output and node, and the job is counted once.
 
 Errors a retry cannot fix (a file that is not a video, FFmpeg refusing the input, a bad payload)
 raise ``UnrecoverableError`` so BullMQ fails the job at once; anything else (storage, database,
@@ -30,8 +32,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
+import sqlalchemy as sa
 from bullmq import UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
@@ -41,15 +44,21 @@ from farm.keys import output_filename, output_key, sanitize_name
 from farm.media import MediaInfo, NotAVideoError, probe
 from farm.payload import JobPayload, PayloadError
 from farm.storage import ObjectNotFound, StorageError, TransferCancelled
+from farm.untrusted import shown
 from farm_node.ffmpeg_args import build_args
-from farm_node.ffmpeg_runner import FFmpegError, run_ffmpeg
+from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S, FFmpegError, FFmpegStalled, run_ffmpeg
+from farm_node.workdir import job_dir_name
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # at most two progress writes a second per job: queue and database
+PROGRESS_SEND_TIMEOUT_S, PROGRESS_QUIET_S = 2.0, 10.0  # a report Redis did not take: skip it, pause
 DB_RETRY_FIRST_S, DB_RETRY_MAX_S = 0.5, 5.0  # backoff between tries while the database is away
 HAND_BACK_DELAY_S = 5.0  # a job handed back during an outage waits this long before its next run
+HAND_BACK_TIMEOUT_S = 10.0  # each Redis call of a cold stop's hand back
+ROOM_HAND_BACK_DELAY_S = 2.0  # a job handed back for room waits this long: another node takes it first
 DURATION_TOLERANCE_S = 0.5
+LOCK_CHECK_TIMEOUT_S = 3.0  # a Redis that does not answer this fast leaves the lock unknown: carry on
 
 
 NO_SPACE = "No space left on device"
@@ -60,23 +69,37 @@ class JobCancelled(Exception):
 
 
 class AlreadyCompleted(Exception):
-    """The row was completed by an earlier run; this run only completes the queue's job."""
+    """Another run completed the row; this run completes the queue's job with the row's result."""
 
-    def __init__(self, outputs: list):
+    def __init__(self, outputs: list, node: str | None):
         super().__init__("already completed")
         self.outputs = outputs
+        self.node = node
+
+
+class LockLost(Exception):
+    """Another run holds the job's lock now (this node was frozen or cut off past the lock): the
+    job, its row and its queue entry are that run's; this run only cleans up after itself."""
 
 
 class DatabaseUnreachable(RuntimeError):
     """The database did not answer within the run's retry budget: the job goes back to the queue."""
 
 
-class WorkDirFull(RuntimeError):
-    """The node ran out of disk in its work dir. Retried (another node may have room)."""
+class DatabaseRefused(RuntimeError):
+    """The database refused a statement (not an outage): the job is retried; the message is generic,
+    since the driver's text holds SQL and values, and the node's log has it."""
 
-    def __init__(self, node: str, work_dir: Path):
-        super().__init__(f"node {node} ran out of disk space in its work dir {work_dir}; "
-                         "free some space there or give the node another --work-dir")
+
+class WorkDirFull(RuntimeError):
+    """The node's work dir has no room for the job (``needed`` bytes, about): the node's problem, not
+    the job's, so it goes back to the queue while another node may have room (farm_node/disk_guard.py)."""
+
+    def __init__(self, node: str, work_dir: Path, needed: int, free: int):
+        super().__init__(f"node {node} ran out of disk space in its work dir {work_dir} ({free / 1e6:.1f} MB "
+                         f"free, the job needs about {needed / 1e6:.1f} MB); free some space there or give the "
+                         "node another --work-dir")
+        self.needed = needed
 
 
 @dataclass
@@ -88,6 +111,9 @@ class RunningJob:
     # The same request for storage transfers, which run in threads.
     transfer_cancel: threading.Event = field(default_factory=threading.Event)
     hand_back: bool = False  # cold stop: give the job back to the queue instead of failing it
+    token: str = ""  # BullMQ's lock token of this run
+    lost_lock: bool = False  # another run holds the lock now: stop, touch neither row nor queue
+    output_key: str | None = None  # set once the upload starts, so a run that stops can delete it
     progress: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
@@ -97,7 +123,9 @@ class JobProcessor:
 
     def __init__(self, *, node_name: str, db, storage, ffmpeg: str, work_dir: Path,
                  metrics=None, is_cancel_requested: Callable[[str], Any] | None = None,
-                 db_retry_seconds: float = 60.0):
+                 lock_holder: Callable[[str], Any] | None = None, db_retry_seconds: float = 60.0,
+                 progress_timeout: float | None = PROGRESS_TIMEOUT_S, disk=None,
+                 room_elsewhere: Callable[[str], Any] | None = None):
         self.node_name = node_name
         self.db = db
         self.storage = storage
@@ -105,12 +133,19 @@ class JobProcessor:
         self.work_dir = work_dir
         self.metrics = metrics
         self.is_cancel_requested = is_cancel_requested
+        # ``await lock_holder(job_id)``: the token that holds the job's BullMQ lock now ("": nobody;
+        # None: the queue has no such job), see QueueClient.lock_holder.
+        self.lock_holder = lock_holder
         self.running: dict[str, RunningJob] = {}
         # How long a write waits out a database outage: the node passes its lock duration, since
         # waiting longer would outlive a lock that a Redis cut stopped renewing (another node may
         # be running the job by then).
         self.db_retry_seconds = db_retry_seconds
+        self.progress_timeout = progress_timeout  # FFmpeg silent this long is stopped (None: never)
         self._db_down_since: float | None = None  # one log line per outage, not one per write
+        self.disk = disk  # farm_node.disk_guard.DiskGuard: None takes every job, full disk or not
+        # ``await room_elsewhere(job_id)``: whether another node may have room for a job this one has none for.
+        self.room_elsewhere = room_elsewhere
 
     # -- entry point (BullMQ's processor signature) ---------------------------------------------
     async def __call__(self, job, token: str) -> dict:
@@ -122,23 +157,27 @@ class JobProcessor:
         stalled = int(getattr(job, "stalledCounter", 0) or 0)
         attempt = int(job.attemptsMade or 0) + stalled + 1
         max_attempts = int((job.opts or {}).get("attempts") or 1) + stalled
-        log.info("job %s: run %d starting (stalled %d time(s) before)", job.id, attempt, stalled)
-        try:
+        try:  # before the id is logged or anything is fetched: the id itself may be hostile
             payload = JobPayload.parse(job.id, job.data)
         except PayloadError as exc:
-            raise UnrecoverableError(f"invalid job payload: {exc}") from None
-        run = RunningJob(payload.job_id, payload.input_name, attempt)
+            await self._refuse(job, exc, attempt)
+        log.info("job %s: run %d starting (stalled %d time(s) before)", payload.job_id, attempt, stalled)
+        run = RunningJob(payload.job_id, payload.input_name, attempt, token=token)
         self.running[payload.job_id] = run
-        job_dir = self.work_dir / f"{sanitize_name(payload.job_id)}-{attempt}"
+        job_dir = self.work_dir / job_dir_name(payload.job_id, attempt)
         started = time.monotonic()
         status: str | None = "failed"
         try:
-            result = await self._run(job, payload, run, job_dir)
+            result = await self._run_while_owned(job, payload, run, job_dir)
             status = "success"
             return result
+        except LockLost:
+            status = None  # not this run's outcome: the run that holds the lock settles the job
+            await self._abandon(run)
+            raise DelayedError() from None  # BullMQ leaves the job alone: it is the other run's
         except AlreadyCompleted as done:
-            status = None  # counted when the earlier run finished it
-            return {"outputs": done.outputs, "duplicate": True}
+            status = None  # counted by the run that completed the row
+            return _result(done.outputs, done.node)
         except DatabaseUnreachable as exc:
             status = None  # not an outcome: the job runs again once the database answers
             await self._give_back(job, token, payload, str(exc))
@@ -151,18 +190,28 @@ class JobProcessor:
                 raise DelayedError() from None
             await self._record(payload.job_id, "the cancel", repo.mark_cancelled, payload.job_id, "cancelled by user")
             raise UnrecoverableError("cancelled by user") from None
+        except PayloadError as exc:  # the payload contradicts the recorded rows (repo.check_payload)
+            await self._refuse(job, exc, attempt)
         except UnrecoverableError as exc:
             await self._fail(run, str(exc), getattr(exc, "log_tail", None))
             raise
         except Exception as exc:
-            if _disk_full(exc):  # the node's problem, not the job's: another node may have room
-                exc = WorkDirFull(self.node_name, self.work_dir)
+            if _disk_full(exc) and not isinstance(exc, WorkDirFull):
+                exc = self._work_dir_full(job_dir)
+            if isinstance(exc, WorkDirFull) and await self._hand_back_for_room(job, token, payload, exc):
+                status = None  # not an outcome: a node with room runs it
+                raise DelayedError() from None
             reason = _reason(exc)
             if attempt >= max_attempts:
                 await self._fail(run, reason, getattr(exc, "log_tail", None))
             else:
                 await self._record(payload.job_id, "the retry", repo.note_retry, payload.job_id,
                                    f"attempt {attempt} of {max_attempts} failed, will retry: {reason}")
+            if isinstance(exc, sa.exc.SQLAlchemyError):  # BullMQ's failedReason would quote its SQL
+                log.warning("job %s: the database refused a statement (%s: %s); the DEBUG log has it in full",
+                            payload.job_id, type(exc).__name__, error_line(exc))
+                log.debug("job %s: database error", payload.job_id, exc_info=exc)
+                raise DatabaseRefused(reason) from None
             raise
         finally:
             self.running.pop(payload.job_id, None)
@@ -173,9 +222,21 @@ class JobProcessor:
                 self.metrics.set_active(len(self.running))
 
     # -- the steps -----------------------------------------------------------------------------
+    async def _run_while_owned(self, job, payload: JobPayload, run: RunningJob, job_dir: Path) -> dict:
+        """``_run``; once the lock is lost, whatever ends the run (FFmpeg killed, a transfer
+        cancelled, an error) is reported as ``LockLost``: none of it is this run's to record."""
+        try:
+            return await self._run(job, payload, run, job_dir)
+        except Exception:
+            if run.lost_lock:
+                raise LockLost() from None
+            raise
+
     async def _run(self, job, payload: JobPayload, run: RunningJob, job_dir: Path) -> dict:
         if self.is_cancel_requested and await self.is_cancel_requested(payload.job_id):
             raise JobCancelled()
+        await self._db(repo.check_payload, payload)
+        await self._check_room(payload)
         job_dir.mkdir(parents=True, exist_ok=True)
         source = job_dir / ("input" + Path(sanitize_name(payload.input_name)).suffix.lower())
 
@@ -195,40 +256,47 @@ class JobProcessor:
             info = await self._probe(source, payload.input_name)
         except UnrecoverableError:
             if known is None:  # a job from another producer: record it, so its failure is listed
-                await self._db(repo.ensure_from_payload, payload.job_id, payload.raw, _unreadable_fields(source))
+                await self._db(repo.ensure_from_payload, payload, _unreadable_fields(source))
             raise
         if known is None:
-            await self._db(repo.ensure_from_payload, payload.job_id, payload.raw, _probe_fields(info, payload))
+            await self._db(repo.ensure_from_payload, payload, _probe_fields(info, payload))
             await self._mark_active(payload, run)
 
         config = payload.config
         target = job_dir / f"output.{config.extension}"
         args = build_args(self.ffmpeg, source, target, config, info)
         last_write = 0.0
+        queue_quiet_until = 0.0  # after a report Redis did not take: skip the queue for a while
 
         async def on_progress(percent: float) -> None:
-            nonlocal last_write
+            nonlocal last_write, queue_quiet_until
             if run.cancel.is_set():  # a killed FFmpeg still prints "progress=end": not a 100 %
                 return
             run.progress = percent
             now = time.monotonic()
             if now - last_write >= PROGRESS_INTERVAL_S or percent >= 100:
                 last_write = now
-                try:
-                    await job.updateProgress(round(percent, 1))
-                except Exception as exc:  # Redis away: skip this report, never fail the transcode for it
-                    log.debug("job %s: progress not sent to the queue: %s", payload.job_id, exc)
+                # FFmpeg's progress is read while this runs: a silent Redis must not hold it up.
+                if now >= queue_quiet_until and not await _report_progress(job, percent):
+                    queue_quiet_until = time.monotonic() + PROGRESS_QUIET_S
                 await self._record_progress(payload.job_id, percent)
 
         try:
-            result = await run_ffmpeg(args, duration=info.duration, on_progress=on_progress, cancel=run.cancel)
+            result = await run_ffmpeg(args, duration=info.duration, on_progress=on_progress, cancel=run.cancel,
+                                      progress_timeout=self.progress_timeout)
         except FFmpegError as exc:
             if run.cancel.is_set():
                 raise JobCancelled() from None
+            if isinstance(exc, FFmpegStalled):  # a hang need not come back: worth another try
+                log.warning("job %s: %s at %.1f %% (run %d); the job is retried while attempts remain",
+                            payload.job_id, exc.reason, run.progress, run.attempt)
+                if self.metrics is not None:
+                    self.metrics.count_stall()
+                raise
             if _killed_by_signal(exc):
                 raise  # OOM killer or an operator: worth another try
             if NO_SPACE in (exc.log_tail or ""):
-                raise WorkDirFull(self.node_name, self.work_dir) from None
+                raise self._work_dir_full(job_dir) from None
             # FFmpeg names its files by their paths in our work dir, which the user never saw.
             shown = _shown(exc.reason, {source: payload.input_name, target: f"the output ({config.output_name})"})
             err = UnrecoverableError(f"FFmpeg failed: {shown}")
@@ -240,25 +308,40 @@ class JobProcessor:
         out_info = await self._verify(target, info, config, payload.input_name)
         key = output_key(payload.job_id, run.attempt, output_filename(payload.input_name, config.output_name))
         self._check_cancel(run)
+        # The lock is checked at the two steps that leave something behind (an upload, the row),
+        # not only when BullMQ's renewal fails: a node that wakes with its transcode done gets here
+        # before its first renewal.
+        await self._check_lock(run)
+        run.output_key = key
         try:
             size = await asyncio.to_thread(self.storage.upload_file, target, key, cancel=run.transfer_cancel)
         except TransferCancelled:
             raise JobCancelled() from None
-        outputs = [outputs_record(config, key=key, size=size)]
+        outputs = [outputs_record(config, key=key, size=size, width=out_info.width, height=out_info.height,
+                                  duration=out_info.duration)]
+        await self._check_lock(run)
         won = await self._db(repo.finish_job, payload.job_id, "completed", attempt=run.attempt,
-                             outputs=outputs, log_tail=result.log_tail)
+                             outputs=outputs, log_tail=result.log_tail, node=self.node_name)
         if not won:
             # A try that committed just before the link broke makes the retry "lose" to itself.
             row = await self._db(repo.get_job, payload.job_id)
-            won = row is not None and row.status == "completed" and key in [o.get("key") for o in row.outputs or []]
-        if not won:
-            # Another run finished this job first (we lost our lock): leave no second result.
-            log.warning("job %s was finished by another run; deleting this run's output", payload.job_id)
-            await asyncio.to_thread(self.storage.delete, key)
-            return {"duplicate": True}
-        await job.updateProgress(100)
-        return {"outputs": outputs, "width": out_info.width, "height": out_info.height,
-                "duration": out_info.duration, "node": self.node_name}
+            if not (row is not None and row.status == "completed" and key in _keys(row.outputs)):
+                raise await self._settled_elsewhere(payload.job_id, key, row)
+        await _report_progress(job, 100)
+        return _result(outputs, self.node_name)
+
+    async def _settled_elsewhere(self, job_id: str, key: str, row) -> Exception:
+        """The row was settled while this run finished: another run completed it first, or the user
+        cancelled it. Delete this run's output and return how the run ends: with the row's result
+        (so BullMQ's return value names the output and node that the row names), or cancelled."""
+        if row is not None and row.status == "completed":
+            log.warning("job %s was finished by another run; deleting this run's output", job_id)
+            ending: Exception = AlreadyCompleted(row.outputs or [], row.node)
+        else:
+            log.warning("job %s was cancelled as this run finished; deleting this run's output", job_id)
+            ending = JobCancelled()
+        await asyncio.to_thread(self.storage.delete, key)
+        return ending
 
     async def _mark_active(self, payload: JobPayload, run: RunningJob) -> None:
         ok = await self._db(repo.mark_active, payload.job_id, self.node_name, run.attempt)
@@ -266,7 +349,7 @@ class JobProcessor:
             row = await self._db(repo.get_job, payload.job_id)
             if row is not None and row.status == "completed":
                 # An earlier run finished the row, then its node died before telling BullMQ.
-                raise AlreadyCompleted(row.outputs or [])
+                raise AlreadyCompleted(row.outputs or [], row.node)
             raise JobCancelled()  # cancelled meanwhile: a stale queue entry
         if self.metrics is not None:
             job = await self._db(repo.get_job, payload.job_id)
@@ -309,6 +392,16 @@ class JobProcessor:
     def _check_cancel(self, run: RunningJob) -> None:
         if run.cancel.is_set():
             raise JobCancelled()
+
+    async def _refuse(self, job, exc: PayloadError, attempt: int) -> NoReturn:
+        """Fail a job for its payload at once (a retry would send the same), before anything is
+        downloaded, and record it as failed: the failed list is where a user looks for it, and its
+        producer may have recorded nothing."""
+        reason = f"invalid job payload: {exc}"
+        log.warning("job %s: %s", shown(job.id), reason)
+        await self._record(shown(job.id), "the refusal", repo.record_refusal, job.id, job.data, reason,
+                           attempt=attempt)
+        raise UnrecoverableError(reason)
 
     async def _fail(self, run: RunningJob, reason: str, log_tail: str | None) -> None:
         await self._record(run.job_id, "the failure", repo.finish_job, run.job_id, "failed", attempt=run.attempt,
@@ -372,6 +465,44 @@ class JobProcessor:
                         time.monotonic() - self._db_down_since)
             self._db_down_since = None
 
+    # -- no room in the work dir --------------------------------------------------------------
+    async def _check_room(self, payload: JobPayload) -> None:
+        """An input larger than the free space goes back before a byte of it is downloaded."""
+        if self.disk is None:
+            return
+        size = await asyncio.to_thread(self.storage.size, payload.input_key)
+        free = await asyncio.to_thread(self.disk.free)
+        if size is not None and size > free:
+            raise WorkDirFull(self.node_name, self.work_dir, needed=size, free=free)
+
+    def _work_dir_full(self, job_dir: Path) -> WorkDirFull:
+        """ENOSPC during a run: the job needed more than what its run folder held when the disk filled."""
+        held = sum(f.stat().st_size for f in job_dir.rglob("*") if f.is_file()) if job_dir.is_dir() else 0
+        return WorkDirFull(self.node_name, self.work_dir, needed=held, free=shutil.disk_usage(self.work_dir).free)
+
+    async def _hand_back_for_room(self, job, token: str, payload: JobPayload, exc: WorkDirFull) -> bool:
+        """Back to the queue without using an attempt, while another node may have room; False when
+        none may (the run then fails like any other, and its attempts run out)."""
+        if self.disk is None:
+            return False
+        try:
+            elsewhere = bool(self.room_elsewhere and await asyncio.wait_for(self.room_elsewhere(payload.job_id),
+                                                                            HAND_BACK_TIMEOUT_S))
+        except Exception as exc_redis:  # Redis away: the queue's retry takes over
+            log.debug("job %s: cannot tell whether another node has room: %r", payload.job_id, exc_redis)
+            elsewhere = False
+        await self.disk.no_room(exc.needed, elsewhere)
+        if not elsewhere:
+            return False
+        log.info("job %s: handed back to the queue for a node with room (this one has %.1f MB free, the job "
+                 "needs about %.1f MB)", payload.job_id, self.disk.free() / 1e6, exc.needed / 1e6)
+        await self._record(payload.job_id, "the hand back", repo.requeue, payload.job_id,
+                           note=f"handed back: {exc}", budget=2.0)
+        await job.moveToDelayed(int((time.time() + ROOM_HAND_BACK_DELAY_S) * 1000), token)
+        if self.metrics is not None:
+            self.metrics.count_hand_back("disk_full")
+        return True
+
     async def _give_back(self, job, token: str, payload: JobPayload, reason: str) -> None:
         """The database stayed away: back to the queue, no attempt used, no row written (we can't).
 
@@ -381,6 +512,8 @@ class JobProcessor:
         log.warning("job %s: %s; handing the job back to the queue (next run in %.0f s)", payload.job_id,
                     reason, HAND_BACK_DELAY_S)
         await job.moveToDelayed(int((time.time() + HAND_BACK_DELAY_S) * 1000), token)
+        if self.metrics is not None:
+            self.metrics.count_hand_back("database_unreachable")
 
     async def _hand_back(self, job, token: str, payload: JobPayload) -> None:
         """Cold stop: give the job back to the queue at once, without using up an attempt."""
@@ -389,12 +522,19 @@ class JobProcessor:
         # A cold stop is meant to be quick: wait for a database that is away only briefly.
         await self._record(payload.job_id, "the hand back", repo.requeue, payload.job_id,
                            note=f"handed back by node {self.node_name}", budget=2.0)
-        await job.moveToDelayed(int(time.time() * 1000), token)
+        try:  # and for a Redis that answers at once: a silent one must not hold the stop
+            await asyncio.wait_for(job.moveToDelayed(int(time.time() * 1000), token), HAND_BACK_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("job %s: could not hand it back (%s); it runs again once its lock expires",
+                        payload.job_id, _redis_reason(exc, HAND_BACK_TIMEOUT_S))
+            return
+        if self.metrics is not None:
+            self.metrics.count_hand_back("stop")
         # A job delayed until "now" still sits in BullMQ's delayed set until some worker happens to
         # promote it: with no other node running it showed as "delayed", not waiting, in dashboards
         # and in queue_jobs{state="waiting"}. Promote it so it is back in wait at once.
         try:
-            await job.promote()
+            await asyncio.wait_for(job.promote(), HAND_BACK_TIMEOUT_S)
         except Exception as exc:  # another worker promoted (and maybe took) it first: fine
             log.debug("job %s was promoted by someone else: %s", payload.job_id, exc)
 
@@ -413,6 +553,60 @@ class JobProcessor:
             run.cancel.set()
             run.transfer_cancel.set()
 
+    # -- the lock --------------------------------------------------------------------------------
+    async def check_lock(self, job_id: str) -> None:
+        """BullMQ could not renew a job's lock: stop its run at once if another run holds it now."""
+        run = self.running.get(job_id)
+        if run is not None and not run.lost_lock and await self._lock_taken(run):
+            self._lose(run)
+
+    async def _check_lock(self, run: RunningJob) -> None:
+        if run.lost_lock or await self._lock_taken(run):
+            self._lose(run)
+            raise LockLost()
+
+    async def _lock_taken(self, run: RunningJob) -> bool:
+        """Whether the job's lock is known to hold another token than this run's (or none: it ran
+        out, and BullMQ's stalled check gives the job to another run). A job the queue lost (Redis
+        lost its data) has no other run: this one carries on, and the row keeps its result."""
+        if self.lock_holder is None or not run.token:
+            return False
+        try:
+            holder = await asyncio.wait_for(self.lock_holder(run.job_id), LOCK_CHECK_TIMEOUT_S)
+        except Exception as exc:  # Redis away: not known, so carry on; BullMQ refuses a stale completion
+            log.debug("job %s: could not read its lock: %s", run.job_id, exc)
+            return False
+        return holder is not None and holder != run.token
+
+    def _lose(self, run: RunningJob) -> None:
+        run.lost_lock = True
+        run.cancel.set()  # FFmpeg's group is stopped at once
+        run.transfer_cancel.set()
+
+    async def _abandon(self, run: RunningJob) -> None:
+        """End a run that lost its lock: its work dir goes (``__call__``'s ``finally``) and so does
+        its upload, if it made one; the row and the queue's job are the other run's."""
+        log.warning("job %s: run %d lost its lock to another run (this node was frozen or cut off from Redis "
+                    "for longer than the lock); stopped it and left the job to that run", run.job_id, run.attempt)
+        if run.output_key is None:
+            return
+        try:
+            await asyncio.to_thread(self.storage.delete, run.output_key)
+        except Exception as exc:  # the reconciler deletes outputs that no row names
+            log.warning("job %s: could not delete this run's output %s: %s", run.job_id, run.output_key, exc)
+
+
+def _result(outputs: list[dict], node: str | None) -> dict:
+    """BullMQ's return value, made from what the row holds, whichever run made it: the queue and
+    the row name the same outputs and the same node."""
+    primary = outputs[0] if outputs else {}
+    return {"outputs": outputs, "width": primary.get("width"), "height": primary.get("height"),
+            "duration": primary.get("duration"), "node": node}
+
+
+def _keys(outputs: list[dict] | None) -> list[str | None]:
+    return [o.get("key") for o in outputs or [] if isinstance(o, dict)]
+
 
 def _disk_full(exc: BaseException | None) -> bool:
     """Whether ENOSPC is behind this error (storage wraps the OSError in its own error)."""
@@ -425,14 +619,33 @@ def _disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+async def _report_progress(job, percent: float) -> bool:
+    """The bar in the queue: nice to have, so a Redis away or silent skips it (quickly)."""
+    try:
+        await asyncio.wait_for(job.updateProgress(round(percent, 1)), PROGRESS_SEND_TIMEOUT_S)
+        return True
+    except Exception as exc:  # never fail (or stall) the transcode for it
+        log.debug("job %s: progress not sent to the queue: %r", job.id, exc)
+        return False
+
+
+def _redis_reason(exc: BaseException, timeout: float) -> str:
+    """A timeout carries no words of its own: say what it means."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or not str(exc):
+        return f"Redis gave no answer within {timeout:g} s"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _killed_by_signal(exc: FFmpegError) -> bool:
     code = getattr(exc, "returncode", None)
     return code is not None and code < 0
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, (WorkDirFull, StorageError)):  # their text is written for users already
+    if isinstance(exc, (WorkDirFull, StorageError, FFmpegStalled)):  # their text is written for users already
         return str(exc)
+    if isinstance(exc, sa.exc.SQLAlchemyError):  # its text holds SQL and values: for the log, not users
+        return "the database refused to record the job; the node's log says why"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

@@ -14,10 +14,19 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from farm.settings import CONFIG_ENV, ENV_VARS, Settings
 from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 - fixtures for every test
+
+# Hypothesis' "too slow" health check and its per-example deadline time the machine, not the code:
+# beside FFmpeg and the farm's processes (or on a shared CI runner) generating a nested payload or
+# running one example can take seconds, and the property tests then failed at random. None of
+# them is about speed, so neither timer applies; the checks on the strategies themselves do.
+hypothesis.settings.register_profile(
+    "encodeflow", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("encodeflow")
 
 TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

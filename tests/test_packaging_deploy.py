@@ -190,8 +190,8 @@ def test_the_launchd_plist_restarts_on_failure_and_drains_as_long_as_the_unit():
     with PLIST.open("rb") as fh:
         plist = plistlib.load(fh)
     assert plist["Label"] == PLIST.stem
-    program, *flags = plist["ProgramArguments"]
-    assert program.endswith("/farm-node")
+    wrapper, program, *flags = plist["ProgramArguments"]
+    assert wrapper.endswith("/farm-node-launchd") and program.endswith("/farm-node")
     build_parser().parse_args(flags)
     assert plist["KeepAlive"] == {"SuccessfulExit": False}  # a drain (exit 0) stays stopped
     assert plist["ExitTimeOut"] == seconds(unit_value(unit_entries(UNIT), "Service", "TimeoutStopSec"))
@@ -200,6 +200,35 @@ def test_the_launchd_plist_restarts_on_failure_and_drains_as_long_as_the_unit():
     assert plist["UserName"] != "root"
     for key in ("StandardOutPath", "StandardErrorPath", "WorkingDirectory"):
         assert plist[key].startswith("/")
+
+
+LAUNCHD_WRAPPER = PACKAGING / "launchd" / "farm-node-launchd"
+
+
+def test_under_launchd_a_configuration_error_stays_stopped_and_an_outage_is_retried():
+    """launchd restarts any non-zero exit; the wrapper hands it 0 for farm-node's exit 2 only."""
+    node = [sys.executable, "-m", "farm_node", "--name", "launchd-test", "--no-metrics"]
+    bad_flag = subprocess.run([str(LAUNCHD_WRAPPER), *node, "--concurrency", "lots"], capture_output=True,
+                              text=True, timeout=60)
+    assert bad_flag.returncode == 0 and "--concurrency" in bad_flag.stderr
+    env = {**os.environ, ENV_VARS["redis_url"]: f"redis://127.0.0.1:{free_port()}/0"}  # nobody listens
+    outage = subprocess.run([str(LAUNCHD_WRAPPER), *node], capture_output=True, text=True, timeout=60, env=env)
+    assert outage.returncode == 1 and "Connection refused" in outage.stderr
+
+
+def test_under_launchd_sigterm_reaches_the_node_which_drains(redis_url, tmp_path):
+    log = tmp_path / "node.log"
+    wrapper = subprocess.Popen([str(LAUNCHD_WRAPPER), sys.executable, "-m", "farm_node", "--name", "launchd-test",
+                                "--no-metrics"], stderr=log.open("w"))
+    try:
+        wait_for(lambda: "node launchd-test up" in log.read_text() or wrapper.poll() is not None, timeout=60,
+                 what="the node to start")
+        wrapper.send_signal(signal.SIGTERM)  # what `launchctl bootout` sends
+        assert wrapper.wait(60) == 0
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert "draining" in log.read_text() and "node launchd-test stopped" in log.read_text()
 
 
 # -- Docker ----------------------------------------------------------------------------------------

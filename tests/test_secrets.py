@@ -201,7 +201,7 @@ def test_a_wrong_s3_secret_is_named_and_never_shown(auth_s3, redis_url, clip, mo
     assert result.returncode == 1, result.stderr
     assert "rejected the credentials (SignatureDoesNotMatch)" in result.stderr.splitlines()[-1]
     # The node's start-up check begins with a HEAD request, whose 403 carries no error code.
-    assert node.returncode == 1 and re.search(r"rejected the credentials|access denied by S3", node.stderr)
+    assert node.returncode == 2 and re.search(r"rejected the credentials|access denied by S3", node.stderr)
     shown = result.stdout + result.stderr + node.stdout + node.stderr
     assert leaks(shown, wrong, auth_s3.secret, auth_s3.key_id) == []
     checked = check_storage(os.environ[ENV_VARS["storage_url"]])
@@ -239,7 +239,7 @@ def test_wrong_and_unreachable_redis_passwords_are_never_shown(password_redis, c
     monkeypatch.setenv(ENV_VARS["redis_url"], wrong)
     node = subprocess.run([sys.executable, "-m", "farm_node", "--name", "pw-node", "--no-metrics",
                            "--log-level", "DEBUG"], capture_output=True, text=True, timeout=120)
-    assert node.returncode == 1 and "invalid username-password pair" in node.stderr
+    assert node.returncode == 2 and "invalid username-password pair" in node.stderr
     shown += node.stdout + node.stderr
     assert leaks(shown, wrong_pw, password_redis.password) == []
     assert leaks(check_redis(wrong).message + check_redis(unreachable).message, wrong_pw, password_redis.password) == []

@@ -28,6 +28,7 @@ class JobDetailsDialog(QDialog):
         facts.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for label, value in self._facts(job, video):
             field = QLabel(value)
+            field.setTextFormat(Qt.TextFormat.PlainText)  # a file's name is not markup, whatever it holds
             field.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             field.setWordWrap(True)
             facts.addRow(label, field)

@@ -22,6 +22,7 @@ STATUS_COLORS = {
     "busy": "#2f6fdb",
     "draining": "#d9822b",
     "paused": "#a07800",
+    "disk full": "#b3261e",
     "offline": "#8a8f98",
 }
 OFFLINE_TEXT = "#8a8f98"

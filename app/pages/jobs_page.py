@@ -27,6 +27,7 @@ from app.models.jobs_model import (BAR_ENABLED_ROLE, COL_CREATED, COL_FILE, COL_
                                    JobsModel, short_id)
 from app.widgets.progress_delegate import ProgressDelegate
 from farm.db import repo
+from farm.keys import sanitize_name
 
 PAGE_SIZE = 200
 TEXT_DEBOUNCE_MS = 300
@@ -169,6 +170,7 @@ class JobsPage(QWidget):
         bar_layout = QHBoxLayout(self.message_bar)
         bar_layout.setContentsMargins(0, 0, 0, 0)
         self.message_label = QLabel()
+        self.message_label.setTextFormat(Qt.TextFormat.PlainText)  # messages quote names from users and the queue
         self.message_label.setObjectName("notice")
         self.message_label.setWordWrap(True)
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -551,6 +553,7 @@ class JobsPage(QWidget):
         self._act_on(ids, "cancel", lambda farm, job_id: farm.cancel(job_id), {
             "removed": "Job {id} cancelled",
             "absent": "Job {id} cancelled",
+            "cancelled": "Job {id} cancelled; its node stopped FFmpeg",
             "requested": "Cancelling job {id}: its node is stopping FFmpeg",
         })
 
@@ -612,7 +615,9 @@ class JobsPage(QWidget):
             return
         job = jobs[0]
         output = job["output"]
-        dest = self.services.settings.data_dir / "cache" / job["id"] / output["key"].rsplit("/", 1)[-1]
+        # Rows are data (any producer may write them): an id or key never chooses where a file goes.
+        name = sanitize_name(output["key"].rsplit("/", 1)[-1])
+        dest = self.services.settings.data_dir / "cache" / sanitize_name(job["id"]) / name
         farm_of = self._farm
 
         def fetch() -> Path:

@@ -182,6 +182,7 @@ class StoragePage(QWidget):
 
         transfer_bar = QHBoxLayout()
         self.progress_label = QLabel()
+        self.progress_label.setTextFormat(Qt.TextFormat.PlainText)  # it names objects: any key, not markup
         self.progress_label.setObjectName("transferLabel")
         self.progress = QProgressBar()
         self.progress.setObjectName("transferProgress")

@@ -41,6 +41,7 @@ class WorkerDetail(QWidget):
         self.resize(900, 620)
 
         title = QLabel(name)
+        title.setTextFormat(Qt.TextFormat.PlainText)  # a name from the registry is not markup
         title.setObjectName("pageTitle")
         self.badge = QLabel()
         self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)

@@ -43,6 +43,7 @@ _ENABLED = {
     "idle": {"pause", "drain"},
     "busy": {"pause", "drain"},
     "paused": {"run", "drain"},
+    "disk full": {"pause", "drain"},  # it takes jobs again by itself once there is room
     "draining": set(),  # it is on its way out; a restart brings it back running
     "offline": {"pause", "run"},  # remembered: the node comes back in that state
 }
@@ -122,12 +123,18 @@ class NodeCard(QFrame):
         self.note = QLabel()
         self.note.setWordWrap(True)
         self.note.hide()
+        self.reason = QLabel()  # why the node takes no jobs, in the node's words ("disk full": how full)
+        self.reason.setWordWrap(True)
+        self.reason.setTextFormat(Qt.TextFormat.PlainText)
+        self.reason.setStyleSheet("color: #b3261e;")
+        self.reason.hide()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 10, 12, 10)
         layout.setSpacing(5)
         layout.addLayout(header)
         layout.addWidget(self.meta)
+        layout.addWidget(self.reason)
         layout.addLayout(gauges)
         layout.addLayout(self.jobs_box)
         layout.addWidget(self.last_seen)
@@ -161,6 +168,8 @@ class NodeCard(QFrame):
         self.cpu_bar.setFormat("%p %" if online else "–")
         self.mem_bar.setFormat("%p %" if online else "–")
         self._show_jobs(node.running if online else [])
+        self.reason.setText(node.reason if online else "")
+        self.reason.setVisible(bool(node.reason) and online)
         self.encoders.setText(f"Encoders: {short_list(node.encoders)}")
         self.encoders.setToolTip(", ".join(node.encoders) or "This node has not reported its encoders.")
         self.tags.setText(f"Tags: {short_list(node.tags, limit=5)}")

@@ -42,6 +42,9 @@ PG_CONNECT_TIMEOUT_S = 10
 PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 # SQLite's words for a file it cannot use for now (a writer holding it, a NAS mount gone).
 _SQLITE_OUTAGE = ("database is locked", "database is busy", "unable to open database file", "disk i/o error")
+# libpq's words for a refusal that no wait fixes (see is_refusal).
+_REFUSALS = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
+             "permission denied", "name or service not known", "nodename nor servname provided")
 # Any fixed 64-bit number, the same in every process of every version: "EncoFlow" in ASCII.
 PG_MIGRATION_LOCK_KEY = 0x456E636F466C6F77
 
@@ -49,7 +52,15 @@ _READ_ONLY = "encodeflow_read_only"  # execution option: SQLite begins deferred,
 
 
 class DatabaseError(RuntimeError):
-    """The database cannot be opened; the message says which one (never its password) and why."""
+    """The database cannot be opened; the message says which one (never its password) and why.
+
+    ``config`` is true when the settings are wrong (bad URL, refused credentials, no such database,
+    a schema newer than this program): waiting cannot fix those, unlike a server that is down.
+    """
+
+    def __init__(self, message: str, *, config: bool = False):
+        super().__init__(message)
+        self.config = config
 
 
 class Database:
@@ -105,13 +116,13 @@ def open_database(url: str) -> Database:
     except sa.exc.ArgumentError:
         raise DatabaseError(
             "the database URL is not a valid SQLAlchemy URL; expected e.g. "
-            "postgresql+psycopg://user:password@host/dbname or sqlite:////path/to/encodeflow.db"
-        ) from None
+            "postgresql+psycopg://user:password@host/dbname or sqlite:////path/to/encodeflow.db",
+            config=True) from None
     shown = parsed.render_as_string(hide_password=True)
     try:
         engine = _create_engine(parsed)
     except (ImportError, sa.exc.ArgumentError, OSError) as exc:
-        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}") from None
+        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}", config=True) from None
     try:
         _migrate(engine)
     except DatabaseError:
@@ -119,7 +130,8 @@ def open_database(url: str) -> Database:
         raise
     except (sa.exc.DBAPIError, OSError) as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}") from None
+        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}",
+                            config=is_refusal(exc)) from None
     return Database(engine)
 
 
@@ -156,6 +168,14 @@ def is_unreachable(exc: BaseException) -> bool:
         text = str(exc.orig).lower()
         return any(words in text for words in _SQLITE_OUTAGE)
     return True  # PostgreSQL: connection refused or reset, server shutting down, ...
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the server refused us for good reason (credentials, no such role or database, no
+    access rule for this host), rather than being away. libpq reports these on connect with no
+    SQLSTATE, so its words are matched; an unknown failure counts as an outage (worth a retry)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(words in text for words in _REFUSALS)
 
 
 # -- engines -----------------------------------------------------------------------------------
@@ -256,7 +276,7 @@ def _is_current(engine: sa.Engine, script: ScriptDirectory) -> bool:
     if unknown:
         raise DatabaseError(
             f"the database schema is at revision {', '.join(sorted(unknown))}, made by a newer "
-            "EncodeFlow than this one; upgrade EncodeFlow on this machine"
+            "EncodeFlow than this one; upgrade EncodeFlow on this machine", config=True
         )
     return current == set(script.get_heads())
 

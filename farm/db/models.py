@@ -20,6 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from farm.keys import MAX_ID_CHARS
+from farm.payload import MAX_NAME_CHARS, MAX_SUBMITTED_BY_CHARS
+
 # Deterministic constraint names, so later migrations can refer to them (and SQLite batch mode works).
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -29,7 +32,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ID_LENGTH = 64  # our ids are UUIDs; BullMQ ids made by other producers may be any short string
+# Our ids are UUIDs; other producers' ids follow the same rules (farm.keys.validate_id). The text
+# limits are the queue payload's (farm.payload), so whatever a node accepts fits its column.
+ID_LENGTH = MAX_ID_CHARS
 
 
 class JobStatus(StrEnum):
@@ -95,7 +100,7 @@ class Video(Base):
     __tablename__ = "videos"
 
     id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(sa.String(1024))  # the original file name
+    name: Mapped[str] = mapped_column(sa.String(MAX_NAME_CHARS))  # the original file name
     key: Mapped[str] = mapped_column(sa.String(1024))  # storage key of the input
     size: Mapped[int] = mapped_column(sa.BigInteger)
     duration: Mapped[float] = mapped_column(sa.Float)  # seconds
@@ -104,7 +109,7 @@ class Video(Base):
     video_codec: Mapped[str] = mapped_column(sa.String(64))
     audio_codec: Mapped[str | None] = mapped_column(sa.String(64))
     container: Mapped[str] = mapped_column(sa.String(255))  # demuxer name(s), e.g. "matroska,webm"
-    submitted_by: Mapped[str] = mapped_column(sa.String(255), default="")
+    submitted_by: Mapped[str] = mapped_column(sa.String(MAX_SUBMITTED_BY_CHARS), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def __repr__(self) -> str:

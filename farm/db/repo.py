@@ -12,6 +12,7 @@ final; a ``failed`` job may be retried.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from datetime import datetime, timezone
@@ -24,7 +25,6 @@ from sqlalchemy.orm import Session, contains_eager
 from farm.db.engine import Database
 from farm.db.models import (
     FINISHED_STATUSES,
-    ID_LENGTH,
     STATUSES,
     TERMINAL_STATUSES,
     Job,
@@ -33,13 +33,20 @@ from farm.db.models import (
     new_id,
     utcnow,
 )
+from farm.keys import InvalidKeyError, validate_id
+from farm.payload import JobPayload, PayloadError, salvage
+from farm.untrusted import cut, printable, shown
 
 LOG_TAIL_MAX_CHARS = 16_000
+# Errors come from anywhere (FFmpeg, BullMQ's failedReason, which any worker writes): each is stored
+# with its control characters escaped and cut to a length, so no terminal that shows it is driven
+# or flooded.
+ERROR_MAX_CHARS = 2000
+REFUSED_CONTAINER = "refused"  # the Video row of a job refused for its payload: nothing was probed
 # The Video columns a node fills from its probe of the input (other probe fields are ignored).
 PROBE_FIELDS = ("size", "duration", "width", "height", "video_codec", "audio_codec", "container")
 _REQUIRED_PROBE_FIELDS = ("size", "duration", "width", "height", "video_codec", "container")
-# Videos a node records from a payload whose key is not ``inputs/<video id>/<name>`` get an id
-# derived from the key, so two nodes recording the same payload make the same row.
+# The video of a refused job gets an id derived from the job's, so two nodes make the same row.
 _VIDEO_ID_NAMESPACE = uuid.UUID("5b0e3c1e-6a8f-4f0e-9d3a-6e6f64656661")
 
 
@@ -79,46 +86,96 @@ def create_job(
 
 
 def ensure_from_payload(
-    db: Database, job_id: str, payload: Mapping[str, Any], probe_fields: Mapping[str, Any],
-    *, created_at: datetime | None = None,
+    db: Database, payload: JobPayload, probe_fields: Mapping[str, Any], *, created_at: datetime | None = None,
 ) -> Job:
-    """The job for a queue payload, creating it (and its video) if no one recorded them.
+    """The job for a validated queue payload, creating it (and its video) if no one recorded them.
 
-    A node calls this for every job it takes, since any BullMQ producer may have enqueued it.
-    Safe to call concurrently from several nodes: the rows are inserted "if absent", so all
-    callers get the same job. ``probe_fields`` holds the Video columns measured on the input
-    (``PROBE_FIELDS``; extra keys are ignored); ``created_at`` is when the job was enqueued,
-    if known.
+    A node calls this for every job it takes, since any BullMQ producer may have enqueued it; it
+    calls ``check_payload`` first, so the video a payload names is its own. Safe to call
+    concurrently from several nodes: the rows are inserted "if absent", so all callers get the
+    same job. ``probe_fields`` holds the Video columns measured on the input (``PROBE_FIELDS``;
+    extra keys are ignored); ``created_at`` is when the job was enqueued, if known. Only the
+    fields ``JobPayload`` read and checked are stored, never the rest of the payload.
     """
-    job = get_job(db, job_id)
+    job = get_job(db, payload.job_id)
     if job is not None:
         return job
-    key, name = _payload_input(payload)
-    config = payload.get("outputConfig")
-    if not isinstance(config, Mapping):
-        raise ValueError("the queue payload has no outputConfig object")
     missing = [field for field in _REQUIRED_PROBE_FIELDS if probe_fields.get(field) is None]
     if missing:
         raise ValueError(f"probe fields missing: {', '.join(missing)}")
-    submitted_by = payload.get("submittedBy")
-    priority = payload.get("priority")
-    now = utcnow()
     video = {field: probe_fields.get(field) for field in PROBE_FIELDS}
-    video.update(
-        id=_video_id(payload, key), name=name, key=key, created_at=now,
-        submitted_by=submitted_by if isinstance(submitted_by, str) else "",
-    )
+    video.update(id=payload.video_id, name=payload.input_name, key=payload.input_key,
+                 submitted_by=payload.submitted_by)
+    return _insert_job(db, payload.job_id, video, config=payload.config.to_payload(), priority=payload.priority,
+                       created_at=created_at)
+
+
+def check_payload(db: Database, payload: JobPayload) -> None:
+    """Refuse a payload that contradicts the recorded rows, before anything is downloaded.
+
+    ``PayloadError`` when the job is recorded with another input, or when the payload's video id
+    names a video of another input: a job from the queue is never attached to a video that is not
+    its own (it would show that video's name and dimensions, and change nothing of its own).
+    """
+    with db.session(read_only=True) as session:
+        job = session.get(Job, payload.job_id)
+        if job is not None:
+            if job.video.key != payload.input_key:
+                raise PayloadError("input.key", f"job {payload.job_id} is recorded with another input, "
+                                                f"not {shown(payload.input_key)}")
+            return
+        video = session.get(Video, payload.video_id)
+    if video is not None and video.key != payload.input_key:
+        raise PayloadError("videoId", f"video {payload.video_id} is recorded with another input, not "
+                                      f"{shown(payload.input_key)}; a job may only be attached to its own video")
+
+
+def record_refusal(db: Database, bull_job_id: Any, data: Any, error: str, *, attempt: int) -> Job | None:
+    """Record a job that a node refused for its payload as ``failed`` with ``error``, so the failed
+    list (the farm's dead-letter list) shows it; returns its row.
+
+    A job recorded already (by its producer) just fails, unless it is settled. Otherwise the row's id is the BullMQ id
+    when that is a valid id, else ``refused-<hash of it>``; its video is a row of its own (container
+    ``REFUSED_CONTAINER``, nothing probed), never one the payload names; and of the payload it
+    keeps only the fields that passed their own check (``farm.payload.salvage``).
+    """
+    job_id = refusal_job_id(bull_job_id)
+    if get_job(db, job_id) is None:
+        found = salvage(data)
+        video = dict(id=str(uuid.uuid5(_VIDEO_ID_NAMESPACE, f"refused/{job_id}")),
+                     name=found.get("input_name") or "(invalid payload)", key=found.get("input_key", ""),
+                     size=0, duration=0.0,
+                     width=0, height=0, video_codec="", audio_codec=None, container=REFUSED_CONTAINER,
+                     submitted_by=found.get("submitted_by", ""))
+        config = found["config"].to_payload() if "config" in found else {}
+        _insert_job(db, job_id, video, config=config, priority=found.get("priority", 0))
+    finish_job(db, job_id, JobStatus.FAILED.value, attempt=attempt, error=error)
+    return get_job(db, job_id)
+
+
+def refusal_job_id(bull_job_id: Any) -> str:
+    """The row id for a refused job: its BullMQ id, unless that could not be stored or shown safely
+    (a newline, 10 kB): then one derived from it, the same on every node."""
+    try:
+        return validate_id(bull_job_id)
+    except InvalidKeyError:
+        digest = hashlib.sha256(str(bull_job_id).encode("utf-8", "surrogatepass")).hexdigest()
+        return f"refused-{digest[:32]}"
+
+
+def _insert_job(db: Database, job_id: str, video: dict[str, Any], *, config: dict[str, Any], priority: int,
+                created_at: datetime | None = None) -> Job:
+    now = utcnow()
     job_row = dict(
-        id=job_id, video_id=video["id"], config=dict(config), status=JobStatus.QUEUED.value,
-        progress=0.0, priority=priority if type(priority) is int else 0, attempts=0, outputs=[],
-        created_at=created_at or now, updated_at=now,
+        id=job_id, video_id=video["id"], config=config, status=JobStatus.QUEUED.value, progress=0.0,
+        priority=priority, attempts=0, outputs=[], created_at=created_at or now, updated_at=now,
     )
     with db.session() as session:
-        _insert_if_absent(session, Video, video)
+        _insert_if_absent(session, Video, {**video, "created_at": now})
         _insert_if_absent(session, Job, job_row)
     job = get_job(db, job_id)
     if job is None:  # inserted just now, or by someone else first: it must be there
-        raise RuntimeError(f"job {job_id!r} vanished while it was being recorded")
+        raise RuntimeError(f"job {job_id} vanished while it was being recorded")
     return job
 
 
@@ -260,19 +317,20 @@ def update_progress(db: Database, job_id: str, progress: float, node: str | None
 
 def finish_job(
     db: Database, job_id: str, status: str, *, attempt: int, outputs: list[dict[str, Any]] | None = None,
-    error: str | None = None, log_tail: str | None = None,
+    error: str | None = None, log_tail: str | None = None, node: str | None = None,
 ) -> bool:
     """Settle a run's result, unless the job is already completed or cancelled.
 
     Returns whether this call won. A run that lost must discard what it made: another run's
-    result (or the user's cancel) stands.
+    result (or the user's cancel) stands. ``node``: the node that made the result; the row names
+    it (another run may have marked the row active on its node since this run started).
     """
     if status not in FINISHED_STATUSES:
         raise ValueError(f"a job finishes as one of {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}")
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
-        "error": error,
+        "error": error_text(error),
         # A late run of an older attempt must not make the count go backwards.
         "attempts": sa.case((Job.attempts < attempt, attempt), else_=Job.attempts),
     }
@@ -281,7 +339,9 @@ def finish_job(
     if outputs is not None:
         values["outputs"] = [dict(output) for output in outputs]
     if log_tail is not None:
-        values["log_tail"] = log_tail[-LOG_TAIL_MAX_CHARS:]
+        values["log_tail"] = _log_text(log_tail[-LOG_TAIL_MAX_CHARS:])
+    if node is not None:
+        values["node"] = node
     with db.session() as session:
         return _update(session, job_id, Job.status.not_in(TERMINAL_STATUSES), **values)
 
@@ -295,7 +355,7 @@ def requeue(db: Database, job_id: str, note: str | None = None) -> bool:
     with db.session() as session:
         return _update(
             session, job_id, Job.status != JobStatus.COMPLETED.value,
-            status=JobStatus.QUEUED.value, progress=0.0, error=note, finished_at=None, node=None,
+            status=JobStatus.QUEUED.value, progress=0.0, error=error_text(note), finished_at=None, node=None,
         )
 
 
@@ -304,7 +364,7 @@ def note_retry(db: Database, job_id: str, message: str) -> bool:
     with db.session() as session:
         return _update(
             session, job_id, Job.status.not_in(TERMINAL_STATUSES),
-            status=JobStatus.QUEUED.value, progress=0.0, error=message, finished_at=None,
+            status=JobStatus.QUEUED.value, progress=0.0, error=error_text(message), finished_at=None,
         )
 
 
@@ -313,7 +373,7 @@ def mark_cancelled(db: Database, job_id: str, reason: str) -> bool:
     with db.session() as session:
         return _update(
             session, job_id, Job.status.not_in(TERMINAL_STATUSES),
-            status=JobStatus.CANCELLED.value, error=reason, finished_at=utcnow(),
+            status=JobStatus.CANCELLED.value, error=error_text(reason), finished_at=utcnow(),
         )
 
 
@@ -438,24 +498,16 @@ def _status_rank(status: str) -> int:
     return STATUSES.index(status) if status in STATUSES else len(STATUSES)
 
 
-def _payload_input(payload: Mapping[str, Any]) -> tuple[str, str]:
-    source = payload.get("input")
-    key = source.get("key") if isinstance(source, Mapping) else None
-    if not isinstance(key, str) or not key:
-        raise ValueError("the queue payload has no input.key")
-    name = source.get("name")
-    return key, name if isinstance(name, str) and name else key.rsplit("/", 1)[-1]
+def error_text(error: str | None) -> str | None:
+    """A job's error as it is stored: ``ERROR_MAX_CHARS`` at most, control characters escaped but
+    its line breaks (whoever shows it on one line escapes those)."""
+    return None if error is None else cut(_log_text(error), ERROR_MAX_CHARS)
 
 
-def _video_id(payload: Mapping[str, Any], key: str) -> str:
-    """The id the producer gave the video (``videoId`` or the ``inputs/<id>/`` key), else one from the key."""
-    given = payload.get("videoId")
-    if isinstance(given, str) and 0 < len(given) <= ID_LENGTH:
-        return given
-    parts = key.split("/")
-    if len(parts) >= 3 and parts[0] == "inputs" and 0 < len(parts[1]) <= ID_LENGTH:
-        return parts[1]
-    return str(uuid.uuid5(_VIDEO_ID_NAMESPACE, key))
+def _log_text(text: str) -> str:
+    """``text`` keeping its lines, with any other control character (an escape sequence that a
+    file's metadata smuggled into FFmpeg's log, say) written escaped."""
+    return "\n".join(printable(line.rstrip("\r")) for line in text.split("\n"))
 
 
 def _percent(progress: float) -> float:

@@ -7,7 +7,11 @@ half of it, even while another node is still writing it.
 A writer killed mid-copy (SIGKILL, a power cut) leaves its temp file behind. Temp files are named
 ``.encodeflow-tmp-<random>-<pid>-<host>``, so ``sweep_leftovers`` (run by every node as it starts)
 can tell that one is dead: its host is this one and its process is gone, or it is older than a day
-(the writer was on another host, or the name is not ours). Listings never show them.
+(the writer was on another host). Listings never show them.
+
+The root may be a folder that holds other things too (``file:///home/me``), so nothing here deletes
+what it did not write: a sweep removes only names of that form, and ``delete`` removes the object's
+file and the folders that it left empty below the key's first folder (``outputs/``, ``inputs/``).
 
 A NAS that does not answer (EIO, ESTALE, a share that went away so the root is missing) is retried
 with backoff under ``RetryPolicy``, then reported as ``StorageUnavailable``.
@@ -47,8 +51,10 @@ T = TypeVar("T")
 
 CHUNK_SIZE = 1024 * 1024  # small enough for smooth progress and a prompt cancel
 TEMP_PREFIX = f"{INTERNAL_PREFIX}tmp-"
+PROBE_PREFIX = f"{INTERNAL_PREFIX}check-"
 STALE_TEMP_SECONDS = 24 * 3600  # a temp file this old has no live writer, whatever host it names
 _TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<pid>\d+)-(?P<host>.+)")
+_PROBE_NAME = re.compile(rf"{re.escape(PROBE_PREFIX)}[0-9a-f]{{32}}")
 # What a NAS (NFS, SMB) answers while it is away or failing over: worth waiting for.
 _NAS_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
                errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNABORTED,
@@ -169,7 +175,7 @@ class LocalStorage(Storage):
             if path.is_dir():
                 return  # a folder is not an object
             path.unlink(missing_ok=True)
-            self._prune_empty_folders(path.parent)
+            self._prune_empty_folders(path.parent, self.root / split_key(key)[0])
 
     def delete_prefix(self, prefix: str) -> int:
         prefix = normalize_prefix(prefix)
@@ -199,7 +205,7 @@ class LocalStorage(Storage):
         if not self.root.is_dir():
             raise StorageError(f"storage folder {self.root} is not a folder; choose another folder")
         self._root_seen = True
-        probe = self.root / f"{INTERNAL_PREFIX}check-{uuid.uuid4().hex}"
+        probe = self.root / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         try:
             with open(probe, "xb") as fh:
                 fh.write(b"ok")
@@ -215,16 +221,20 @@ class LocalStorage(Storage):
                 probe.unlink()
 
     def sweep_leftovers(self, stale_after: float = STALE_TEMP_SECONDS) -> int:
-        """Remove temp files whose writer is dead: on this host with its process gone, or too old."""
+        """Remove temp files whose writer is dead: on this host with its process gone, or too old.
+
+        Only names this module writes (``temp_name``, the ``check`` probe) are touched: the root may
+        hold other programs' files, or a node's work dir, whose marker also starts with ``.encodeflow-``.
+        """
         host, removed = _host_tag(), []
         now = time.time()
         try:
             for folder, _dirs, files in os.walk(self.root):
                 for name in files:
-                    if not name.startswith(INTERNAL_PREFIX):
+                    match = _TEMP_NAME.fullmatch(name)
+                    if match is None and not _PROBE_NAME.fullmatch(name):
                         continue
                     path = os.path.join(folder, name)
-                    match = _TEMP_NAME.fullmatch(name)
                     mine_and_dead = (match is not None and match["host"] == host
                                      and not psutil.pid_exists(int(match["pid"])))
                     try:
@@ -266,9 +276,11 @@ class LocalStorage(Storage):
                 raise InvalidKeyError(f"storage key {key!r} has a part {part!r} this file system cannot hold")
         return self.root.joinpath(*parts)
 
-    def _prune_empty_folders(self, folder: Path) -> None:
-        """Remove folders a delete left empty, up to (not including) the root."""
-        while folder != self.root and self.root in folder.parents:
+    def _prune_empty_folders(self, folder: Path, top: Path) -> None:
+        """Remove folders a delete left empty, up to (not including) ``top``, the key's first folder
+        (``outputs``, ``inputs``): the root may be a user's folder (``file:///home/me``), where that
+        folder and the root itself may have been there before EncodeFlow wrote anything."""
+        while folder != top and top in folder.parents:
             try:
                 folder.rmdir()
             except OSError:  # not empty, or already gone

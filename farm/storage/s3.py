@@ -286,11 +286,18 @@ class S3Storage(Storage):
         """
         client = _make_client(self._session, max_attempts=2, connect_timeout=5, read_timeout=15)
         probe = join_key(self.prefix, f"{INTERNAL_PREFIX}check-{uuid.uuid4().hex}")
-        with self._errors("check the storage", client=client):
-            client.head_bucket(Bucket=self.bucket)
-            client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-            client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
-            client.delete_object(Bucket=self.bucket, Key=probe)
+        try:
+            with self._errors("check the storage", client=client):
+                client.head_bucket(Bucket=self.bucket)
+                client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+                client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
+                client.delete_object(Bucket=self.bucket, Key=probe)
+        except StorageError as exc:
+            # A server that is down or busy may answer later; a missing bucket or refused keys won't
+            # (a node exits 1 for the first, to be restarted, and 2 for the others).
+            if _transient_reason(exc.__context__) is not None:
+                raise StorageUnavailable(str(exc)) from None
+            raise
 
     def sweep_leftovers(self) -> int:
         """Abort multipart uploads that no live transfer owns: ours whose abort failed, and any

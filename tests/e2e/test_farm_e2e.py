@@ -7,6 +7,7 @@ import time
 from farm.client import Farm
 from farm.media import probe
 from farm.storage import open_storage
+from farm_node.workdir import entries
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 
@@ -32,7 +33,7 @@ def test_six_jobs_on_two_nodes_all_complete(local_farm, make_clip, tmp_path):
         assert abs(info.duration - 2.0) < 0.2
         assert job["output"]["size"] == dest.stat().st_size
     for node in nodes:
-        assert list(node.work_dir.iterdir()) == [], "work dir must be empty after each job"
+        assert entries(node.work_dir) == [], "work dir must be empty after each job"
 
 
 def test_cancel_a_running_job(local_farm, make_clip):
@@ -50,7 +51,7 @@ def test_cancel_a_running_job(local_farm, make_clip):
     wait_for(lambda: farm.show(job_id)["status"] == "cancelled", timeout=5, what="status cancelled")
     assert time.monotonic() - started < 5
     wait_for(lambda: not node.ffmpeg_children(), timeout=5, what="FFmpeg to exit")
-    wait_for(lambda: list(node.work_dir.iterdir()) == [], timeout=5, what="an empty work dir")
+    wait_for(lambda: entries(node.work_dir) == [], timeout=5, what="an empty work dir")
     assert farm.show(job_id)["output"] is None
     farm.close()
 

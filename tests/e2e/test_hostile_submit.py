@@ -26,6 +26,7 @@ from farm.client import Farm, UnknownJobError
 from farm.keys import sanitize_name
 from farm.media import find_ffmpeg, probe
 from farm.storage import open_storage
+from farm_node.workdir import entries
 from tests.bull import bull_job
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 from tests.farm.test_hostile_inputs import (
@@ -254,7 +255,7 @@ def test_a_node_fails_each_hostile_foreign_job_once_and_opens_nothing_else(local
         if target is not None and target.parent.parent == node.work_dir:
             assert not target.parent.exists(), "the job ran in the dir the reference points into"
     farm.close()
-    assert list(node.work_dir.iterdir()) == []
+    assert entries(node.work_dir) == []
 
 
 # -- hostile names, transcoded for real ----------------------------------------------------------

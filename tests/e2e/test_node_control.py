@@ -21,6 +21,7 @@ import redis
 from farm.client import Farm
 from farm.telemetry import NodeRegistry, NodeStatus
 from farm.ports import free_port
+from farm_node.workdir import entries
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 from tests.bull import bull_job
 
@@ -104,7 +105,7 @@ def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, registr
     assert (done["status"], done["node"], done["attempts"]) == ("completed", node.name, 1)
     assert farm.show(second)["status"] == "queued", "a draining node must take no new job"
     assert bull_job(local_farm.redis_url, local_farm.settings.queue, second)[0] == "waiting"
-    assert list(node.work_dir.iterdir()) == []
+    assert entries(node.work_dir) == []
     assert node_status(node.name) == "offline"
 
 
@@ -130,7 +131,7 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert state == "waiting", f"the job must be back in the queue, not {state}"
     assert bull.attemptsMade == 0, "a hand-back must not use up an attempt"
-    assert list(first.work_dir.iterdir()) == []
+    assert entries(first.work_dir) == []
     assert node_status(first.name) == "offline"
 
     (second,) = local_farm(1)
@@ -255,15 +256,20 @@ def test_metrics_and_health_of_a_live_node(local_farm, farm, clip):
 
 def test_startup_sweeps_what_an_earlier_run_left(local_farm, data_dir, tmp_path):
     work = data_dir / "work" / "node-1"  # where local_farm's first node works
+    (first,) = local_farm(1)
+    assert first.stop() == 0  # the work dir is now the node's (its marker is in it)
     (work / "job-crashed-1").mkdir(parents=True)
     (work / "job-crashed-1" / "input.mp4").write_bytes(b"\0" * 4096)
-    (work / "stray.partial").write_text("half an upload")
+    (work / "stray.partial").write_text("not made by a node")
     outside = tmp_path / "not-the-nodes.txt"
     outside.write_text("keep me")
     (work / "link-out").symlink_to(outside)
 
-    (node,) = local_farm(1)
+    node = local_farm.start_named("node-1")
 
     assert node.work_dir == work
-    assert list(work.iterdir()) == [], "files left before the start must be gone once the node registers"
+    assert [p.name for p in entries(work)] == ["link-out", "stray.partial"], \
+        "a dead run's folder is gone once the node registers; what no node makes is left"
+    assert "holds 2 thing(s) farm-node did not make, left as they are: 'link-out', 'stray.partial'" in \
+        node.log.read_text()
     assert outside.read_text() == "keep me", "the sweep must not follow links out of the work dir"

@@ -20,6 +20,7 @@ from farm.intake import (
     thumbnail,
 )
 from farm.media import NotAVideoError, find_ffmpeg, probe
+from tests.clips import rotated
 
 
 def test_folders_expand_recursively_to_videos_skipping_hidden(tmp_path, clip):
@@ -124,7 +125,7 @@ def red_over_blue(tmp_path_factory):
     clips = {0: base}
     for degrees in (90, -90, 180):
         clips[degrees] = folder / f"rot{degrees}.mp4"
-        ffmpeg("-display_rotation", degrees, "-i", base, "-c", "copy", clips[degrees])
+        rotated(base, clips[degrees], degrees)
     return clips
 
 

@@ -24,6 +24,7 @@ from farm.media import (
     input_guard_args,
     probe,
 )
+from tests.clips import ffmpeg_claiming, rotated
 
 
 def ffmpeg(*args: str | Path) -> None:
@@ -55,9 +56,7 @@ def test_probe_clip_without_audio(make_clip):
 @pytest.mark.parametrize("degrees, expected", [(90, (240, 320)), (-90, (240, 320)), (180, (320, 240))])
 def test_rotation_gives_display_orientation(make_clip, tmp_path, degrees, expected):
     """A phone records landscape frames and a display matrix; probe reports what a player shows."""
-    rotated = tmp_path / f"phone_{degrees}.mp4"
-    ffmpeg("-display_rotation", str(degrees), "-i", make_clip(320, 240, 1.0), "-c", "copy", rotated)
-    info = probe(rotated)
+    info = probe(rotated(make_clip(320, 240, 1.0), tmp_path / f"phone_{degrees}.mp4", degrees))
     assert (info.width, info.height) == expected
     assert info.rotation == degrees % 360
 
@@ -287,3 +286,71 @@ def test_version_and_encoders_are_cached_per_binary():
     started = time.perf_counter()
     assert ffmpeg_version(binary) == version and ffmpeg_encoders(binary) == encoders
     assert time.perf_counter() - started < 0.05  # no second run of FFmpeg
+
+
+# -- which FFmpeg: the version policy ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version, release", [
+    ("5.1.6-0+deb12u1", (5, 1, 6)),  # Debian 12
+    ("4.4.2-0ubuntu0.22.04.1", (4, 4, 2)),  # Ubuntu 22.04
+    ("n7.1", (7, 1)),  # a release tag
+    ("n9.0.2-17-g2a571b6068-20260930", (9, 0, 2)),  # the bundled build: a release plus commits
+    ("7.0.2-static", (7, 0, 2)),
+    ("N-12345-g0123abcd", None),  # built from git master: no release to compare
+    ("2023-01-01-git-0123abcd", None),
+])
+def test_ffmpeg_versions_are_read_as_releases(version, release):
+    assert media.parse_ffmpeg_version(version) == release
+
+
+@pytest.fixture
+def bundled():
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def only_on_path(monkeypatch, fake: Path) -> None:
+    monkeypatch.setenv("PATH", str(fake.parent))  # the fake is the only ffmpeg the search finds
+
+
+def test_an_old_ffmpeg_on_path_is_passed_over_with_one_warning(tmp_path, monkeypatch, caplog, bundled):
+    fake = ffmpeg_claiming(tmp_path / "bin", "4.4.2-0ubuntu0.22.04.1")
+    only_on_path(monkeypatch, fake)
+    with caplog.at_level("WARNING", logger="farm.media"):
+        assert find_ffmpeg() == find_ffmpeg() == bundled
+    assert [r.getMessage() for r in caplog.records] == [
+        f"FFmpeg 4.4.2-0ubuntu0.22.04.1 on PATH ({fake}) is older than 5.1; using the bundled FFmpeg "
+        f"{ffmpeg_version(bundled)} ({bundled}) instead"]
+
+
+def test_a_new_enough_or_unnumbered_ffmpeg_on_path_is_used(tmp_path, monkeypatch, caplog):
+    debian = ffmpeg_claiming(tmp_path / "debian", "5.1.6-0+deb12u1")
+    only_on_path(monkeypatch, debian)
+    assert find_ffmpeg() == str(debian)
+    git = ffmpeg_claiming(tmp_path / "git", "N-12345-g0123abcd")
+    only_on_path(monkeypatch, git)
+    with caplog.at_level("INFO", logger="farm.media"):
+        assert find_ffmpeg() == str(git)
+    assert "reports version 'N-12345-g0123abcd', not a release number" in caplog.text
+
+
+def test_an_ffmpeg_on_path_that_does_not_run_is_passed_over(tmp_path, monkeypatch, caplog, bundled):
+    broken = tmp_path / "bin" / "ffmpeg"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\necho 'libavcodec.so.59: cannot open shared object file' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    only_on_path(monkeypatch, broken)
+    with caplog.at_level("WARNING", logger="farm.media"):
+        assert find_ffmpeg() == bundled
+    assert f"FFmpeg on PATH ({broken}) does not run" in caplog.text and "using the bundled FFmpeg" in caplog.text
+
+
+def test_an_old_ffmpeg_named_explicitly_is_refused(tmp_path, monkeypatch):
+    fake = ffmpeg_claiming(tmp_path / "old", "4.4.2-0ubuntu0.22.04.1")
+    monkeypatch.setenv(media.FFMPEG_ENV, str(fake))
+    with pytest.raises(media.FFmpegNotFound, match=r"^FFmpeg 4\.4\.2-0ubuntu0\.22\.04\.1 at .* is older than 5\.1"):
+        find_ffmpeg()
+    new = ffmpeg_claiming(tmp_path / "new", "6.1.1-3ubuntu5")
+    assert find_ffmpeg(str(new)) == str(new), "the settings' FFmpeg wins over the environment's"

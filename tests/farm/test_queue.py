@@ -7,7 +7,7 @@ import pytest
 
 from farm.jobspec import OutputConfig
 from farm.payload import JobPayload
-from farm.queue import JOB_NAME, QueueClient, QueueStateError, cancel_channel
+from farm.queue import JOB_NAME, QueueClient, cancel_channel
 
 
 def _payload(job_id):
@@ -98,12 +98,11 @@ def test_retry_requeues_failed_and_removed_jobs(redis_url):
         first = await q.retry("job-x", _payload("job-x"))
         state_after_first = await q.state("job-x")
         cancel_cleared = not await q.is_cancel_requested("job-x")
-        with pytest.raises(QueueStateError, match="already waiting"):
-            await q.retry("job-x", _payload("job-x"))
-        return first, state_after_first, cancel_cleared
+        second = await q.retry("job-x", _payload("job-x"))  # already back: nothing to do, no error
+        return first, second, state_after_first, cancel_cleared
 
-    first, state, cleared = run(body)
-    assert first == "requeued" and state == "waiting" and cleared
+    first, second, state, cleared = run(body)
+    assert first == "requeued" and second == "queued" and state == "waiting" and cleared
 
 
 def test_retry_of_a_failed_job_resets_its_attempts(redis_url):
@@ -157,3 +156,27 @@ def test_a_retry_after_its_backoff_is_put_back_in_the_queue(redis_url):
     assert len(runs) == 2, "the retry never ran"
     assert 4.5 <= runs[1] - runs[0] <= 12, "it ran after its 5 s backoff, not before"
     assert state == "completed"
+
+
+def test_lock_holder_names_the_runs_token_nobody_or_no_such_job(redis_url):
+    async def body(q: QueueClient):
+        from bullmq import Worker
+
+        await q.enqueue("job-k", _payload("job-k"))
+        held = asyncio.Queue()
+
+        async def hold(job, token):
+            await held.put(token)
+            await asyncio.sleep(30)
+
+        worker = Worker(q.queue_name, hold, {"connection": os.environ["ENCODEFLOW_REDIS_URL"], "lockDuration": 1000})
+        token = await asyncio.wait_for(held.get(), 10)
+        holding = await q.lock_holder("job-k")
+        await worker.close(force=True)  # no renewal from now on: the lock runs out
+        await asyncio.sleep(1.5)
+        ran_out = await q.lock_holder("job-k")
+        await q.redis.delete(f"bull:{q.queue_name}:job-k")  # what a Redis that lost its data leaves
+        return token, holding, ran_out, await q.lock_holder("job-k")
+
+    token, holding, ran_out, gone = run(body)
+    assert (holding, ran_out, gone) == (token, "", None)

@@ -30,6 +30,7 @@ from farm.settings import Settings
 from farm.storage import open_storage
 from farm.telemetry import NodeRegistry
 from farm_node.agent import FarmNode
+from farm_node.workdir import entries
 from tests.e2e.helpers import wait_for
 from tests.bull import bull_job
 
@@ -169,7 +170,7 @@ def test_a_job_from_a_foreign_producer_gets_its_rows_and_completes(
     state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert state == "completed"
     assert bull.returnvalue["outputs"][0]["key"] == job["output"]["key"]
-    assert list(node.node.work_dir.iterdir()) == []
+    assert entries(node.node.work_dir) == []
 
 
 # -- errors a retry cannot fix ------------------------------------------------------------------
@@ -189,7 +190,9 @@ def test_an_invalid_payload_fails_at_once_naming_the_field(settings_on_services,
     state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1, "a payload a retry cannot fix must not be retried"
     assert "resolution" in bull.failedReason and "4k" in bull.failedReason, bull.failedReason
-    assert farm.jobs() == [], "an untrusted payload must not make rows"
+    (job,) = farm.jobs(status="failed")  # the failed list shows the refusal, with nothing probed
+    assert (job["id"], job["attempts"], job["video"]["container"]) == (job_id, 1, "refused")
+    assert job["error"] == bull.failedReason and job["error"].startswith("invalid job payload: outputConfig: ")
 
 
 @pytest.mark.postgres
@@ -212,7 +215,7 @@ def test_an_input_that_is_not_a_video_fails_at_once_with_the_reason(settings_on_
     state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert (state, bull.attemptsMade) == ("failed", 1), "no retries for a file that is not a video"
     assert "not a video" in bull.failedReason
-    assert list(node.node.work_dir.iterdir()) == []
+    assert entries(node.node.work_dir) == []
 
 
 @pytest.mark.postgres
@@ -265,7 +268,7 @@ def test_a_node_is_built_without_side_effects(settings, tmp_path):
 
 @pytest.mark.parametrize("args, reason", [
     (["--concurrency", "0"], "--concurrency must be at least 1"),
-    (["--name", "edit bay:2"], "node name must be non-empty, without ':' or spaces"),
+    (["--name", "edit bay:2"], "node name 'edit bay:2' is not allowed: use 1 to 64 letters, digits"),
     (["--redis-url", "http://nope"], "must start with redis://"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_touch_nothing(args, reason, data_dir, tmp_path):
@@ -286,7 +289,7 @@ def test_a_metrics_port_in_use_is_named_in_one_line(redis_url, tmp_path):
         result = subprocess.run([sys.executable, "-m", "farm_node", "--name", "busy-port", "--work-dir",
                                  str(tmp_path / "w"), "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
                                 capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.returncode == 2, (result.returncode, result.stderr)  # a flag to change: no restart
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{port}" in lines[0] and "--metrics-port" in lines[0], lines[0]

@@ -61,7 +61,7 @@ def samples_of(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def test_metrics_endpoint_serves_what_the_node_recorded(served):
-    metrics = NodeMetrics("render-01", version="0.1.0", ffmpeg_version="7.0.2")
+    metrics = NodeMetrics("render-01", version="0.1.0", ffmpeg_version="7.0.2", ffmpeg_path="/usr/bin/ffmpeg")
     base = served(metrics)
     metrics.observe_job("mp4", "success", 42.0)
     metrics.observe_job("webm", "failed", 3.0)
@@ -88,9 +88,10 @@ def test_metrics_endpoint_serves_what_the_node_recorded(served):
     assert values[("workers_jobs_processed_total", frozenset({node, ("status", "failed")}))] == 1
     assert values[("workers_jobs_processed_total", frozenset({node, ("status", "cancelled")}))] == 0
     assert values[("worker_job_queue_wait_seconds_count", frozenset({node}))] == 1
+    assert values[("worker_ffmpeg_stalls_total", frozenset({node}))] == 0  # from the start, for rate()
     for state, count in {"waiting": 5, "active": 2, "failed": 1, "delayed": 0}.items():
         assert values[("queue_jobs", frozenset({("state", state)}))] == count
-    build = frozenset({("version", "0.1.0"), ("ffmpeg_version", "7.0.2"), node})
+    build = frozenset({("version", "0.1.0"), ("ffmpeg_version", "7.0.2"), ("ffmpeg_path", "/usr/bin/ffmpeg"), node})
     assert values[("encodeflow_build_info", build)] == 1
 
 

@@ -1,6 +1,8 @@
 """The job processor under a real BullMQ worker: the machine's Redis (a queue of the test's own),
-PostgreSQL, folder storage and real FFmpeg. How runs are numbered after a node died, and an output
-that fails verification. What is asserted is what users see: the row, BullMQ's record, storage.
+PostgreSQL, folder storage and real FFmpeg. How runs are numbered after a node died, an output
+that fails verification, what a run returns when another run (or a cancel) settled the row first,
+and a run whose lock another run holds. What is asserted is what users see: the row, BullMQ's
+record, storage, the node's counters.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 import pytest
 from bullmq import Queue
 
+from farm.db import repo
 from farm.keys import output_prefix
 from farm.media import find_ffmpeg
+from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
 from tests.bull import record_job, take_and_die, worker
 
@@ -108,3 +112,172 @@ def test_an_output_that_fails_verification_fails_at_once_with_the_reason(service
     assert bull.failedReason == row.error
     assert list(storage.list(output_prefix(job_id))) == []
     assert list((tmp_path / "work").iterdir()) == []
+
+
+# -- whichever run finishes, the row and BullMQ's return value agree ------------------------------
+
+
+def counted(metrics: NodeMetrics, status: str) -> float:
+    return metrics.registry.get_sample_value("workers_jobs_processed_total",
+                                             {"node": metrics.node, "status": status})
+
+
+class OvertakingStorage:
+    """The real storage, except that just before this run's upload another run settles the row
+    (``finish``: completed on other-node with its own output; ``cancel``: the user's cancel), as
+    happens when a run loses a race it cannot see."""
+
+    def __init__(self, storage, db, job_id: str, clip, settle: str):
+        self.real, self.db, self.job_id, self.clip, self.settle = storage, db, job_id, clip, settle
+        self.winner: dict | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def upload_file(self, path, key, **kwargs):
+        if self.winner is None and self.settle == "finish":
+            self.winner = {"name": "theirs", "kind": "video", "key": f"outputs/{self.job_id}/attempt-2/theirs.mp4",
+                           "size": self.real.upload_file(self.clip, f"outputs/{self.job_id}/attempt-2/theirs.mp4"),
+                           "width": 320, "height": 240, "duration": 2.0}
+            repo.mark_active(self.db, self.job_id, "other-node", 2)
+            repo.finish_job(self.db, self.job_id, "completed", attempt=2, outputs=[self.winner], node="other-node")
+        elif self.settle == "cancel":
+            repo.mark_cancelled(self.db, self.job_id, "cancelled by user")
+        return self.real.upload_file(path, key, **kwargs)
+
+
+def test_a_run_that_finishes_second_returns_the_rows_output_and_node(services, tmp_path):
+    settings, db, storage, clip = services
+    job_id, payload = record_job(db, storage, clip)
+    racing = OvertakingStorage(storage, db, job_id, clip, "finish")
+    proc = processor(settings, db, racing, tmp_path)
+    proc.metrics = NodeMetrics(proc.node_name)
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        return await run_until_settled(settings, db, job_id, proc)
+
+    row, state, bull = asyncio.run(scenario())
+    assert (row.status, row.node, row.outputs) == ("completed", "other-node", [racing.winner])
+    assert state == "completed"
+    assert bull.returnvalue == {"outputs": [racing.winner], "width": 320, "height": 240, "duration": 2.0,
+                                "node": "other-node"}, "the queue names the row's output and node"
+    assert [o.key for o in storage.list(output_prefix(job_id))] == [racing.winner["key"]], "ours was deleted"
+    assert counted(proc.metrics, "success") == 0, "the run that completed the row counts the job, not this one"
+
+
+def test_a_run_that_finds_the_row_completed_returns_the_rows_output_and_node(services, tmp_path):
+    """An earlier run completed the row, then its node died before telling BullMQ."""
+    settings, db, storage, clip = services
+    job_id, payload = record_job(db, storage, clip)
+    done = {"name": "earlier", "kind": "video", "key": f"outputs/{job_id}/attempt-1/earlier.mp4", "size": 1}
+    repo.mark_active(db, job_id, "dead-node", 1)
+    repo.finish_job(db, job_id, "completed", attempt=1, outputs=[done], node="dead-node")
+    proc = processor(settings, db, storage, tmp_path)
+    proc.metrics = NodeMetrics(proc.node_name)
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        return await run_until_settled(settings, db, job_id, proc)
+
+    row, state, bull = asyncio.run(scenario())
+    assert (row.status, row.node, row.outputs) == ("completed", "dead-node", [done])
+    assert state == "completed"
+    assert (bull.returnvalue["outputs"], bull.returnvalue["node"]) == ([done], "dead-node")
+    assert "duplicate" not in bull.returnvalue
+    assert counted(proc.metrics, "success") == 0
+
+
+def test_a_run_that_wins_records_its_node_and_output_on_the_row_and_in_the_queue(services, tmp_path, monkeypatch):
+    settings, db, storage, clip = services
+    job_id, payload = record_job(db, storage, clip)
+    proc = processor(settings, db, storage, tmp_path)
+    proc.metrics = NodeMetrics(proc.node_name)
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        return await run_until_settled(settings, db, job_id, proc)
+
+    # Another run marked the row active on its node just before this run finished it (it took the
+    # job after a stall): the row must name the node whose output it holds, not the last to start.
+    original = repo.finish_job
+
+    def finish_after_a_rival_started(db_, job_id_, status, **kwargs):
+        repo.mark_active(db_, job_id_, "rival-node", kwargs["attempt"])
+        return original(db_, job_id_, status, **kwargs)
+
+    monkeypatch.setattr(repo, "finish_job", finish_after_a_rival_started)
+
+    row, state, bull = asyncio.run(scenario())
+    assert (row.status, row.node) == ("completed", "proc-node")
+    assert (bull.returnvalue["outputs"], bull.returnvalue["node"]) == (row.outputs, "proc-node")
+    assert (bull.returnvalue["width"], bull.returnvalue["height"]) == (row.outputs[0]["width"], 240)
+    assert counted(proc.metrics, "success") == 1
+
+
+def test_a_cancel_recorded_as_the_run_finishes_wins_and_the_output_is_deleted(services, tmp_path):
+    settings, db, storage, clip = services
+    job_id, payload = record_job(db, storage, clip)
+    proc = processor(settings, db, OvertakingStorage(storage, db, job_id, clip, "cancel"), tmp_path)
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        node = worker(settings, proc)
+        task = asyncio.ensure_future(node.run())
+        queue = Queue(settings.queue, {"connection": settings.redis_url})
+        try:
+            deadline = time.monotonic() + 60
+            while (state := await queue.getJobState(job_id)) not in ("completed", "failed"):
+                assert time.monotonic() < deadline, f"BullMQ's job stayed {state}"
+                await asyncio.sleep(0.1)
+            return state, await queue.getJob(job_id)
+        finally:
+            await queue.close()
+            await node.close()
+            await asyncio.gather(task, return_exceptions=True)
+
+    state, bull = asyncio.run(scenario())
+    row = repo.get_job(db, job_id)
+    assert (row.status, row.error, row.outputs) == ("cancelled", "cancelled by user", [])
+    assert (state, bull.failedReason) == ("failed", "cancelled by user"), "the queue agrees with the row"
+    assert list(storage.list(output_prefix(job_id))) == [], "the run's upload was deleted"
+
+
+def test_a_run_whose_lock_another_run_holds_leaves_the_row_and_the_queue_to_it(services, tmp_path, caplog):
+    settings, db, storage, clip = services
+    job_id, payload = record_job(db, storage, clip)
+    proc = processor(settings, db, storage, tmp_path)
+    proc.metrics = NodeMetrics(proc.node_name)
+
+    async def another_run_holds_it(job_id_):
+        return "the-token-of-another-run"
+
+    proc.lock_holder = another_run_holds_it
+    caplog.set_level(logging.INFO, logger="farm_node.processor")
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        node = worker(settings, proc, lockDuration=30_000)
+        task = asyncio.ensure_future(node.run())
+        queue = Queue(settings.queue, {"connection": settings.redis_url})
+        try:
+            deadline = time.monotonic() + 60
+            while "lost its lock" not in caplog.text:
+                assert time.monotonic() < deadline, "the run did not notice"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            return await queue.getJobState(job_id)
+        finally:
+            await queue.close()
+            await node.close(force=True)
+            await asyncio.gather(task, return_exceptions=True)
+
+    state = asyncio.run(scenario())
+    row = repo.get_job(db, job_id)
+    assert (row.status, row.node, row.attempts, row.error, row.outputs) == ("active", "proc-node", 1, None, []), \
+        "the row is the other run's: untouched"
+    assert state == "active", "BullMQ's job is the other run's: neither completed nor failed by this one"
+    assert list(storage.list(output_prefix(job_id))) == [], "nothing uploaded"
+    assert [p for p in (tmp_path / "work").iterdir() if p.name.startswith(job_id)] == [], "its work files are gone"
+    assert caplog.text.count(f"job {job_id}: run 1 lost its lock to another run") == 1
+    assert [counted(proc.metrics, s) for s in ("success", "failed", "cancelled")] == [0, 0, 0]

@@ -20,6 +20,7 @@ from farm.jobspec import RESOLUTIONS, OutputConfig
 from farm.media import MediaInfo, find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args, target_dimensions
 from farm_node.ffmpeg_runner import FFmpegError, FFmpegResult, run_ffmpeg
+from tests.clips import rotated
 
 CODECS = {"mp4": ("h264", "aac"), "webm": ("vp9", "opus"), "hevc": ("hevc", "aac")}
 CONTAINERS = {"mp4": "mp4", "webm": "webm", "hevc": "mp4"}
@@ -97,10 +98,7 @@ def test_never_upscaled(make_clip, tmp_path):
 @pytest.mark.parametrize("fmt", list(CODECS))
 def test_portrait_phone_clip_stays_portrait(make_clip, tmp_path, fmt):
     """Landscape frames with a 90° display matrix, as phones record: the output is upright, 480 wide."""
-    phone = tmp_path / "phone.mp4"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-display_rotation", "90",
-                    "-i", str(make_clip(1280, 720, 1.0, audio=True, fps=10)), "-c", "copy", str(phone)],
-                   check=True)
+    phone = rotated(make_clip(1280, 720, 1.0, audio=True, fps=10), tmp_path / "phone.mp4", 90)
     config = OutputConfig("480p", fmt)
     source, out, percents = transcode(phone, tmp_path, config)
     assert (source.width, source.height) == (720, 1280)
