@@ -16,18 +16,11 @@ from farm import __version__
 from farm.jobspec import FORMATS, RESOLUTIONS, JobSpecError, OutputConfig, PresetStore
 from farm.pipes import quiet_on_closed_pipe
 from farm.settings import Settings, SettingsError
+from farm.usage import OneLineParser as _Parser
+from farm.usage import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STATUSES = ("queued", "active", "completed", "failed", "cancelled")
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one clear line instead of usage + message
-        raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:

@@ -264,7 +264,12 @@ class Farm:
 
         return self._queue_call(call)
 
-    def download(self, job_id: str, dest: Path, progress: Callable[[int], None] | None = None) -> Path:
+    def download(self, job_id: str, dest: Path, progress: Callable[[int], None] | None = None, *,
+                 replace: bool = False) -> Path:
+        """The job's output saved as ``dest``, or into the folder ``dest`` under the output's name.
+
+        A file already in that folder under that name is someone's: it is replaced only with
+        ``replace`` (a file named as ``dest`` itself is the caller's choice to replace)."""
         job = self.show(job_id)
         output = job.get("output")
         if job["status"] != "completed" or not output:
@@ -272,6 +277,9 @@ class Farm:
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / sanitize_name(output["key"].rsplit("/", 1)[-1])  # the row's key is data: never a path
+            if dest.exists() and not replace:
+                raise FarmError(f"{dest} already exists; nothing was downloaded. Name that file as the "
+                                "destination to replace it, or choose another folder")
         self.storage.download_file(output["key"], dest, progress=progress)
         return dest
 

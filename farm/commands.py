@@ -242,7 +242,7 @@ def cmd_demo(args, settings) -> int:
             if done["status"] != "completed":
                 print(f"job {done['status']}: {done.get('error')}", file=sys.stderr)
                 return 1
-            dest = farm.download(job["id"], settings.data_dir / "samples")
+            dest = farm.download(job["id"], settings.data_dir / "samples", replace=True)  # the demo's own folder
             print(f"done: {dest}", flush=True)
             print(f"(stored as {done['output']['key']} in {settings.effective_storage_url})", flush=True)
     finally:

@@ -158,9 +158,19 @@ class NodeStatus:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NodeStatus":
-        # Unknown keys are dropped so that an older reader understands a newer node.
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # Unknown keys are dropped so that an older reader understands a newer node. Anyone who can
+        # write to Redis can write here: a field of the wrong type is dropped (its default stands),
+        # so that a reader (`encodeflow nodes`, the panel, the reconciler) never trips on it.
+        kept: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = _field_value(f.name, data[f.name])
+            if value is not _DROP:
+                kept[f.name] = value
+        if "name" not in kept:
+            raise ValueError("not a node status: no name")
+        return cls(**kept)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "NodeStatus":
@@ -168,6 +178,41 @@ class NodeStatus:
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError(f"not a node status: {text!r:.200}")
         return cls.from_dict(data)
+
+
+_DROP = object()
+_TEXT_FIELDS = {"name", "host", "status", "ffmpeg_version", "ffmpeg_path", "version", "reason"}
+_NUMBER_FIELDS = {"cpu", "memory", "started_at", "last_seen"}
+_COUNT_FIELDS = {"pid", "rss", "concurrency"}
+
+
+def _field_value(name: str, value: Any) -> Any:
+    """``value`` for the NodeStatus field ``name`` if it has that field's type, else ``_DROP``."""
+    if name in _TEXT_FIELDS:
+        return value if isinstance(value, str) else _DROP
+    if name in _NUMBER_FIELDS:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _DROP
+    if name in _COUNT_FIELDS:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _DROP
+    if name == "metrics_url":
+        return value if value is None or isinstance(value, str) else _DROP
+    if name in ("encoders", "tags"):
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else _DROP
+    if name == "running":
+        return [_running_entry(r) for r in value if isinstance(r, dict)] if isinstance(value, list) else _DROP
+    return _DROP
+
+
+def _running_entry(raw: dict) -> dict[str, Any]:
+    """One job in a node's hands, with the types its readers expect."""
+    entry: dict[str, Any] = {"jobId": raw.get("jobId") if isinstance(raw.get("jobId"), str) else "?"}
+    progress = raw.get("progress", 0)
+    entry["progress"] = float(progress) if isinstance(progress, (int, float)) and not isinstance(progress, bool) else 0.0
+    if isinstance(raw.get("name"), str):
+        entry["name"] = raw["name"]
+    if isinstance(raw.get("attempt"), int) and not isinstance(raw.get("attempt"), bool):
+        entry["attempt"] = raw["attempt"]
+    return entry
 
 
 # -- who holds a node name ----------------------------------------------------------------------
@@ -312,7 +357,7 @@ class NodeRegistryWriter:
             if holder is not None and holder.is_live():
                 raise name_taken(self.name, holder, await self.redis.pttl(key) / 1000)
             if await self.redis.eval(_REPLACE_CLAIM, 1, key, held, mine, ttl):
-                log.info("node %s: took over the name from a previous run that is gone (%s)", self.name, _text(held))
+                log.info("node %s: took over the name from a previous run that is gone (%s)", self.name, shown(_text(held)))
                 break
         else:
             raise RuntimeError(f"could not claim the node name {self.name}: other nodes keep taking it")

@@ -12,6 +12,7 @@ from pathlib import Path
 from farm import __version__
 from farm.pipes import quiet_on_closed_pipe
 from farm.settings import Settings, SettingsError
+from farm.usage import OneLineParser, UsageError
 from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S  # light: asyncio and the progress parser
 
 # Plain numbers, repeated here so that `farm-node --help` does not import the agent (and BullMQ);
@@ -23,7 +24,7 @@ RECONCILE_INTERVAL_S = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="farm-node", description="EncodeFlow farm node: runs transcode jobs from the queue.")
+    p = OneLineParser(prog="farm-node", description="EncodeFlow farm node: runs transcode jobs from the queue.")
     p.add_argument("--version", action="version", version=f"farm-node {__version__}")
     p.add_argument("--name", help="node name shown in the panel and used by `encodeflow node` (default: host name)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
@@ -58,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s farm-node: %(message)s")
     from farm import redact
     redact.install()  # no password or secret key in the node's log

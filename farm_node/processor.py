@@ -91,6 +91,12 @@ class DatabaseRefused(RuntimeError):
     since the driver's text holds SQL and values, and the node's log has it."""
 
 
+class StorageFull(StorageError):
+    """The storage the output goes to has no room (a full NAS share). Every node would meet the
+    same, so the job is not handed back as if this node's work dir were full: it is retried with
+    backoff, and fails with this reason once its attempts are spent."""
+
+
 class WorkDirFull(RuntimeError):
     """The node's work dir has no room for the job (``needed`` bytes, about): the node's problem, not
     the job's, so it goes back to the queue while another node may have room (farm_node/disk_guard.py)."""
@@ -196,7 +202,7 @@ class JobProcessor:
             await self._fail(run, str(exc), getattr(exc, "log_tail", None))
             raise
         except Exception as exc:
-            if _disk_full(exc) and not isinstance(exc, WorkDirFull):
+            if _disk_full(exc) and not isinstance(exc, (WorkDirFull, StorageFull)):
                 exc = self._work_dir_full(job_dir)
             if isinstance(exc, WorkDirFull) and await self._hand_back_for_room(job, token, payload, exc):
                 status = None  # not an outcome: a node with room runs it
@@ -247,6 +253,8 @@ class JobProcessor:
             await asyncio.to_thread(self.storage.download_file, payload.input_key, source,
                                     cancel=run.transfer_cancel)
         except ObjectNotFound:
+            if known is None:  # a job from another producer: record it, so its failure is listed
+                await self._db(repo.ensure_from_payload, payload, _unreadable_fields(None))
             raise UnrecoverableError(f"the input {payload.input_name} is not in storage (key {payload.input_key}): "
                                      "it was deleted or never uploaded; submit the file again") from None
         except TransferCancelled:
@@ -317,6 +325,11 @@ class JobProcessor:
             size = await asyncio.to_thread(self.storage.upload_file, target, key, cancel=run.transfer_cancel)
         except TransferCancelled:
             raise JobCancelled() from None
+        except Exception as exc:
+            if _disk_full(exc):  # the storage's disk, not this node's work dir: see StorageFull
+                raise StorageFull(f"the storage has no space left for the output of {payload.input_name} "
+                                  f"({key}); free some space there") from exc
+            raise
         outputs = [outputs_record(config, key=key, size=size, width=out_info.width, height=out_info.height,
                                   duration=out_info.duration)]
         await self._check_lock(run)
@@ -660,10 +673,11 @@ def _shown(text: str, names: dict[Path, str]) -> str:
     return text
 
 
-def _unreadable_fields(source: Path) -> dict:
-    """Video columns for an input that could not be probed: only its size is known."""
-    return {"size": source.stat().st_size, "duration": 0.0, "width": 0, "height": 0,
-            "video_codec": "", "container": "unreadable"}
+def _unreadable_fields(source: Path | None) -> dict:
+    """Video columns for an input that could not be probed (only its size is known) or, with no
+    ``source``, that is not in storage at all."""
+    return {"size": source.stat().st_size if source else 0, "duration": 0.0, "width": 0, "height": 0,
+            "video_codec": "", "container": "unreadable" if source else "missing"}
 
 
 def _probe_fields(info: MediaInfo, payload: JobPayload) -> dict:

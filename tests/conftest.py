@@ -9,7 +9,6 @@ and the FFmpeg binary the node itself would use.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 
 # About 8 s of HEVC work on a 2-core machine: long enough to still be running when a test acts.
@@ -38,3 +39,20 @@ def submit(path, *options: str) -> str:
     result = run_cli("submit", str(path), *options, "--json")
     assert result.returncode == 0, result.stderr
     return json_lines(result.stdout)[0]["id"]
+
+
+def node_info(name: str) -> dict:
+    """The node's entry in ``encodeflow nodes --json``."""
+    result = run_cli("nodes", "--json")
+    assert result.returncode == 0, result.stderr
+    return next(n for n in json_lines(result.stdout) if n["name"] == name)
+
+
+def metrics(node_name: str) -> dict[tuple[str, frozenset], float]:
+    """The node's ``/metrics`` samples, by (name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(node_info(node_name)["metrics_url"], timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from tests.e2e.helpers import json_lines, run_cli, submit, wait_for
-from tests.e2e.test_ffmpeg_lifecycle import metrics, node_info
+from tests.e2e.helpers import metrics, node_info
 
 MB = 1_000_000
 
@@ -116,3 +116,36 @@ def test_a_lone_full_node_fails_the_job_with_that_reason_after_its_attempts(loca
 def _finished(job_id: str):
     job = json.loads(run_cli("show", job_id, "--json").stdout)
     return job if job["status"] in ("completed", "failed", "cancelled") else None
+
+
+@pytest.mark.slow
+def test_a_full_storage_is_said_as_such_and_no_node_is_called_full(data_dir, monkeypatch, local_farm, make_clip,
+                                                                   tiny_disk):
+    """A full storage share is every node's problem, not one node's work dir: the job is retried
+    with backoff and fails naming the storage; no node says "disk full" or hands the job back."""
+    storage = tiny_disk(4 * MB)
+    monkeypatch.setenv("ENCODEFLOW_STORAGE_URL", storage.as_uri())
+    source = make_clip(640, 360, 2.0, name="storage_fills_up.mp4")
+    (node,) = local_farm(1)
+    assert run_cli("node", "pause", node.name).returncode == 0
+    wait_for(lambda: node_info(node.name)["status"] == "paused", timeout=30, what="the node to pause")
+    (job,) = json_lines(run_cli("submit", str(source), "--resolution", "360p", "--json").stdout)
+    # The input is in; now someone else's files fill the share.
+    filler = storage / "someone-elses-renders.bin"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(bytes(64 * 1024))
+                out.flush()
+        except OSError:
+            pass
+    assert run_cli("node", "resume", node.name).returncode == 0
+
+    done = wait_for(lambda: _finished(job["id"]), timeout=180, interval=0.5, what="the job to fail")
+    assert done["status"] == "failed" and done["attempts"] == 3
+    assert "the storage has no space left for the output of storage_fills_up.mp4" in done["error"], done["error"]
+    assert "work dir" not in done["error"]
+    assert node_info(node.name)["status"] != "disk full"
+    handed_back = ("worker_jobs_handed_back_total", frozenset({("node", node.name), ("reason", "disk_full")}))
+    assert metrics(node.name).get(handed_back, 0) == 0
+    assert filler.exists(), "what the node did not write stays"

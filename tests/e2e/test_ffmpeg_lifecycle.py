@@ -10,34 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import imageio_ffmpeg
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from farm.media import ffmpeg_version
 from tests.bull import bull_job
 from tests.clips import ffmpeg_claiming
-from tests.e2e.helpers import LONG_JOB, json_lines, run_cli, submit, wait_for
+from tests.e2e.helpers import LONG_JOB, json_lines, metrics, node_info, run_cli, submit, wait_for
 from tests.e2e.test_node_death import FAST, running_on
 
 STALL_S = 5  # short for the test; a loaded 2-core machine still moves a healthy FFmpeg within it
-
-
-def metrics(node_name: str) -> dict[tuple[str, frozenset], float]:
-    url = node_info(node_name)["metrics_url"]
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def node_info(name: str) -> dict:
-    result = run_cli("nodes", "--json")
-    assert result.returncode == 0, result.stderr
-    return next(n for n in json_lines(result.stdout) if n["name"] == name)
 
 
 def old_ffmpeg(folder: Path) -> Path:

@@ -152,3 +152,18 @@ def test_a_bad_flag_or_url_exits_2(args, env, named, monkeypatch):
         monkeypatch.setenv(ENV_VARS[name], value)
     code, line = start_node(*args)
     assert (code, named in line) == (2, True), line
+
+
+@pytest.mark.parametrize("command, args", [
+    ("farm_node", ("--concurrency", "lots")),
+    ("farm_node", ("--progress-timeout", "abc")),
+    ("farm_node", ("--no-such-flag",)),
+    ("farm", ("jobs", "--status", "nope")),
+])
+def test_a_wrong_option_is_answered_in_one_line(command, args):
+    """argparse's usage block (a dozen lines for farm-node) would bury the line that matters in a
+    service's journal: a wrong option is one line naming it, and exit 2."""
+    result = subprocess.run([sys.executable, "-m", command, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert args[0] in line and "see --help" in line, line

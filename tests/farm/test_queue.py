@@ -3,7 +3,6 @@
 import asyncio
 import os
 
-import pytest
 
 from farm.jobspec import OutputConfig
 from farm.payload import JobPayload

@@ -208,3 +208,30 @@ def test_node_names_that_would_break_the_key_layout_are_refused(queue):
     for bad in ("", "a:samples", "two words"):
         with pytest.raises(ValueError, match="node name"):
             NodeRegistryWriter(object(), queue, bad)
+
+
+def test_a_status_of_the_wrong_shape_in_redis_is_read_with_defaults_and_listed_in_one_line(
+        redis_url, queue, registry, client):
+    """Anyone who can write to Redis can write a node's status: a reader keeps what has the right
+    type and never trips on the rest (``encodeflow nodes`` sliced a job id that was a number)."""
+    import json
+    import subprocess
+    import sys
+
+    with_writer(redis_url, queue, "alpha", lambda w: w.publish(a_status()))
+    hostile = {"name": "alpha", "host": ["not", "text"], "pid": "4242", "status": "busy", "cpu": "lots",
+               "running": [{"jobId": 12345, "progress": "x"}, "not an object", {"jobId": "job-2\nforged"}],
+               "encoders": "libx264", "tags": [1, "gpu"], "last_seen": time.time()}
+    client.set(RegistryKeys(queue).node("alpha"), json.dumps(hostile))
+
+    [node] = registry.nodes()
+    assert (node.name, node.host, node.pid, node.cpu, node.encoders, node.tags) == ("alpha", "", 0, 0.0, [], ["gpu"])
+    assert node.running == [{"jobId": "?", "progress": 0.0}, {"jobId": "job-2\nforged", "progress": 0.0}]
+
+    env = {**os.environ, "ENCODEFLOW_REDIS_URL": redis_url, "ENCODEFLOW_QUEUE": queue}
+    listed = subprocess.run([sys.executable, "-m", "farm", "nodes"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    lines = [line for line in listed.stdout.splitlines() if "alpha" in line]
+    assert len(lines) == 1 and "forged" not in listed.stdout.replace(lines[0], ""), listed.stdout
+    assert listed.stderr == ""

@@ -23,7 +23,7 @@ import pytest
 import redis
 from bullmq import Queue
 
-from farm.client import Farm, UnknownJobError
+from farm.client import Farm, FarmError, UnknownJobError
 from farm.db import repo
 from farm.media import probe
 from farm.settings import Settings
@@ -167,6 +167,15 @@ def test_a_job_from_a_foreign_producer_gets_its_rows_and_completes(
     out = probe(dest)
     assert (out.width, out.height, out.video_codec, out.audio_codec) == (640, 360, "h264", "aac")
     assert job["output"]["size"] == dest.stat().st_size
+    # Into a folder, under the output's name: a file of that name already there is someone's.
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    theirs = folder / Path(job["output"]["key"]).name
+    theirs.write_bytes(b"an editor's own render")
+    with pytest.raises(FarmError, match="already exists; nothing was downloaded"):
+        farm.download(job_id, folder)
+    assert theirs.read_bytes() == b"an editor's own render"
+    assert farm.download(job_id, theirs) == theirs and theirs.stat().st_size == dest.stat().st_size
     state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert state == "completed"
     assert bull.returnvalue["outputs"][0]["key"] == job["output"]["key"]
@@ -248,6 +257,11 @@ def test_a_missing_input_fails_at_once(settings_on_services, farm, start_node):
     _, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1
     assert key in bull.failedReason and "not in storage" in bull.failedReason, bull.failedReason
+    # Its producer recorded nothing: the failed list (the dead-letter list) must still show it.
+    job = wait_for(lambda: finished(farm, job_id), timeout=30, what="the failure to be recorded")
+    assert (job["status"], job["attempts"], job["video"]["name"]) == ("failed", 1, "gone.mp4")
+    assert "not in storage" in job["error"]
+    assert [j["id"] for j in farm.jobs(status="failed")] == [job_id]
 
 
 # -- the agent as a program -----------------------------------------------------------------------
