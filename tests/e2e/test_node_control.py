@@ -247,7 +247,12 @@ def test_metrics_and_health_of_a_live_node(local_farm, farm, clip):
 
     status, content_type, body = http_get(f"{base}/health")
     assert status == 200 and content_type == "application/json"
-    health = json.loads(body)
+    # /health reads the heartbeat's last beat (one a second): the job's end shows there by the next.
+    def idle_health():
+        health = json.loads(http_get(f"{base}/health")[2])
+        return health if health["status"] == "idle" else None
+
+    health = wait_for(idle_health, timeout=5, what="/health to show the node idle")
     assert (health["status"], health["node"], health["running"]) == ("idle", node.name, 0)
 
 
