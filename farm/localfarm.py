@@ -83,7 +83,8 @@ class LocalFarm:
             # Own process group: a terminal's Ctrl-C reaches only us, and we drain the nodes once;
             # had they got it too, our SIGTERM would be their second signal (a cold stop).
             guard = ChildGuard(sig=signal.SIGTERM) if self.tied_to_caller else None
-            proc = subprocess.Popen(cmd, env=env, start_new_session=True, **(guard.popen_kwargs() if guard else {}))
+            proc = subprocess.Popen(guard.command(cmd) if guard else cmd, env=env, start_new_session=True,
+                                    **(guard.popen_kwargs() if guard else {}))
             self.procs.append((info, proc))
             if guard:
                 self._watches.append(guard.watch(proc.pid))

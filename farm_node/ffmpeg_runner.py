@@ -97,7 +97,7 @@ async def run_ffmpeg(
     # Forked from this thread, the loop's, which waits below for FFmpeg's end: the parent-death
     # signal (tied to the forking thread on Linux) fires only when the node itself dies.
     proc = await asyncio.create_subprocess_exec(
-        *args,
+        *guard.command(args),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
