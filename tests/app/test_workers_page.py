@@ -199,3 +199,25 @@ def test_nodes_model_updates_rows_in_place(qtmodeltester):
 def test_format_ago():
     assert [format_ago(s) for s in (0.4, 2, 89, 120, 7200, 3 * 86400)] == \
         ["just now", "2 s ago", "89 s ago", "2 min ago", "2 h ago", "3 d ago"]
+
+
+def test_a_node_with_no_room_says_why_on_its_card(qtbot, tmp_path):
+    """A node whose work dir is full takes no jobs: its card says so, with the node's own words."""
+    from app.widgets.node_card import NodeCard
+
+    card = NodeCard("render-07")
+    qtbot.addWidget(card)
+    reason = "work dir /srv/work has 18.0 MB free; a job needed about 30.0 MB; free some space there"
+    card.show_node(NodeStatus(name="render-07", host="render-07", status="disk full", reason=reason,
+                              last_seen=time.time(), version="0.1.0"))
+    card.resize(360, card.sizeHint().height())
+    card.show()
+    qtbot.waitExposed(card)
+    assert card.badge.text() == "disk full"
+    assert card.reason.isVisible() and card.reason.text() == reason
+    assert card.buttons["pause"].isEnabled() and card.buttons["drain"].isEnabled()
+    assert not card.buttons["run"].isEnabled(), "it takes jobs again by itself once there is room"
+    card.grab().save(str(tmp_path / "disk_full_card.png"))
+
+    card.show_node(NodeStatus(name="render-07", host="render-07", status="idle", last_seen=time.time()))
+    assert card.badge.text() == "idle" and not card.reason.isVisible()
