@@ -4,6 +4,7 @@ dies, waiting for a queue state, and BullMQ's own view of a job."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
@@ -70,3 +71,17 @@ def bull_job(redis_url: str, queue: str, job_id: str) -> tuple[str, object]:
             await bull.close()
 
     return asyncio.run(read())
+
+
+async def failed_job(q: QueueClient, job_id: str, payload: dict, reason: Exception) -> None:
+    """Enqueue ``job_id`` with one attempt and let a worker fail it with ``reason``."""
+    await q.enqueue(job_id, payload, attempts=1)
+    failed = asyncio.Event()
+
+    async def boom(job, token):
+        raise reason
+
+    worker = Worker(q.queue_name, boom, {"connection": os.environ["ENCODEFLOW_REDIS_URL"]})
+    worker.on("failed", lambda *a: failed.set())
+    await asyncio.wait_for(failed.wait(), 10)
+    await worker.close()

@@ -8,11 +8,12 @@ The same races through the CLI and a real node: tests/e2e/test_client_races.py.
 import asyncio
 import os
 
-from bullmq import UnrecoverableError, Worker
+from bullmq import UnrecoverableError
 
 from farm.jobspec import OutputConfig
 from farm.payload import JobPayload
 from farm.queue import QueueClient, QueueStateError
+from tests import bull
 
 
 def _payload(job_id):
@@ -24,16 +25,7 @@ def clients(n: int) -> list[QueueClient]:
 
 
 async def failed_job(q: QueueClient, job_id: str) -> None:
-    await q.enqueue(job_id, _payload(job_id), attempts=1)
-    failed = asyncio.Event()
-
-    async def boom(job, token):
-        raise UnrecoverableError("the encoder caught fire")
-
-    worker = Worker(q.queue_name, boom, {"connection": os.environ["ENCODEFLOW_REDIS_URL"]})
-    worker.on("failed", lambda *a: failed.set())
-    await asyncio.wait_for(failed.wait(), 10)
-    await worker.close()
+    await bull.failed_job(q, job_id, _payload(job_id), UnrecoverableError("the encoder caught fire"))
 
 
 def test_two_retries_at_the_same_moment_put_the_job_back_once(redis_url):

@@ -7,6 +7,7 @@ import os
 from farm.jobspec import OutputConfig
 from farm.payload import JobPayload
 from farm.queue import JOB_NAME, QueueClient, cancel_channel
+from tests.bull import failed_job
 
 
 def _payload(job_id):
@@ -106,18 +107,7 @@ def test_retry_requeues_failed_and_removed_jobs(redis_url):
 
 def test_retry_of_a_failed_job_resets_its_attempts(redis_url):
     async def body(q: QueueClient):
-        from bullmq import Worker
-
-        await q.enqueue("job-f", _payload("job-f"), attempts=1)
-        failed = asyncio.Event()
-
-        async def boom(job, token):
-            raise RuntimeError("disk on fire")
-
-        worker = Worker(q.queue_name, boom, {"connection": os.environ["ENCODEFLOW_REDIS_URL"]})
-        worker.on("failed", lambda *a: failed.set())
-        await asyncio.wait_for(failed.wait(), 10)
-        await worker.close()
+        await failed_job(q, "job-f", _payload("job-f"), RuntimeError("disk on fire"))
         before = await q.state("job-f")
         outcome = await q.retry("job-f", _payload("job-f"))
         job = await q.queue.getJob("job-f")

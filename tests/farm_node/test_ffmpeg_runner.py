@@ -23,24 +23,13 @@ from farm.jobspec import OutputConfig
 from farm.media import find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args
 from farm_node.ffmpeg_runner import FFmpegStalled, run_ffmpeg
+from tests.clips import realtime_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(coro, timeout: float = 120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture(scope="module")
-def long_clip(make_clip) -> Path:
-    return make_clip(320, 240, 20.0, audio=True, fps=25)
-
-
-def realtime_args(source: Path, output: Path) -> list[str]:
-    """Production args, read at real-time speed (-re) so the run is surely still going when acted on."""
-    args = build_args(find_ffmpeg(), source, output, OutputConfig("360p", "webm"), probe(source))
-    guard = args.index("-i") - 4
-    return [*args[:guard], "-re", *args[guard:]]
 
 
 def alive(pid: int) -> bool:

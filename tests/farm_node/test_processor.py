@@ -61,6 +61,16 @@ async def run_until_settled(settings, db, job_id: str, proc: JobProcessor, timeo
         await asyncio.gather(task, return_exceptions=True)
 
 
+def enqueue_and_settle(settings, db, job_id: str, payload: dict, proc):
+    """Enqueue the job and let ``proc`` run it until BullMQ settles it: ``(row, state, bull job)``."""
+
+    async def scenario():
+        await enqueue(settings, job_id, payload)
+        return await run_until_settled(settings, db, job_id, proc)
+
+    return asyncio.run(scenario())
+
+
 def test_a_run_after_a_node_died_has_its_own_number_and_key(services, tmp_path, caplog):
     settings, db, storage, clip = services
     job_id, payload = record_job(db, storage, clip)
@@ -99,11 +109,7 @@ def test_an_output_that_fails_verification_fails_at_once_with_the_reason(service
     job_id, payload = record_job(db, storage, clip)
     proc = processor(settings, db, storage, tmp_path, ffmpeg=short_ffmpeg(tmp_path))
 
-    async def scenario():
-        await enqueue(settings, job_id, payload)
-        return await run_until_settled(settings, db, job_id, proc)
-
-    row, state, bull = asyncio.run(scenario())
+    row, state, bull = enqueue_and_settle(settings, db, job_id, payload, proc)
     assert (row.status, row.attempts, row.outputs) == ("failed", 1, [])
     assert row.error.startswith(f"the output of {clip.name} failed verification: lasts 0.5"), row.error
     assert "source lasts 2.00 s" in row.error
@@ -153,11 +159,7 @@ def test_a_run_that_finishes_second_returns_the_rows_output_and_node(services, t
     proc = processor(settings, db, racing, tmp_path)
     proc.metrics = NodeMetrics(proc.node_name)
 
-    async def scenario():
-        await enqueue(settings, job_id, payload)
-        return await run_until_settled(settings, db, job_id, proc)
-
-    row, state, bull = asyncio.run(scenario())
+    row, state, bull = enqueue_and_settle(settings, db, job_id, payload, proc)
     assert (row.status, row.node, row.outputs) == ("completed", "other-node", [racing.winner])
     assert state == "completed"
     assert bull.returnvalue == {"outputs": [racing.winner], "width": 320, "height": 240, "duration": 2.0,
@@ -176,11 +178,7 @@ def test_a_run_that_finds_the_row_completed_returns_the_rows_output_and_node(ser
     proc = processor(settings, db, storage, tmp_path)
     proc.metrics = NodeMetrics(proc.node_name)
 
-    async def scenario():
-        await enqueue(settings, job_id, payload)
-        return await run_until_settled(settings, db, job_id, proc)
-
-    row, state, bull = asyncio.run(scenario())
+    row, state, bull = enqueue_and_settle(settings, db, job_id, payload, proc)
     assert (row.status, row.node, row.outputs) == ("completed", "dead-node", [done])
     assert state == "completed"
     assert (bull.returnvalue["outputs"], bull.returnvalue["node"]) == ([done], "dead-node")
@@ -194,10 +192,6 @@ def test_a_run_that_wins_records_its_node_and_output_on_the_row_and_in_the_queue
     proc = processor(settings, db, storage, tmp_path)
     proc.metrics = NodeMetrics(proc.node_name)
 
-    async def scenario():
-        await enqueue(settings, job_id, payload)
-        return await run_until_settled(settings, db, job_id, proc)
-
     # Another run marked the row active on its node just before this run finished it (it took the
     # job after a stall): the row must name the node whose output it holds, not the last to start.
     original = repo.finish_job
@@ -208,7 +202,7 @@ def test_a_run_that_wins_records_its_node_and_output_on_the_row_and_in_the_queue
 
     monkeypatch.setattr(repo, "finish_job", finish_after_a_rival_started)
 
-    row, state, bull = asyncio.run(scenario())
+    row, state, bull = enqueue_and_settle(settings, db, job_id, payload, proc)
     assert (row.status, row.node) == ("completed", "proc-node")
     assert (bull.returnvalue["outputs"], bull.returnvalue["node"]) == (row.outputs, "proc-node")
     assert (bull.returnvalue["width"], bull.returnvalue["height"]) == (row.outputs[0]["width"], 240)

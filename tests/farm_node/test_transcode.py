@@ -20,7 +20,7 @@ from farm.jobspec import RESOLUTIONS, OutputConfig
 from farm.media import MediaInfo, find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args, target_dimensions
 from farm_node.ffmpeg_runner import FFmpegError, FFmpegResult, run_ffmpeg
-from tests.clips import rotated
+from tests.clips import realtime_args, rotated
 
 CODECS = {"mp4": ("h264", "aac"), "webm": ("vp9", "opus"), "hevc": ("hevc", "aac")}
 CONTAINERS = {"mp4": "mp4", "webm": "webm", "hevc": "mp4"}
@@ -123,18 +123,6 @@ def test_other_source_containers(make_clip, tmp_path, suffix, remux):
 
 
 # -- stopping and failing ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def long_clip(make_clip) -> Path:
-    return make_clip(320, 240, 20.0, audio=True, fps=25)
-
-
-def realtime_args(source: Path, output: Path) -> list[str]:
-    """Production args, read at real-time speed (-re) so the run is surely still going when stopped."""
-    args = build_args(find_ffmpeg(), source, output, OutputConfig("360p", "webm"), probe(source))
-    guard = args.index("-i") - 4
-    return [*args[:guard], "-re", *args[guard:]]
 
 
 def assert_group_gone(pgid: int) -> None:
