@@ -14,7 +14,7 @@ from app.services import AppServices
 
 
 class FarmHub(QObject):
-    job_event = Signal(object)  # farm.events.JobEvent
+    job_event = Signal(object)  # farm.services.events.JobEvent
     events_reconnected = Signal()  # reconcile from the database: events may have been missed
     nodes_updated = Signal(list)  # list[NodeStatus]
     samples_added = Signal(dict)  # {node: [sample]}

@@ -18,7 +18,7 @@ from typing import Callable
 
 from PySide6.QtCore import QThread, Signal
 
-from farm.events import JobEventListener
+from farm.services.events import JobEventListener
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class StoppableThread(QThread):
 
 
 class JobEventThread(StoppableThread):
-    job_event = Signal(object)  # farm.events.JobEvent
+    job_event = Signal(object)  # farm.services.events.JobEvent
     reconnected = Signal()
 
     def __init__(self, redis_url: Callable[[], str], queue: str, parent=None):
@@ -93,7 +93,7 @@ class JobEventThread(StoppableThread):
 class FarmPollThread(StoppableThread):
     """Once a second: the nodes, their new samples, and the queue's counts."""
 
-    nodes_updated = Signal(list)  # list[farm.telemetry.NodeStatus]
+    nodes_updated = Signal(list)  # list[farm.services.registry.NodeStatus]
     samples_added = Signal(dict)  # {node name: [sample, ...]} new since the last poll
     counts_updated = Signal(dict)  # {"waiting": n, "active": n, ...}
 
@@ -106,8 +106,8 @@ class FarmPollThread(StoppableThread):
     def run(self) -> None:
         import redis
 
-        from farm.queue import QueueClient
-        from farm.telemetry import NodeRegistry
+        from farm.services.queue import QueueClient
+        from farm.services.registry import NodeRegistry
 
         loop = asyncio.new_event_loop()
         client = queue = None

@@ -11,8 +11,8 @@ import logging
 
 from PySide6.QtCore import QObject, Signal
 
-from farm.embedded import running_embedded_redis
-from farm.localfarm import LocalFarm
+from farm.services.embedded import running_embedded_redis
+from farm.services.local_nodes import LocalFarm
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from farm.settings import Settings, SettingsError
+from farm.base.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from farm import redact
+    from farm.base import redact
 
     redact.install()  # passwords and S3 keys never reach the log, whatever a library prints
     from PySide6.QtWidgets import QApplication, QMessageBox

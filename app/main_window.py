@@ -24,7 +24,7 @@ from app.pages.storage_page import StoragePage
 from app.pages.upload_page import UploadPage
 from app.pages.workers_page import WorkersPage
 from app.tray import TrayNotifier
-from farm.checks import check_database, check_storage
+from farm.services.checks import check_database, check_storage
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 SERVICE_CHECK_MS = 15_000

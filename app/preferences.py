@@ -2,7 +2,7 @@
 
 Which setting lives where:
 
-- ``farm.settings.Settings`` (the TOML config file that the CLI and the nodes read too): the
+- ``farm.base.settings.Settings`` (the TOML config file that the CLI and the nodes read too): the
   services' URLs, the queue, the default preset, whether to keep the local farm running after
   quitting, and ``notifications``, the master switch for tray notifications.
 - here (``QSettings``, organisation and application "EncodeFlow"): which notifications to show

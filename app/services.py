@@ -11,10 +11,10 @@ import threading
 import redis
 
 from farm.client import Farm
-from farm.embedded import resolve_redis_url
-from farm.jobspec import PresetStore
-from farm.settings import Settings
-from farm.telemetry import NodeRegistry
+from farm.services.embedded import resolve_redis_url
+from farm.domain.jobspec import PresetStore
+from farm.base.settings import Settings
+from farm.services.registry import NodeRegistry
 
 
 class AppServices:

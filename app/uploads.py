@@ -25,8 +25,8 @@ from PySide6.QtCore import QObject, Signal
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from farm.client import CheckedFile, FarmError
-from farm.jobspec import OutputConfig
-from farm.storage.base import StorageError, TransferCancelled
+from farm.domain.jobspec import OutputConfig
+from farm.services.storage.base import StorageError, TransferCancelled
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterable, Iterator
 import psutil
 import redis
 
-from farm.localfarm import LocalFarm
-from farm.media import ffmpeg_version, find_ffmpeg
-from farm.settings import CONFIG_ENV, ENV_VARS, Settings
-from farm.telemetry import NodeRegistry
+from farm.services.local_nodes import LocalFarm
+from farm.domain.media import ffmpeg_version, find_ffmpeg
+from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
+from farm.services.registry import NodeRegistry
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent

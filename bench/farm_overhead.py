@@ -32,8 +32,8 @@ from common import (
     write_result,
 )
 from farm.client import Farm
-from farm.jobspec import OutputConfig
-from farm.media import find_ffmpeg, probe
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args
 
 NAME = "farm_overhead"

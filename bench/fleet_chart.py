@@ -23,7 +23,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.widgets.live_chart import LiveChart  # noqa: E402
 from common import environment, write_result, RESULTS_DIR  # noqa: E402
-from farm.telemetry import MAX_SAMPLES  # noqa: E402
+from farm.services.registry import MAX_SAMPLES  # noqa: E402
 
 VARIANTS = {"a curve per node": None, "fleet mode (past 12 nodes)": 12}
 

@@ -39,8 +39,8 @@ from common import (
     shown_path,
     write_result,
 )
-from farm.embedded import ensure_embedded_redis
-from farm.ports import free_port
+from farm.services.embedded import ensure_embedded_redis
+from farm.base.ports import free_port
 
 NAME = "idle_node"
 TARGET_CPU_PERCENT = 1.0
@@ -207,13 +207,13 @@ def _where(filename: str) -> str:
 # that another awaits through asyncio.wait_for runs in a task of its own, so it is listed too).
 _TASKS = {
     "heartbeat: sample (1 Hz) + publish + control read (every 5 s, or on a change)": (
-        ("farm_node/heartbeat.py", "_loop"), ("farm/telemetry.py", "publish"),
-        ("farm/telemetry.py", "desired_state")),
+        ("farm_node/heartbeat.py", "_loop"), ("farm/services/registry.py", "publish"),
+        ("farm/services/registry.py", "desired_state")),
     "BullMQ worker: blocking pop, lock renewal, stalled check": (
         ("bullmq/worker.py", "retryIfFailed"), ("bullmq/worker.py", "run"),
         ("bullmq/lock_manager.py", "_renewal_loop"), ("bullmq/timer.py", "_job")),
     "control and cancel listeners (pub/sub)": (
-        ("farm/telemetry.py", "control_listener"), ("farm_node/agent.py", "_cancel_listener")),
+        ("farm/services/registry.py", "control_listener"), ("farm_node/agent.py", "_cancel_listener")),
 }
 
 

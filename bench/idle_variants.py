@@ -42,8 +42,8 @@ from common import (
     shown_path,
     write_result,
 )
-from farm.embedded import ensure_embedded_redis
-from farm.ports import free_port
+from farm.services.embedded import ensure_embedded_redis
+from farm.base.ports import free_port
 from idle_node import _sched_delta, _schedstat
 
 NAME = "idle_variants"

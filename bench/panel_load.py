@@ -7,7 +7,7 @@ Product code is not touched. Three kinds of process, so that each one's CPU is c
   10,000 jobs in the database with SQLAlchemy bulk inserts (10 jobs queued, 44 running, the rest
   completed, failed or cancelled, created over the last 7 days); it then samples CPU;
 - a simulator process (``--role simulator``) runs 64 nodes on one asyncio loop. Each publishes its
-  ``NodeStatus`` and one CPU/memory sample a second with ``farm.telemetry.NodeRegistryWriter.publish``
+  ``NodeStatus`` and one CPU/memory sample a second with ``farm.services.registry.NodeRegistryWriter.publish``
   (after a backlog of 600 samples each, the 10 minutes a node that has been up keeps): 40 busy,
   4 draining with a job, 14 idle and 6 paused. Each running job's progress moves on BullMQ's event
   stream twice a second, as a real node's does (``XADD bull:<queue>:events`` with ``event=progress``,
@@ -78,7 +78,7 @@ def populate(db, rng: random.Random, jobs: int, running: int, queued: int) -> di
     """Bulk-insert ``jobs`` videos and jobs; returns the ids of the running and queued ones."""
     import sqlalchemy as sa
 
-    from farm.db.models import Job, Video
+    from farm.services.db.models import Job, Video
 
     now = datetime.now(timezone.utc)
     finished = jobs - running - queued
@@ -156,7 +156,7 @@ class SimNode:
         return {"t": round(t, 3), "cpu": round(self.cpu(), 1), "mem": round(self.mem, 4)}
 
     def status_obj(self, now: float):
-        from farm.telemetry import NodeStatus
+        from farm.services.registry import NodeStatus
 
         running = [{"jobId": self.job, "progress": round(self.progress, 1), "name": self.job_name}] if self.job else []
         return NodeStatus(
@@ -171,10 +171,10 @@ class SimNode:
 async def simulate(plan: dict) -> None:
     import redis.asyncio as aioredis
 
-    from farm.db import repo
-    from farm.db.engine import open_database
-    from farm.events import events_key
-    from farm.telemetry import NodeRegistryWriter
+    from farm.services.db import repo
+    from farm.services.db.engine import open_database
+    from farm.services.events import events_key
+    from farm.services.registry import NodeRegistryWriter
 
     rng = random.Random(plan["seed"])
     queue = plan["queue"]
@@ -523,7 +523,7 @@ def chart_experiment(reps: int = 12) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from app.widgets.live_chart import LiveChart
-    from farm.telemetry import MAX_SAMPLES
+    from farm.services.registry import MAX_SAMPLES
 
     app = QApplication.instance() or QApplication([])
     rng = random.Random(5)
@@ -631,7 +631,7 @@ def poll_cost(redis_url: str, queue: str, reps: int = 5) -> dict:
     reading only the tail (``LRANGE key -5 -1``, pipelined) and filtering the same way."""
     import redis
 
-    from farm.telemetry import NodeRegistry, RegistryKeys
+    from farm.services.registry import NodeRegistry, RegistryKeys
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     registry = NodeRegistry(client, queue)
@@ -738,8 +738,8 @@ def main() -> int:
                       extra=extra)
     rng = random.Random(1234)
     with isolated_data_dir(NAME, keep=opts.keep) as root:
-        from farm.db.engine import open_database
-        from farm.embedded import ensure_embedded_redis
+        from farm.services.db.engine import open_database
+        from farm.services.embedded import ensure_embedded_redis
 
         settings = load_settings()
         server = ensure_embedded_redis(settings)

@@ -59,9 +59,9 @@ from common import (
     write_result,
 )
 from panel_common import CpuWindow, default_platform, hook_exec, xvfb_display
-from farm.events import events_key
-from farm.jobspec import OutputConfig
-from farm.media import find_ffmpeg, probe
+from farm.services.events import events_key
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import find_ffmpeg, probe
 from farm_node.progress import ProgressParser
 
 NAME = "progress_latency"

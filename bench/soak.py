@@ -130,7 +130,7 @@ class Node:
 
 
 def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> Path:
-    from farm.media import find_ffmpeg
+    from farm.domain.media import find_ffmpeg
 
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -152,8 +152,8 @@ class Soak:
         from bullmq.queue_keys import QueueKeys
 
         from farm.client import Farm
-        from farm.settings import Settings
-        from farm.storage import open_storage
+        from farm.base.settings import Settings
+        from farm.services.storage import open_storage
 
         self.opts, self.log = opts, log
         self.rng = random.Random(opts.seed)
@@ -173,8 +173,8 @@ class Soak:
         self.submit_error: list[BaseException] = []
 
     def run(self) -> dict:
-        from farm.embedded import ensure_embedded_redis
-        from farm.telemetry import NodeRegistry
+        from farm.services.embedded import ensure_embedded_redis
+        from farm.services.registry import NodeRegistry
 
         server = ensure_embedded_redis(self.settings) if self.settings.uses_embedded_redis else None
         self.redis_url = self.settings.redis_url or server.url
@@ -196,7 +196,7 @@ class Soak:
     # -- driving ---------------------------------------------------------------------------------
     def _drive(self, clip: Path) -> float:
         """Start the nodes, submit the jobs, kill and restart nodes until every job is settled."""
-        from farm.db import repo
+        from farm.services.db import repo
 
         opts = self.opts
         started = time.monotonic()
@@ -241,7 +241,7 @@ class Soak:
 
     def _submit(self, clip: Path) -> None:
         from farm.client import Farm
-        from farm.jobspec import OutputConfig
+        from farm.domain.jobspec import OutputConfig
 
         submitter = Farm(self.settings, start_embedded=False)
         try:
@@ -295,7 +295,7 @@ class Soak:
         but not yet reported) may be any node's: it is included, and counted as cut short only if
         it starts again after the kill.
         """
-        from farm.db import repo
+        from farm.services.db import repo
 
         node = next(n for n in self.nodes if n.name == name)
         out = {}
@@ -319,13 +319,13 @@ class Soak:
                     kill.recovered[job_id] = round(int(processed_on) / 1000 - kill.at, 3)
 
     def _outputs(self, job_id: str) -> list[str]:
-        from farm.keys import output_prefix
+        from farm.domain.object_keys import output_prefix
 
         return [o.key for o in self.storage.list(output_prefix(job_id))]
 
     # -- checking --------------------------------------------------------------------------------
     def _verify(self, seconds: float, stop_codes: dict) -> dict:
-        from farm.storage.base import INTERNAL_PREFIX
+        from farm.services.storage.base import INTERNAL_PREFIX
 
         job_ids, kills, nodes, bull, r = self.job_ids, self.kills, self.nodes, self.bull, self.r
         rows = {job_id: self.farm.show(job_id) for job_id in job_ids}

@@ -19,19 +19,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
-from farm.checks import check_redis
-from farm.db import repo
-from farm.db.engine import open_database
-from farm.embedded import resolve_redis_url
-from farm.jobspec import OutputConfig, validate_priority
-from farm.keys import input_key, sanitize_name
-from farm.media import MediaInfo, NotAVideoError, display_name, probe
-from farm.payload import JobPayload
-from farm.queue import QueueClient, QueueStateError
-from farm.redact import redact_text
-from farm.settings import Settings
-from farm.storage import RetryPolicy, StorageError, TransferCancelled, open_storage
-from farm.untrusted import storable
+from farm.services.checks import check_redis
+from farm.services.db import repo
+from farm.services.db.engine import open_database
+from farm.services.embedded import resolve_redis_url
+from farm.domain.jobspec import OutputConfig, validate_priority
+from farm.domain.object_keys import input_key, sanitize_name
+from farm.domain.media import MediaInfo, NotAVideoError, display_name, probe
+from farm.domain.payload import JobPayload
+from farm.services.queue import QueueClient, QueueStateError
+from farm.base.redact import redact_text
+from farm.base.settings import Settings
+from farm.services.storage import RetryPolicy, StorageError, TransferCancelled, open_storage
+from farm.base.untrusted import storable
 
 TERMINAL = ("completed", "failed", "cancelled")
 CANCEL_WAIT_S = 10.0  # how long `cancel` waits for the node to confirm before answering "requested"
@@ -287,7 +287,7 @@ class Farm:
     def wait(self, job_ids: list[str], timeout: float | None = None,
              on_update: Callable[[dict], None] | None = None) -> list[dict]:
         """Block until every job is finished; wakes on queue events and re-reads the database."""
-        from farm.events import JobEventListener
+        from farm.services.events import JobEventListener
 
         pending = set(job_ids)
         results: dict[str, dict] = {}

@@ -19,21 +19,21 @@ from pathlib import Path
 from bullmq import Worker
 
 from farm import __version__
-from farm.embedded import resolve_redis_url
-from farm.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
-from farm.queue import REDIS_READ_TIMEOUT_S, QueueClient, cancel_channel, redis_client
-from farm.reconcile import Reconciler
-from farm.settings import Settings, SettingsError
-from farm.storage import RetryPolicy
-from farm.telemetry import NodeRegistryWriter, check_node_name, host_node_name
-from farm.untrusted import shown
+from farm.services.embedded import resolve_redis_url
+from farm.domain.media import ffmpeg_encoders, ffmpeg_version, find_ffmpeg
+from farm.services.queue import REDIS_READ_TIMEOUT_S, QueueClient, cancel_channel, redis_client
+from farm.services.reconciler import Reconciler
+from farm.base.settings import Settings, SettingsError
+from farm.services.storage import RetryPolicy
+from farm.services.registry import NodeRegistryWriter, check_node_name, host_node_name
+from farm.base.untrusted import shown
 from farm_node import startup
 from farm_node.disk_guard import DiskGuard, someone_else_may_have_room
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S
 from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
-from farm_node.reconcile import RECONCILE_INTERVAL_S, reconcile_forever
+from farm_node.reconcile_loop import RECONCILE_INTERVAL_S, reconcile_forever
 from farm_node.workdir import WorkDir
 
 log = logging.getLogger(__name__)

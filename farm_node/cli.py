@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from farm import __version__
-from farm.pipes import quiet_on_closed_pipe
-from farm.settings import Settings, SettingsError
-from farm.usage import OneLineParser, UsageError
+from farm.base.pipes import quiet_on_closed_pipe
+from farm.base.settings import Settings, SettingsError
+from farm.base.usage import OneLineParser, UsageError
 from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S  # light: asyncio and the progress parser
 
 # Plain numbers, repeated here so that `farm-node --help` does not import the agent (and BullMQ);
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s farm-node: %(message)s")
-    from farm import redact
+    from farm.base import redact
     redact.install()  # no password or secret key in the node's log
     # Migrations and HTTP clients narrate every step at INFO; a node's log is for its jobs.
     for noisy in ("alembic", "botocore", "boto3", "s3transfer", "urllib3"):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from farm.telemetry import RegistryKeys
+from farm.services.registry import RegistryKeys
 
 log = logging.getLogger(__name__)
 

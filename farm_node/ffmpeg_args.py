@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 
-from farm.jobspec import OutputConfig
-from farm.media import MediaInfo, ffmpeg_url, input_guard_args
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import MediaInfo, ffmpeg_url, input_guard_args
 
 # format -> (muxer, video options, audio options, muxer options)
 _ENCODING: dict[str, tuple[str, list[str], list[str], list[str]]] = {

@@ -3,7 +3,7 @@
 A blocked loop stops BullMQ's lock renewal and another node would run the same job again, so the
 process is driven with ``asyncio.create_subprocess_exec``. FFmpeg starts in its own process group
 (``start_new_session``) so that a cancel kills it whole: SIGTERM, then SIGKILL after a short grace.
-Being in its own group, it would outlive a node killed with SIGKILL; ``farm.child_guard`` ties it
+Being in its own group, it would outlive a node killed with SIGKILL; ``farm.base.child_guard`` ties it
 to the node so that it dies with it.
 
 A progress watchdog stops an FFmpeg that makes no progress for ``progress_timeout`` seconds (a
@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from farm.child_guard import ChildGuard
+from farm.base.child_guard import ChildGuard
 from farm_node.progress import ProgressParser
 
 log = logging.getLogger(__name__)

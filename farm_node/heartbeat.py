@@ -4,7 +4,7 @@ One loop, one tick per ``interval`` (default 1 s). Each tick samples CPU and mem
 ``publish_every`` ticks (default 5) the node writes its status key and appends the buffered samples
 in one Redis transaction, then re-reads its control key. The charts keep a 1 s series (600 samples
 = 10 minutes) while an idle node talks to Redis once every 5 s; the status key's TTL
-(``farm.telemetry.DEFAULT_TTL``, 20 s) covers three missed publishes. A change the panel must show
+(``farm.services.registry.DEFAULT_TTL``, 20 s) covers three missed publishes. A change the panel must show
 at once (idle, busy, paused, draining, or a job started or ended) is published on the next tick
 instead of waiting for the batch.
 A pub/sub listener on the control channel delivers remote control at once; the re-read on every
@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import psutil
 
-from farm.telemetry import NodeRegistryWriter, NodeStatus, control_listener
+from farm.services.registry import NodeRegistryWriter, NodeStatus, control_listener
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,13 @@ import sqlalchemy as sa
 from bullmq import UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
-from farm.db import error_line, is_unreachable, repo
-from farm.jobspec import OutputConfig, outputs_record
-from farm.keys import output_filename, output_key, sanitize_name
-from farm.media import MediaInfo, NotAVideoError, probe
-from farm.payload import JobPayload, PayloadError
-from farm.storage import ObjectNotFound, StorageError, TransferCancelled
-from farm.untrusted import shown
+from farm.services.db import error_line, is_unreachable, repo
+from farm.domain.jobspec import OutputConfig, outputs_record
+from farm.domain.object_keys import output_filename, output_key, sanitize_name
+from farm.domain.media import MediaInfo, NotAVideoError, probe
+from farm.domain.payload import JobPayload, PayloadError
+from farm.services.storage import ObjectNotFound, StorageError, TransferCancelled
+from farm.base.untrusted import shown
 from farm_node.ffmpeg_args import build_args
 from farm_node.ffmpeg_runner import PROGRESS_TIMEOUT_S, FFmpegError, FFmpegStalled, run_ffmpeg
 from farm_node.workdir import job_dir_name

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from farm.checks import probe_redis
-from farm.db.engine import Database, DatabaseError, open_database
-from farm.settings import ENV_VARS, SettingsError
-from farm.storage import RetryPolicy, Storage, StorageError, StorageUnavailable, open_storage
+from farm.services.checks import probe_redis
+from farm.services.db.engine import Database, DatabaseError, open_database
+from farm.base.settings import ENV_VARS, SettingsError
+from farm.services.storage import RetryPolicy, Storage, StorageError, StorageUnavailable, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import psutil
 
-from farm.keys import sanitize_name
-from farm.settings import SettingsError
-from farm.telemetry import is_node_process
-from farm.untrusted import shown
+from farm.domain.object_keys import sanitize_name
+from farm.base.settings import SettingsError
+from farm.services.registry import is_node_process
+from farm.base.untrusted import shown
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ OUT = ROOT / "docs" / "screenshots"
 
 
 def make_clip(path: Path, size: str, seconds: float) -> Path:
-    from farm.media import find_ffmpeg
+    from farm.domain.media import find_ffmpeg
 
     subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     f"testsrc2=size={size}:rate=25:duration={seconds}", "-f", "lavfi", "-i",
@@ -42,9 +42,9 @@ def main() -> int:
     from app.main_window import RESOURCES, MainWindow
     from app.runner import BackgroundRunner
     from app.services import AppServices
-    from farm.jobspec import OutputConfig
-    from farm.localfarm import LocalFarm
-    from farm.settings import Settings
+    from farm.domain.jobspec import OutputConfig
+    from farm.services.local_nodes import LocalFarm
+    from farm.base.settings import Settings
 
     app.setStyleSheet((RESOURCES / "style.qss").read_text())
     settings = Settings.load()

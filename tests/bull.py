@@ -10,11 +10,11 @@ import uuid
 
 from bullmq import Queue, Worker
 
-from farm.db import repo
-from farm.jobspec import OutputConfig
-from farm.keys import input_key
-from farm.payload import JobPayload
-from farm.queue import QueueClient
+from farm.services.db import repo
+from farm.domain.jobspec import OutputConfig
+from farm.domain.object_keys import input_key
+from farm.domain.payload import JobPayload
+from farm.services.queue import QueueClient
 
 CONFIG = OutputConfig(resolution="360p", format="mp4")
 

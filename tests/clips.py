@@ -74,8 +74,8 @@ def ffmpeg_claiming(folder: Path, version: str) -> Path:
 def realtime_args(source: Path, output: Path) -> list[str]:
     """The node's own FFmpeg command for ``source`` (360p webm), read at real-time speed (``-re``)
     so that the run is surely still going when a test acts on it."""
-    from farm.jobspec import OutputConfig
-    from farm.media import find_ffmpeg, probe
+    from farm.domain.jobspec import OutputConfig
+    from farm.domain.media import find_ffmpeg, probe
     from farm_node.ffmpeg_args import build_args
 
     args = build_args(find_ffmpeg(), source, output, OutputConfig("360p", "webm"), probe(source))

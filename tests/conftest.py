@@ -16,7 +16,7 @@ from pathlib import Path
 import hypothesis
 import pytest
 
-from farm.settings import CONFIG_ENV, ENV_VARS, Settings
+from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
 from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 - fixtures for every test
 
 # Hypothesis' "too slow" health check and its per-example deadline time the machine, not the code:
@@ -46,7 +46,7 @@ def isolated_env(tmp_path, monkeypatch):
     yield data_dir
     # A CLI command on the embedded defaults starts the data dir's Redis and leaves it running for
     # the next command, as it should for a user; a test's must not outlive the test.
-    from farm.embedded import running_embedded_redis
+    from farm.services.embedded import running_embedded_redis
 
     leftover = running_embedded_redis(Settings(data_dir=data_dir))
     if leftover is not None:
@@ -79,7 +79,7 @@ def redis_server_url(tmp_path_factory) -> str:
             pytest.fail(f"Redis at {TEST_REDIS_URL} is not reachable ({exc})")
     finally:
         client.close()
-    from farm.embedded import ensure_embedded_redis
+    from farm.services.embedded import ensure_embedded_redis
 
     server = ensure_embedded_redis(Settings(data_dir=tmp_path_factory.mktemp("redis-server")))
     yield server.url
@@ -187,7 +187,7 @@ def s3_link(s3_url, s3_server, monkeypatch):
 
 
 def _ffmpeg() -> str:
-    from farm.media import find_ffmpeg
+    from farm.domain.media import find_ffmpeg
 
     return find_ffmpeg()
 

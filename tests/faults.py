@@ -27,8 +27,8 @@ from pathlib import Path
 
 import redis
 
-from farm.embedded import find_redis_server
-from farm.ports import free_port
+from farm.services.embedded import find_redis_server
+from farm.base.ports import free_port
 
 _CHUNK = 64 * 1024
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from farm.media import find_ffmpeg
+from farm.domain.media import find_ffmpeg
 
 
 def node_like(folder: Path, code: str = "", *args: str) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 import pytest
-from farm.ports import free_port
+from farm.base.ports import free_port
 
 
 

@@ -45,7 +45,7 @@ def test_nothing_imports_app():
 
 def test_node_runs_without_qt_loaded():
     code = (
-        "import sys, farm.cli, farm.commands, farm.client, farm_node.cli, farm_node.agent;"
+        "import sys, farm.cli, farm.cli.commands, farm.client, farm_node.cli, farm_node.agent;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'app')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from farm import __version__
-from farm.media import probe
+from farm.domain.media import probe
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -57,8 +57,8 @@ def test_bundled_node_runs_a_real_job(node_bundle, redis_url, data_dir, make_cli
     FFmpeg: the node gets a PATH with nothing on it."""
     import redis
 
-    from farm.settings import Settings
-    from farm.telemetry import NodeRegistry
+    from farm.base.settings import Settings
+    from farm.services.registry import NodeRegistry
 
     settings = Settings.load()
     empty = tmp_path / "empty-path"

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from farm.ports import free_port
-from farm.settings import CONFIG_ENV, ENV_VARS, Settings
+from farm.base.ports import free_port
+from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
 from farm_node.cli import build_parser
 from tests.e2e.helpers import wait_for
 from tests.prometheus_fixture import required_binary

@@ -4,7 +4,7 @@ the queue and the panel, whether the services answer, refuse or cannot be reache
 The services are real and really check the secrets: a private ``redis-server --requirepass``, a
 private moto S3 server with authentication on (an IAM user whose key must sign every request),
 PostgreSQL with a password in its URL. Every test ends by grepping what a user or an admin could
-see for the secret strings. The log filter (``farm.redact``) is only a second line of defence, so
+see for the secret strings. The log filter (``farm.base.redact``) is only a second line of defence, so
 the end-to-end tests also check the sources: the CLI's error lines are printed, not logged.
 """
 
@@ -26,10 +26,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from farm import redact
-from farm.checks import check_database, check_redis, check_storage
-from farm.db.engine import DatabaseError, open_database
-from farm.settings import ENV_VARS, Settings, SettingsError, redact_url
+from farm.base import redact
+from farm.services.checks import check_database, check_redis, check_storage
+from farm.services.db.engine import DatabaseError, open_database
+from farm.base.settings import ENV_VARS, Settings, SettingsError, redact_url
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 from tests.farm.test_redis_tls import NodeRun, PrivateRedis, free_port
 

@@ -6,7 +6,7 @@ asks for the next page with ``fetch_requested``. Live changes arrive one job at 
 ``set_progress`` moves one bar (one cell changes), ``apply_job`` puts a re-read job in place, or
 where it belongs in the current order, or drops it once it no longer matches the filter.
 
-Rows are the job dicts of ``farm.db.repo.job_to_dict`` (without the log tail, which can be long).
+Rows are the job dicts of ``farm.services.db.repo.job_to_dict`` (without the log tail, which can be long).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 
-from farm.db.repo import order_key
+from farm.services.db.repo import order_key
 
 COLUMNS = ("Job", "File", "Status", "Progress", "Format", "Node", "Created", "Finished", "Error")
 (COL_JOB, COL_FILE, COL_STATUS, COL_PROGRESS, COL_FORMAT, COL_NODE, COL_CREATED, COL_FINISHED,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
-from farm.telemetry import NodeStatus
+from farm.services.registry import NodeStatus
 
 # Status -> badge colour; shared with the node cards.
 STATUS_COLORS = {

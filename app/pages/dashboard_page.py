@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QFrame, QGridLayout, QLabel, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget, QHeaderView, QAbstractItemView)
 
-from farm.db import repo
+from farm.services.db import repo
 
 RECENT_ROWS = 10
 REFRESH_MS = 5000  # the database summary; live parts come from the hub

@@ -26,8 +26,8 @@ from app.models.jobs_model import (BAR_ENABLED_ROLE, COL_CREATED, COL_FILE, COL_
                                    COL_NODE, COL_PROGRESS, COL_STATUS, PROGRESS_ROLE, SORT_FIELDS, JobQuery,
                                    JobsModel, short_id)
 from app.widgets.progress_delegate import ProgressDelegate
-from farm.db import repo
-from farm.keys import sanitize_name
+from farm.services.db import repo
+from farm.domain.object_keys import sanitize_name
 
 PAGE_SIZE = 200
 TEXT_DEBOUNCE_MS = 300

@@ -2,11 +2,11 @@
 
 Everything is live from the hub: node samples (``samples_added``), queue counts
 (``counts_updated``, once a second) and job events (``job_event``: completed and failed, counted
-per minute by ``farm.rates.MinuteRates``). When the page is first shown it also loads the nodes'
+per minute by ``app.rates.MinuteRates``). When the page is first shown it also loads the nodes'
 stored samples (the last 10 minutes) through the runner, so the charts do not start empty.
 
 With ``ENCODEFLOW_PROMETHEUS_URL`` set, a range box also offers the last 24 hours from Prometheus
-(``farm.prometheus``): the same four charts, read from Prometheus through the runner and refreshed
+(``farm.services.prometheus``): the same four charts, read from Prometheus through the runner and refreshed
 every minute while shown. The live charts keep filling meanwhile, so switching back is instant.
 """
 
@@ -21,10 +21,10 @@ from app.hub import FarmHub
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.live_chart import LiveChart
-from farm.prometheus import MAX_POINTS, History, PrometheusClient
-from farm.rates import MINUTE, MinuteRates, minute_start, stream_id_time
-from farm.redact import redact_url
-from farm.telemetry import MAX_SAMPLES
+from farm.services.prometheus import MAX_POINTS, History, PrometheusClient
+from app.rates import MINUTE, MinuteRates, minute_start, stream_id_time
+from farm.base.redact import redact_url
+from farm.services.registry import MAX_SAMPLES
 
 RATE_WINDOW_MINUTES = 60
 QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))

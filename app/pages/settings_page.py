@@ -6,7 +6,7 @@ notifications master switch go to the config file that the CLI and the nodes rea
 live in ``QSettings`` (``app.preferences``). S3 credentials go to the system keyring
 (``app.credentials``).
 
-Save checks Redis, the database and storage first (``farm.checks``, in the background runner) and
+Save checks Redis, the database and storage first (``farm.services.checks``, in the background runner) and
 writes nothing unless all of them answer; the checks' words appear next to each field.
 """
 
@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
 from app import credentials
 from app.preferences import Preferences
 from app.widgets.url_edit import UrlEdit
-from farm.checks import CheckResult, check_database, check_prometheus, check_redis, check_storage
-from farm.settings import DEFAULT_QUEUE, ENV_VARS, Settings, SettingsError, default_config_path
+from farm.services.checks import CheckResult, check_database, check_prometheus, check_redis, check_storage
+from farm.base.settings import DEFAULT_QUEUE, ENV_VARS, Settings, SettingsError, default_config_path
 
 OK_STYLE = "color: #1e7d32;"
 ERROR_STYLE = "color: #b3261e;"
@@ -48,7 +48,7 @@ def set_result(label: QLabel, result: CheckResult | None, busy_text: str = "") -
 
 class SettingsPage(QWidget):
     title = "Settings"
-    settings_saved = Signal(object)  # farm.settings.Settings, as written to the config file
+    settings_saved = Signal(object)  # farm.base.settings.Settings, as written to the config file
 
     def __init__(self, services, runner, hub, parent=None, *, preferences: Preferences | None = None):
         super().__init__(parent)

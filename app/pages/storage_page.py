@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
                                QMessageBox, QProgressBar, QPushButton, QStyle, QTreeView, QVBoxLayout,
                                QWidget)
 
-from farm.storage import StoredObject, TransferCancelled
+from farm.services.storage import StoredObject, TransferCancelled
 
 KEY_ROLE = Qt.UserRole + 1  # the object's key, or the folder's prefix
 FOLDER_ROLE = Qt.UserRole + 2

@@ -3,7 +3,7 @@
 The file list is a ``QListView`` on ``UploadListModel`` with ``UploadDelegate`` painting each row
 (thumbnail, name, duration · resolution · codecs, status, progress bar, Cancel button), so a drop of
 a few thousand files costs a few thousand small records, not a few thousand widgets. Probing,
-thumbnails and uploads run in the background runner (``farm.intake`` and ``app.uploads``); this
+thumbnails and uploads run in the background runner (``app.intake`` and ``app.uploads``); this
 module only shows their results.
 """
 
@@ -40,7 +40,7 @@ from app.services import AppServices
 from app.uploads import UploadController
 from app.widgets.drop_zone import DropZone, accepts_drag, local_paths
 from app.widgets.output_form import OutputForm
-from farm import intake
+from app import intake
 from farm.client import CheckedFile
 
 log = logging.getLogger(__name__)

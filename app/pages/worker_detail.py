@@ -17,7 +17,7 @@ from app.models.nodes_model import STATUS_COLORS, format_ago, running_text
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.live_chart import LiveChart
-from farm.telemetry import MAX_SAMPLES, NodeStatus
+from farm.services.registry import MAX_SAMPLES, NodeStatus
 
 
 def load_samples(services: AppServices, name: str) -> list[dict]:

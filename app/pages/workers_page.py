@@ -21,7 +21,7 @@ from app.pages.worker_detail import WorkerDetail
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.node_card import CARD_WIDTH, NodeCard, enabled_actions
-from farm.telemetry import NodeStatus
+from farm.services.registry import NodeStatus
 
 # A request is done once the node reports one of these statuses.
 _REACHED = {"pause": {"paused"}, "run": {"idle", "busy"}, "drain": {"draining", "offline"}}

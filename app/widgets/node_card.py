@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QProgre
                                QSizePolicy, QVBoxLayout, QWidget)
 
 from app.models.nodes_model import (STATUS_COLORS, format_ago, job_label, short_list)
-from farm.telemetry import NodeStatus
+from farm.services.registry import NodeStatus
 
 CARD_WIDTH = 330
 

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from app.runner import BackgroundRunner
 from app.services import AppServices
-from farm.jobspec import BUILTIN_PRESETS, FORMATS, RESOLUTIONS, OutputConfig
+from farm.domain.jobspec import BUILTIN_PRESETS, FORMATS, RESOLUTIONS, OutputConfig
 
 FORMAT_LABELS = {
     "mp4": "MP4 (H.264 + AAC)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLineEdit
 
-from farm.redact import MASK, redact_url
+from farm.base.redact import MASK, redact_url
 
 
 class UrlEdit(QLineEdit):

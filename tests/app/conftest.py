@@ -14,9 +14,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from farm.embedded import ensure_embedded_redis  # noqa: E402
-from farm.localfarm import LocalFarm  # noqa: E402
-from farm.settings import Settings  # noqa: E402
+from farm.services.embedded import ensure_embedded_redis  # noqa: E402
+from farm.services.local_nodes import LocalFarm  # noqa: E402
+from farm.base.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import redis
 
-from farm.embedded import ensure_embedded_redis
-from farm.events import events_key
+from farm.services.embedded import ensure_embedded_redis
+from farm.services.events import events_key
 
 
 def test_the_hub_reconnects_after_the_embedded_redis_restarts(app_settings, embedded_redis, services, hub, qtbot):

@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt
 
 from app.models.jobs_model import (COL_CREATED, COL_ERROR, COL_FILE, COL_FORMAT, COL_JOB, COL_PROGRESS, COL_STATUS,
                                    COLUMNS, PROGRESS_ROLE, STATUS_COLOURS, JobQuery, JobsModel, format_time)
-from farm.db.repo import isoformat
+from farm.services.db.repo import isoformat
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -14,9 +14,9 @@ from PySide6.QtGui import QGuiApplication
 
 from app.models.jobs_model import BAR_ENABLED_ROLE, COL_FILE, COL_NODE, COL_PROGRESS, COL_STATUS, PROGRESS_ROLE
 from app.pages.jobs_page import PAGE_SIZE, JobsPage
-from farm.db import Job, repo
-from farm.events import JobEvent
-from farm.jobspec import OutputConfig
+from farm.services.db import Job, repo
+from farm.services.events import JobEvent
+from farm.domain.jobspec import OutputConfig
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.local_farm import LocalFarmLauncher
-from farm.embedded import running_embedded_redis
+from farm.services.embedded import running_embedded_redis
 
 
 def test_launcher_starts_a_node_that_the_panel_shows_and_stops_it(qtbot, services, runner, hub):

@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QApplication
 
 from app.pages.metrics_page import MetricsPage
-from farm.jobspec import OutputConfig
+from farm.domain.jobspec import OutputConfig
 
 NODE = "test-node-1"
 STYLE = Path(__file__).resolve().parents[2] / "resources" / "style.qss"
@@ -83,7 +83,7 @@ def test_metrics_page_shows_the_last_24_hours_from_prometheus(local_node, servic
                                                                prometheus_server):
     from urllib.parse import urlsplit
 
-    from farm.prometheus import PrometheusClient
+    from farm.services.prometheus import PrometheusClient
     from tests.e2e.helpers import wait_for
 
     registry = services.registry()

@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings, Qt
 from app import credentials
 from app.pages.settings_page import SettingsPage
 from app.preferences import Preferences
-from farm.settings import Settings
+from farm.base.settings import Settings
 
 UNREACHABLE = "redis://:secretpw@127.0.0.1:1/0"
 REACHABLE = "redis://127.0.0.1:6379/0"  # the test machine's Redis

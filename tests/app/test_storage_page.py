@@ -12,7 +12,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from app.pages.storage_page import KEY_ROLE, StoragePage, build_tree, human_size
-from farm.storage import StoredObject
+from farm.services.storage import StoredObject
 
 OUTPUT_KEY = "outputs/job-1/clip_720p.mp4"
 INPUT_KEY = "inputs/video-1/clip.mp4"
@@ -152,7 +152,7 @@ def test_storage_page_renders(qtbot, page, tmp_path):
 @pytest.fixture
 def s3_services(s3_url, data_dir):
     from app.services import AppServices
-    from farm.settings import Settings
+    from farm.base.settings import Settings
 
     services = AppServices(Settings.load())
     yield services
@@ -180,7 +180,7 @@ def test_s3_listing_and_presigned_link(qtbot, s3_services, runner, tmp_path):
 
 
 def test_unreachable_storage_is_shown_in_words(qtbot, s3_services, runner, monkeypatch):
-    from farm.storage import open_storage
+    from farm.services.storage import open_storage
 
     missing = open_storage("s3://ef-no-such-bucket-for-page")
     monkeypatch.setattr(s3_services.farm, "storage", missing)  # what a wrong bucket in Settings gives

@@ -13,8 +13,8 @@ from PySide6.QtWidgets import QApplication, QInputDialog
 from app.pages.upload_page import UploadListModel, UploadPage
 from app.uploads import _Meter
 from app.widgets.drop_zone import local_paths
-from farm.jobspec import OutputConfig, PresetStore
-from farm.media import NotAVideoError, probe
+from farm.domain.jobspec import OutputConfig, PresetStore
+from farm.domain.media import NotAVideoError, probe
 
 
 @pytest.fixture

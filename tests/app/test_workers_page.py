@@ -12,8 +12,8 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.models.nodes_model import COLUMN, NodesModel, format_ago
 from app.pages.workers_page import WorkersPage
-from farm.jobspec import OutputConfig
-from farm.telemetry import NodeStatus
+from farm.domain.jobspec import OutputConfig
+from farm.services.registry import NodeStatus
 
 NODE = "test-node-1"
 STYLE = Path(__file__).resolve().parents[2] / "resources" / "style.qss"

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from farm.embedded import ensure_embedded_redis
-from farm.settings import Settings
+from farm.services.embedded import ensure_embedded_redis
+from farm.base.settings import Settings
 from tests.e2e.helpers import wait_for
 
 
@@ -61,7 +61,7 @@ def local_farm(data_dir):
     nodes: list[NodeProcess] = []
 
     def start(count: int = 1, extra: list[str] = ()) -> list[NodeProcess]:
-        from farm.telemetry import NodeRegistry
+        from farm.services.registry import NodeRegistry
         import redis
 
         started = [NodeProcess(f"node-{len(nodes) + i + 1}", data_dir, list(extra)) for i in range(count)]
@@ -73,7 +73,7 @@ def local_farm(data_dir):
 
     def start_named(name: str, extra: list[str] = ()) -> NodeProcess:
         """Start one node with the given name (e.g. to restart a node that exited)."""
-        from farm.telemetry import NodeRegistry
+        from farm.services.registry import NodeRegistry
         import redis
 
         node = NodeProcess(name, data_dir, list(extra))

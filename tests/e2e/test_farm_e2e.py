@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from farm.client import Farm
-from farm.media import probe
-from farm.storage import open_storage
+from farm.domain.media import probe
+from farm.services.storage import open_storage
 from farm_node.workdir import entries
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 

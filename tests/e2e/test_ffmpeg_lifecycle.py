@@ -15,7 +15,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import psutil
 
-from farm.media import ffmpeg_version
+from farm.domain.media import ffmpeg_version
 from tests.bull import bull_job
 from tests.clips import ffmpeg_claiming
 from tests.e2e.helpers import LONG_JOB, json_lines, metrics, node_info, run_cli, submit, wait_for

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.db import open_database, repo, video_to_dict
-from farm.storage import open_storage
+from farm.services.db import open_database, repo, video_to_dict
+from farm.services.storage import open_storage
 from tests.bull import bull_job
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 from tests.e2e.test_hostile_submit import bull_add

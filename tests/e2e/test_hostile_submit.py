@@ -23,9 +23,9 @@ import pytest
 from bullmq import Queue
 
 from farm.client import Farm, UnknownJobError
-from farm.keys import sanitize_name
-from farm.media import find_ffmpeg, probe
-from farm.storage import open_storage
+from farm.domain.object_keys import sanitize_name
+from farm.domain.media import find_ffmpeg, probe
+from farm.services.storage import open_storage
 from farm_node.workdir import entries
 from tests.bull import bull_job
 from tests.e2e.helpers import json_lines, run_cli, wait_for

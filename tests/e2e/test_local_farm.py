@@ -8,8 +8,8 @@ import sys
 
 import psutil
 
-from farm.embedded import running_embedded_redis
-from farm.settings import Settings
+from farm.services.embedded import running_embedded_redis
+from farm.base.settings import Settings
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 

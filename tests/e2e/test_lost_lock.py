@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from farm.ports import free_port
+from farm.base.ports import free_port
 from tests.bull import bull_job
 from tests.e2e.helpers import LONG_JOB, submit, wait_for
 from tests.e2e.test_node_control import _sample, http_get

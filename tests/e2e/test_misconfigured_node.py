@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from farm.embedded import ensure_embedded_redis
-from farm.settings import ENV_VARS
+from farm.services.embedded import ensure_embedded_redis
+from farm.base.settings import ENV_VARS
 
 REDIS = "ENCODEFLOW_REDIS_URL (--redis-url)"
 DATABASE = "ENCODEFLOW_DATABASE_URL (--database-url)"

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from farm.client import Farm
-from farm.telemetry import NodeRegistry, NodeStatus
-from farm.ports import free_port
+from farm.services.registry import NodeRegistry, NodeStatus
+from farm.base.ports import free_port
 from farm_node.workdir import entries
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 from tests.bull import bull_job

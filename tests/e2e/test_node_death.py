@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from farm.client import Farm
-from farm.keys import output_prefix
-from farm.storage import open_storage
+from farm.domain.object_keys import output_prefix
+from farm.services.storage import open_storage
 from farm_node.workdir import entries
 from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 from tests.bull import bull_job

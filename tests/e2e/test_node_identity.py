@@ -15,7 +15,7 @@ import time
 import psutil
 import redis
 
-from farm.telemetry import RegistryKeys
+from farm.services.registry import RegistryKeys
 from tests.e2e.helpers import LONG_JOB, submit, wait_for
 from tests.e2e.test_node_death import FAST, running_on
 
@@ -148,8 +148,8 @@ def test_encodeflow_up_twice_on_one_data_dir_refuses_the_second(settings):
 
 def _registered_child(up: subprocess.Popen, settings):
     """The ``encodeflow up`` process's node as the registry lists it, once it is online."""
-    from farm.embedded import running_embedded_redis
-    from farm.telemetry import NodeRegistry
+    from farm.services.embedded import running_embedded_redis
+    from farm.services.registry import NodeRegistry
 
     server = running_embedded_redis(settings)
     if server is None:

@@ -8,8 +8,8 @@ import urllib.parse
 import pytest
 import redis
 
-from farm.prometheus import PrometheusClient, PrometheusError
-from farm.telemetry import NodeRegistry
+from farm.services.prometheus import PrometheusClient, PrometheusError
+from farm.services.registry import NodeRegistry
 from tests.e2e.helpers import run_cli, wait_for
 
 

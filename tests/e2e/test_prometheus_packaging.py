@@ -15,8 +15,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import farm_node.metrics
-from farm.prometheus import FLEET_QUERIES, PrometheusClient
-from farm.telemetry import NodeRegistry
+from farm.services.prometheus import FLEET_QUERIES, PrometheusClient
+from farm.services.registry import NodeRegistry
 from tests.e2e.helpers import run_cli, submit, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

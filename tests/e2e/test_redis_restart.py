@@ -21,12 +21,12 @@ import pytest
 import redis
 from bullmq import Queue
 
-from farm.embedded import ensure_embedded_redis
-from farm.events import JobEventListener
-from farm.keys import output_prefix
-from farm.settings import ENV_VARS
-from farm.storage import open_storage
-from farm.telemetry import NodeRegistry
+from farm.services.embedded import ensure_embedded_redis
+from farm.services.events import JobEventListener
+from farm.domain.object_keys import output_prefix
+from farm.base.settings import ENV_VARS
+from farm.services.storage import open_storage
+from farm.services.registry import NodeRegistry
 from tests.e2e.helpers import LONG_JOB, json_lines, run_cli, wait_for
 from tests.faults import RestartableRedis
 from tests.bull import bull_job

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from farm.settings import ENV_VARS
+from farm.base.settings import ENV_VARS
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 from tests.faults import FaultyLink
 
@@ -104,8 +104,8 @@ def test_sigterm_stops_a_busy_node_whose_redis_goes_silent(silent_link, long_cli
 
 def test_the_cli_says_what_it_saw_of_a_silent_local_farm(settings):
     """The local farm runs, but its Redis is stopped (SIGSTOP): not "the local farm is not running"."""
-    from farm.embedded import ensure_embedded_redis
-    from farm.settings import redact_url
+    from farm.services.embedded import ensure_embedded_redis
+    from farm.base.settings import redact_url
 
     server = ensure_embedded_redis(settings)
     os.kill(server.pid, signal.SIGSTOP)

@@ -6,7 +6,7 @@ import json
 
 import boto3
 
-from farm.media import probe
+from farm.domain.media import probe
 from tests.e2e.helpers import json_lines, run_cli
 
 
@@ -73,7 +73,7 @@ def test_cancel_while_queued_then_retry_completes(redis_url, pg_url, local_farm,
     local_farm(1)
     assert run_cli("retry", job["id"]).returncode == 0
     from farm.client import Farm
-    from farm.settings import Settings
+    from farm.base.settings import Settings
 
     farm = Farm(Settings.load(), start_embedded=False)
     (done,) = farm.wait([job["id"]], timeout=60)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from farm.checks import check_database, check_redis, check_storage
+from farm.services.checks import check_database, check_redis, check_storage
 
 
 def test_redis_ok_reports_the_version(redis_url):
@@ -45,7 +45,7 @@ def test_redis_wrong_or_missing_password_is_named_without_showing_it(embedded_re
 
 @pytest.fixture
 def embedded_redis_url(settings):
-    from farm.embedded import ensure_embedded_redis
+    from farm.services.embedded import ensure_embedded_redis
 
     server = ensure_embedded_redis(settings)
     yield server.url
@@ -58,10 +58,10 @@ def test_not_a_redis_url():
 
 
 def test_database_sqlite_ok(tmp_path):
-    result = check_database(f"sqlite:///{tmp_path / 'sub' / 'farm.db'}")
+    result = check_database(f"sqlite:///{tmp_path / 'sub' / 'farm.services.db'}")
     assert result.ok, result.message
     assert result.message.startswith("SQLite 3.")
-    assert "farm.db" in result.message
+    assert "farm.services.db" in result.message
 
 
 @pytest.mark.postgres

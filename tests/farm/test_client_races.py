@@ -10,9 +10,9 @@ import os
 
 from bullmq import UnrecoverableError
 
-from farm.jobspec import OutputConfig
-from farm.payload import JobPayload
-from farm.queue import QueueClient, QueueStateError
+from farm.domain.jobspec import OutputConfig
+from farm.domain.payload import JobPayload
+from farm.services.queue import QueueClient, QueueStateError
 from tests import bull
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from farm.db import (
+from farm.services.db import (
     STATUSES,
     DatabaseError,
     Job,
@@ -26,8 +26,8 @@ from farm.db import (
     open_database,
     repo,
 )
-from farm.db.models import Base
-from farm.payload import JobPayload
+from farm.services.db.models import Base
+from farm.domain.payload import JobPayload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = {
@@ -101,7 +101,7 @@ def test_sqlite_is_set_up_for_several_processes(settings):
 
 
 def test_a_sqlite_file_in_a_new_folder_is_created(tmp_path):
-    with open_database(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'farm.db'}") as db:
+    with open_database(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'farm.services.db'}") as db:
         assert repo.count_by_status(db) == dict.fromkeys(STATUSES, 0)
 
 
@@ -425,8 +425,8 @@ def test_ensure_from_payload_refuses_an_incomplete_probe(db):
 
 WRITER = textwrap.dedent("""
     import json, sys, time
-    from farm.db import open_database, repo
-    from farm.payload import JobPayload
+    from farm.services.db import open_database, repo
+    from farm.domain.payload import JobPayload
     url, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
     payload = json.loads(sys.argv[4])
     time.sleep(max(0.0, start_at - time.time()))  # both processes open a new database at once

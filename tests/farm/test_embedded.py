@@ -8,7 +8,7 @@ import socket
 import pytest
 import redis
 
-from farm.embedded import ensure_embedded_redis, running_embedded_redis
+from farm.services.embedded import ensure_embedded_redis, running_embedded_redis
 
 
 def _port(url: str) -> int:
@@ -54,7 +54,7 @@ def test_a_restarted_embedded_redis_moves_only_when_its_port_is_taken(settings, 
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old server's TIME_WAIT
         squatter.bind(("127.0.0.1", old_port))
         squatter.listen()
-        with caplog.at_level(logging.WARNING, logger="farm.embedded"):
+        with caplog.at_level(logging.WARNING, logger="farm.services.embedded"):
             second = embedded()
     new_port = _port(second.url)
     assert new_port != old_port

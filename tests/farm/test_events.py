@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from farm.events import JobEventListener, events_key
+from farm.services.events import JobEventListener, events_key
 from tests.faults import RestartableRedis
 
 

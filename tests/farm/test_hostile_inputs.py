@@ -24,8 +24,8 @@ import av
 import pytest
 
 from farm.client import SubmitError, check_inputs
-from farm.jobspec import OutputConfig
-from farm.media import MAX_DIMENSION, MAX_DURATION_S, NotAVideoError, find_ffmpeg, probe
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import MAX_DIMENSION, MAX_DURATION_S, NotAVideoError, find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args
 
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from farm.client import CheckedFile
-from farm.intake import (
+from app.intake import (
     Refused,
     check,
     describe,
@@ -19,7 +19,7 @@ from farm.intake import (
     inspect,
     thumbnail,
 )
-from farm.media import NotAVideoError, find_ffmpeg, probe
+from farm.domain.media import NotAVideoError, find_ffmpeg, probe
 from tests.clips import rotated
 
 

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farm.jobspec import BUILTIN_PRESETS, FORMATS, RESOLUTIONS, JobSpecError, OutputConfig, PresetStore, validate_priority
-from farm.payload import JobPayload, PayloadError
+from farm.domain.jobspec import BUILTIN_PRESETS, FORMATS, RESOLUTIONS, JobSpecError, OutputConfig, PresetStore, validate_priority
+from farm.domain.payload import JobPayload, PayloadError
 
 
 def test_payload_round_trip_uses_the_node_systems_names():
@@ -114,7 +114,7 @@ payload_like = st.fixed_dictionaries({}, optional={
 def test_any_queue_payload_is_either_valid_or_a_payload_error(data):
     """A node never fails on a payload with anything but PayloadError (an unrecoverable, named
     failure); and what it accepts is a plain key inside inputs/<id>/ that storage will take."""
-    from farm.keys import join_key
+    from farm.domain.object_keys import join_key
 
     try:
         parsed = JobPayload.parse("job-1", data)

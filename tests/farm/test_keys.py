@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.keys import (
+from farm.domain.object_keys import (
     MAX_NAME_BYTES,
     InvalidKeyError,
     input_key,
@@ -174,9 +174,9 @@ ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 def test_input_key_round_trips_through_the_nodes_payload_check(video_id, name):
     """Whatever a user's file is called (no file name holds NUL), the key and name the CLI sends are
     ones the node accepts, and the key stays inside inputs/<video id>/ in every backend."""
-    from farm.keys import split_key
-    from farm.payload import JobPayload
-    from farm.untrusted import storable
+    from farm.domain.object_keys import split_key
+    from farm.domain.payload import JobPayload
+    from farm.base.untrusted import storable
 
     name = storable(name)  # what the CLI records and sends
     key = input_key(video_id, name)
@@ -190,7 +190,7 @@ def test_input_key_round_trips_through_the_nodes_payload_check(video_id, name):
 @settings(max_examples=200, deadline=None)
 @given(job_id=ids, attempt=st.integers(min_value=0, max_value=10**6), name=tricky_text)
 def test_output_key_stays_in_its_attempt(job_id, attempt, name):
-    from farm.keys import split_key
+    from farm.domain.object_keys import split_key
 
     assert split_key(output_key(job_id, attempt, name)) == ["outputs", job_id, f"attempt-{attempt}", sanitize_name(name)]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import av
 import pytest
 
-from farm import media
-from farm.media import (
+from farm.domain import media
+from farm.domain.media import (
     FFMPEG_INPUT_GUARD,
     MAX_DIMENSION,
     MediaInfo,
@@ -318,7 +318,7 @@ def only_on_path(monkeypatch, fake: Path) -> None:
 def test_an_old_ffmpeg_on_path_is_passed_over_with_one_warning(tmp_path, monkeypatch, caplog, bundled):
     fake = ffmpeg_claiming(tmp_path / "bin", "4.4.2-0ubuntu0.22.04.1")
     only_on_path(monkeypatch, fake)
-    with caplog.at_level("WARNING", logger="farm.media"):
+    with caplog.at_level("WARNING", logger="farm.domain.media"):
         assert find_ffmpeg() == find_ffmpeg() == bundled
     assert [r.getMessage() for r in caplog.records] == [
         f"FFmpeg 4.4.2-0ubuntu0.22.04.1 on PATH ({fake}) is older than 5.1; using the bundled FFmpeg "
@@ -331,7 +331,7 @@ def test_a_new_enough_or_unnumbered_ffmpeg_on_path_is_used(tmp_path, monkeypatch
     assert find_ffmpeg() == str(debian)
     git = ffmpeg_claiming(tmp_path / "git", "N-12345-g0123abcd")
     only_on_path(monkeypatch, git)
-    with caplog.at_level("INFO", logger="farm.media"):
+    with caplog.at_level("INFO", logger="farm.domain.media"):
         assert find_ffmpeg() == str(git)
     assert "reports version 'N-12345-g0123abcd', not a release number" in caplog.text
 
@@ -342,7 +342,7 @@ def test_an_ffmpeg_on_path_that_does_not_run_is_passed_over(tmp_path, monkeypatc
     broken.write_text("#!/bin/sh\necho 'libavcodec.so.59: cannot open shared object file' >&2\nexit 127\n")
     broken.chmod(0o755)
     only_on_path(monkeypatch, broken)
-    with caplog.at_level("WARNING", logger="farm.media"):
+    with caplog.at_level("WARNING", logger="farm.domain.media"):
         assert find_ffmpeg() == bundled
     assert f"FFmpeg on PATH ({broken}) does not run" in caplog.text and "using the bundled FFmpeg" in caplog.text
 

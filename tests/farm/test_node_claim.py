@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from farm.telemetry import (
+from farm.services.registry import (
     NodeClaim,
     NodeNameTaken,
     NodeRegistry,
@@ -133,7 +133,7 @@ def test_of_two_nodes_claiming_at_the_same_instant_only_one_runs(redis_url, queu
     code = f"""
         import asyncio, time
         import redis.asyncio as aioredis
-        from farm.telemetry import NodeNameTaken, NodeRegistryWriter
+        from farm.services.registry import NodeNameTaken, NodeRegistryWriter
 
         async def main():
             conn = aioredis.Redis.from_url({redis_url!r}, decode_responses=True)
@@ -172,7 +172,7 @@ def test_names_are_plain_and_the_host_name_always_makes_one(monkeypatch):
 
 
 def test_remote_control_refuses_a_name_no_node_can_have(redis_url, queue, client):
-    from farm.telemetry import UnknownNodeError
+    from farm.services.registry import UnknownNodeError
 
     with pytest.raises(UnknownNodeError, match="no such node: node name '../x' is not allowed"):
         NodeRegistry(client, queue).set_desired_state("../x", "drain")

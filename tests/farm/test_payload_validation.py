@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.db import open_database, repo
-from farm.jobspec import MAX_PRIORITY, OutputConfig
-from farm.payload import JobPayload, PayloadError, salvage
+from farm.services.db import open_database, repo
+from farm.domain.jobspec import MAX_PRIORITY, OutputConfig
+from farm.domain.payload import JobPayload, PayloadError, salvage
 
 VIDEO = "5f0c7d3e-1111-4222-8333-444455556666"
 KEY = f"inputs/{VIDEO}/holiday.mov"

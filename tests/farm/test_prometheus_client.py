@@ -7,7 +7,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from farm.prometheus import PrometheusClient
+from farm.services.prometheus import PrometheusClient
 
 
 def test_basic_auth_from_the_url_is_sent_as_a_header_and_hidden():

@@ -4,9 +4,9 @@ import asyncio
 import os
 
 
-from farm.jobspec import OutputConfig
-from farm.payload import JobPayload
-from farm.queue import JOB_NAME, QueueClient, cancel_channel
+from farm.domain.jobspec import OutputConfig
+from farm.domain.payload import JobPayload
+from farm.services.queue import JOB_NAME, QueueClient, cancel_channel
 from tests.bull import failed_job
 
 

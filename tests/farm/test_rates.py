@@ -2,7 +2,7 @@
 
 import pytest
 
-from farm.rates import MinuteRates, minute_start, stream_id_time
+from app.rates import MinuteRates, minute_start, stream_id_time
 
 T0 = 1_700_000_040.0  # the start of a minute
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.checks import check_redis
+from farm.services.checks import check_redis
 from farm.client import Farm
-from farm.settings import ENV_VARS, Settings
-from farm.telemetry import NodeRegistry
-from farm.ports import free_port
+from farm.base.settings import ENV_VARS, Settings
+from farm.services.registry import NodeRegistry
+from farm.base.ports import free_port
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from farm.settings import Settings, SettingsError, redact_url
+from farm.base.settings import Settings, SettingsError, redact_url
 
 
 def test_embedded_defaults_live_under_the_data_dir(data_dir):

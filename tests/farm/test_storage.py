@@ -16,8 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from farm.keys import InvalidKeyError
-from farm.storage import (
+from farm.domain.object_keys import InvalidKeyError
+from farm.services.storage import (
     LocalStorage,
     ObjectNotFound,
     S3Storage,
@@ -453,7 +453,7 @@ def test_folder_refuses_a_relative_root():
 
 
 def test_progress_stays_monotonic_when_a_retry_rewinds_it():
-    from farm.storage.base import ProgressTracker
+    from farm.services.storage.base import ProgressTracker
 
     seen: list[int] = []
     tracker = ProgressTracker(seen.append, None, "upload of 'k'")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from farm.storage import open_storage
+from farm.services.storage import open_storage
 from tests.files import random_file
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.storage import StorageUnavailable, TransferCancelled, open_storage
-from farm.storage.local import temp_name
-from farm.settings import ENV_VARS, Settings, SettingsError
-from farm.storage.retry import RetryPolicy
+from farm.services.storage import StorageUnavailable, TransferCancelled, open_storage
+from farm.services.storage.local import temp_name
+from farm.base.settings import ENV_VARS, Settings, SettingsError
+from farm.services.storage.retry import RetryPolicy
 from tests.files import MiB, random_file, sha256
 
 MULTIPART_SIZE = 24 * MiB  # three 8 MiB parts: a multipart upload, and a ranged download
@@ -293,7 +293,7 @@ def test_a_cancel_while_the_share_is_away_is_a_cancel(tmp_path, monkeypatch):
 
 
 def test_a_storage_never_used_still_says_the_object_is_missing(tmp_path, monkeypatch):
-    from farm.storage import ObjectNotFound
+    from farm.services.storage import ObjectNotFound
 
     monkeypatch.setenv(ENV_VARS["storage_retry_seconds"], "30")
     storage = configured((tmp_path / "new").as_uri())

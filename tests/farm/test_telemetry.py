@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from farm.telemetry import (
+from farm.services.registry import (
     NodeRegistry,
     NodeRegistryWriter,
     NodeStatus,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from farm import redact
-from farm.untrusted import printable, shown, storable
+from farm.base import redact
+from farm.base.untrusted import printable, shown, storable
 
 
 def test_shown_escapes_and_cuts():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from farm.db import open_database
-from farm.settings import Settings
-from farm.storage import open_storage
+from farm.services.db import open_database
+from farm.base.settings import Settings
+from farm.services.storage import open_storage
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from farm.jobspec import OutputConfig
-from farm.media import MediaInfo
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import MediaInfo
 from farm_node.ffmpeg_args import build_args, target_dimensions
 
 FFMPEG = "/opt/ffmpeg/bin/ffmpeg"

@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from farm import child_guard
-from farm.child_guard import LIFELINE, LINUX, SETPRIV, WINDOWS, ChildGuard, default_kind
-from farm.jobspec import OutputConfig
-from farm.media import find_ffmpeg, probe
+from farm.base import child_guard
+from farm.base.child_guard import LIFELINE, LINUX, SETPRIV, WINDOWS, ChildGuard, default_kind
+from farm.domain.jobspec import OutputConfig
+from farm.domain.media import find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args
 from farm_node.ffmpeg_runner import FFmpegStalled, run_ffmpeg
 from tests.clips import realtime_args
@@ -53,7 +53,7 @@ def wait_gone(pid: int, timeout: float) -> float:
 # A parent that runs FFmpeg the node's way with the given guard, says FFmpeg's pid, then keeps at it.
 PARENT = textwrap.dedent("""
     import asyncio, json, sys
-    from farm.child_guard import ChildGuard
+    from farm.base.child_guard import ChildGuard
     from farm_node.ffmpeg_runner import run_ffmpeg
 
     async def main(kind, args):

@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from farm.telemetry import NodeRegistry, NodeRegistryWriter, RegistryKeys
+from farm.services.registry import NodeRegistry, NodeRegistryWriter, RegistryKeys
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 
 INFO = NodeInfo(concurrency=2, version="0.1.0", ffmpeg_version="7.0.2", encoders=("libx264",), tags=("cpu",))

@@ -15,9 +15,9 @@ import time
 import pytest
 from bullmq import Queue
 
-from farm.db import repo
-from farm.keys import output_prefix
-from farm.media import find_ffmpeg
+from farm.services.db import repo
+from farm.domain.object_keys import output_prefix
+from farm.domain.media import find_ffmpeg
 from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
 from tests.bull import record_job, take_and_die, worker
@@ -41,7 +41,7 @@ async def enqueue(settings, job_id: str, payload: dict) -> None:
 
 async def run_until_settled(settings, db, job_id: str, proc: JobProcessor, timeout: float = 60):
     """Our processor on a worker until the row is settled; returns (row, BullMQ state, BullMQ job)."""
-    from farm.db import repo
+    from farm.services.db import repo
 
     node = worker(settings, proc, maxStalledCount=1)
     task = asyncio.ensure_future(node.run())

@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from farm.db import repo
-from farm.keys import output_key, output_prefix
-from farm.queue import QueueClient
-from farm.reconcile import Reconciler
-from farm.settings import Settings
-from farm.telemetry import NodeRegistryWriter, NodeStatus
-from farm_node.reconcile import reconcile_forever
+from farm.services.db import repo
+from farm.domain.object_keys import output_key, output_prefix
+from farm.services.queue import QueueClient
+from farm.services.reconciler import Reconciler
+from farm.base.settings import Settings
+from farm.services.registry import NodeRegistryWriter, NodeStatus
+from farm_node.reconcile_loop import reconcile_forever
 from tests.bull import record_job, take_and_die, wait_state, worker
 
 pytestmark = pytest.mark.postgres
@@ -284,7 +284,7 @@ class CountingReconciler:
 
 
 def test_one_pass_per_interval_on_the_whole_farm(redis_url):
-    from farm.queue import redis_client
+    from farm.services.queue import redis_client
 
     settings = Settings.load()
     interval = 0.5

@@ -16,8 +16,8 @@ import av
 import psutil
 import pytest
 
-from farm.jobspec import RESOLUTIONS, OutputConfig
-from farm.media import MediaInfo, find_ffmpeg, probe
+from farm.domain.jobspec import RESOLUTIONS, OutputConfig
+from farm.domain.media import MediaInfo, find_ffmpeg, probe
 from farm_node.ffmpeg_args import build_args, target_dimensions
 from farm_node.ffmpeg_runner import FFmpegError, FFmpegResult, run_ffmpeg
 from tests.clips import realtime_args, rotated

@@ -1,0 +1,1 @@
+"""Foundations every layer stands on: settings, text safety, command-line helpers, processes."""

@@ -1,0 +1,1 @@
+"""The farm's services: database, storage, queue, node registry, events, embedded Redis, checks."""
