@@ -52,7 +52,7 @@ from common import (
     write_result,
 )
 from farm.client import Farm
-from farm.services.db import repo
+from farm.db import repo
 from farm.services.events import events_key
 from farm.domain.jobspec import OutputConfig
 from farm.domain.object_keys import input_key
@@ -197,13 +197,13 @@ def prepare(farm: Farm, clip: Path, info: MediaInfo) -> tuple[str, dict]:
     """Upload the input and record the Video and Job rows as ``Farm.submit`` does, minus the enqueue."""
     video_id = str(uuid.uuid4())
     key = input_key(video_id, clip.name)
-    size = farm.services.storage.upload_file(clip, key)
+    size = farm.storage.upload_file(clip, key)
     video = repo.create_video(
-        farm.services.db, id=video_id, name=clip.name, key=key, size=size, duration=info.duration,
+        farm.db, id=video_id, name=clip.name, key=key, size=size, duration=info.duration,
         width=info.width, height=info.height, video_codec=info.video_codec,
         audio_codec=info.audio_codec, container=info.container, submitted_by="bench",
     )
-    job = repo.create_job(farm.services.db, video.id, CONFIG.to_payload())
+    job = repo.create_job(farm.db, video.id, CONFIG.to_payload())
     return job.id, JobPayload.build(job.id, key, clip.name, CONFIG, videoId=video.id)
 
 
@@ -232,10 +232,10 @@ async def one_job(farm: Farm, queue: QueueClient, clip: Path, info: MediaInfo, s
     t_enqueued = time.time_ns()
     outcome = await wait_finished(queue.redis, stream, job_id, last_id)
     if outcome != "completed":
-        raise RuntimeError(f"job {job_id} {outcome}: {repo.get_job(farm.services.db, job_id).error}")
+        raise RuntimeError(f"job {job_id} {outcome}: {repo.get_job(farm.db, job_id).error}")
 
     bull = await queue.queue.getJob(job_id)
-    row = repo.get_job(farm.services.db, job_id)
+    row = repo.get_job(farm.db, job_id)
     [ffmpeg_us] = [stamp for stamp, last in read_stamps(stamps) if f"/{job_id}-" in last]
     t0_ms = t_enqueue / 1e6
     started_ms = row.started_at.timestamp() * 1000

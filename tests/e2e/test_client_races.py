@@ -17,7 +17,7 @@ import pytest
 from bullmq import FlowProducer, Queue, UnrecoverableError, Worker
 
 from farm.client import Farm
-from farm.services.db import repo
+from farm.db import repo
 from tests.bull import bull_job
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 from tests.e2e.test_node_death import outputs_in_storage, running_on
@@ -54,7 +54,7 @@ def fail_in_queue(local_farm, farm: Farm, job_id: str) -> None:
         await worker.close()
 
     asyncio.run(fail())
-    repo.finish_job(farm.services.db, job_id, "failed", attempt=1, error="the encoder caught fire")
+    repo.finish_job(farm.db, job_id, "failed", attempt=1, error="the encoder caught fire")
 
 
 def test_two_retries_at_once_one_puts_the_job_back_the_other_says_it_already_is(local_farm, farm, clip):

@@ -14,7 +14,7 @@ import sys
 import time
 
 from farm.base.settings import ENV_VARS, Settings
-from farm.services.storage import open_storage
+from farm.storage import open_storage
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 
 SECRET = "testing-secret-key"  # the s3_url fixture's AWS_SECRET_ACCESS_KEY
@@ -48,10 +48,10 @@ def test_a_node_whose_upload_meets_a_cut_retries_the_job_and_completes_once(
                     timeout=180, what="the job to end")
     assert done["status"] == "completed", done
     assert done["attempts"] == 2 and done["error"] is None
-    outputs = [o.key for o in farm.services.storage.list(f"outputs/{job_id}")]
+    outputs = [o.key for o in farm.storage.list(f"outputs/{job_id}")]
     assert outputs == [done["output"]["key"]] and "/attempt-2/" in outputs[0]
-    assert farm.services.storage.size(outputs[0]) == done["output"]["size"]
-    assert s3_link.admin.list_multipart_uploads(Bucket=farm.services.storage.bucket).get("Uploads", []) == []
+    assert farm.storage.size(outputs[0]) == done["output"]["size"]
+    assert s3_link.admin.list_multipart_uploads(Bucket=farm.storage.bucket).get("Uploads", []) == []
     print(f"\nthe failed upload was noted on the job {noted_after:.1f} s after the cut; "
           f"job completed {time.monotonic() - restored_at:.1f} s after the link came back")
 
@@ -76,8 +76,8 @@ def test_submit_while_storage_is_down_fails_clearly_and_creates_no_job(s3_link, 
     farm = Farm(Settings.load(), start_embedded=False)
     try:
         assert farm.jobs() == []
-        assert list(farm.services.storage.list()) == []
-        assert s3_link.admin.list_multipart_uploads(Bucket=farm.services.storage.bucket).get("Uploads", []) == []
+        assert list(farm.storage.list()) == []
+        assert s3_link.admin.list_multipart_uploads(Bucket=farm.storage.bucket).get("Uploads", []) == []
     finally:
         farm.close()
     print(f"\nencodeflow submit with S3 down (window 2 s) gave up after {elapsed:.1f} s")
@@ -86,7 +86,7 @@ def test_submit_while_storage_is_down_fails_clearly_and_creates_no_job(s3_link, 
 # An upload whose source never ends: the uploader is caught half way, every time.
 _UPLOADER = """
 import sys
-from farm.services.storage import open_storage
+from farm.storage import open_storage
 open_storage(sys.argv[1]).upload_file(sys.argv[2], "outputs/j1/attempt-1/out.mp4")
 """
 

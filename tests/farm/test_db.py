@@ -101,7 +101,7 @@ def test_sqlite_is_set_up_for_several_processes(settings):
 
 
 def test_a_sqlite_file_in_a_new_folder_is_created(tmp_path):
-    with open_database(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'farm.services.db'}") as db:
+    with open_database(f"sqlite:///{tmp_path / 'new' / 'deeper' / 'farm.db'}") as db:
         assert repo.count_by_status(db) == dict.fromkeys(STATUSES, 0)
 
 

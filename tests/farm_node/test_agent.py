@@ -24,10 +24,10 @@ import redis
 from bullmq import Queue
 
 from farm.client import Farm, FarmError, UnknownJobError
-from farm.services.db import repo
+from farm.db import repo
 from farm.domain.media import probe
 from farm.base.settings import Settings
-from farm.services.storage import open_storage
+from farm.storage import open_storage
 from farm.services.registry import NodeRegistry
 from farm_node.agent import FarmNode
 from farm_node.workdir import entries
@@ -211,9 +211,9 @@ def test_an_input_that_is_not_a_video_fails_at_once_with_the_reason(settings_on_
     text.write_text("this is not a video\n" * 50)
     video_id, key = upload_input(settings_on_services, text)
     # A producer that recorded the job (as the Node API does with Prisma) before the node saw the file.
-    repo.create_video(farm.services.db, id=video_id, name=text.name, key=key, size=text.stat().st_size, duration=10.0,
+    repo.create_video(farm.db, id=video_id, name=text.name, key=key, size=text.stat().st_size, duration=10.0,
                       width=1280, height=720, video_codec="h264", container="mov,mp4,m4a,3gp,3g2,mj2")
-    job_id = repo.create_job(farm.services.db, video_id, {"resolution": "360p", "format": "mp4", "includeAudio": True}).id
+    job_id = repo.create_job(farm.db, video_id, {"resolution": "360p", "format": "mp4", "includeAudio": True}).id
 
     bull_add(settings_on_services, job_id, payload(job_id, key, text.name),
              attempts=3, backoff={"type": "fixed", "delay": 100})
