@@ -52,7 +52,7 @@ from common import (
     write_result,
 )
 from farm.client import Farm
-from farm.db import repo
+from farm.services.db import repo
 from farm.services.events import events_key
 from farm.domain.jobspec import OutputConfig
 from farm.domain.object_keys import input_key

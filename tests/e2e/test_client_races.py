@@ -17,7 +17,7 @@ import pytest
 from bullmq import FlowProducer, Queue, UnrecoverableError, Worker
 
 from farm.client import Farm
-from farm.db import repo
+from farm.services.db import repo
 from tests.bull import bull_job
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 from tests.e2e.test_node_death import outputs_in_storage, running_on

@@ -14,7 +14,7 @@ import sys
 import time
 
 from farm.base.settings import ENV_VARS, Settings
-from farm.storage import open_storage
+from farm.services.storage import open_storage
 from tests.e2e.helpers import LONG_JOB, run_cli, submit, wait_for
 
 SECRET = "testing-secret-key"  # the s3_url fixture's AWS_SECRET_ACCESS_KEY
@@ -86,7 +86,7 @@ def test_submit_while_storage_is_down_fails_clearly_and_creates_no_job(s3_link, 
 # An upload whose source never ends: the uploader is caught half way, every time.
 _UPLOADER = """
 import sys
-from farm.storage import open_storage
+from farm.services.storage import open_storage
 open_storage(sys.argv[1]).upload_file(sys.argv[2], "outputs/j1/attempt-1/out.mp4")
 """
 

@@ -24,10 +24,10 @@ import redis
 from bullmq import Queue
 
 from farm.client import Farm, FarmError, UnknownJobError
-from farm.db import repo
+from farm.services.db import repo
 from farm.domain.media import probe
 from farm.base.settings import Settings
-from farm.storage import open_storage
+from farm.services.storage import open_storage
 from farm.services.registry import NodeRegistry
 from farm_node.agent import FarmNode
 from farm_node.workdir import entries
