@@ -19,7 +19,8 @@ background runner.
 from __future__ import annotations
 
 import os
-from typing import MutableMapping, NamedTuple
+from collections.abc import MutableMapping
+from typing import NamedTuple
 
 SERVICE = "EncodeFlow S3"
 _KEY_ID = "access-key-id"

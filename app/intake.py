@@ -13,30 +13,52 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
+from farm.base.units import format_size
 from farm.client import CheckedFile
 from farm.domain.media import ACCEPTED_DEMUXERS, MediaInfo, NotAVideoError, ffmpeg_url, probe
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mj2",
-    ".mkv", ".webm",
-    ".avi",
-    ".ts", ".mts", ".m2ts", ".m2t",
-    ".mpg", ".mpeg", ".m2v", ".vob",
-    ".flv",
-    ".mxf",
-    ".ogv",
-    ".wmv", ".asf",
-    ".dv",
-    ".nut",
-    ".h264", ".264", ".h265", ".265", ".hevc", ".ivf",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".qt",
+        ".3gp",
+        ".3g2",
+        ".mj2",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".m2t",
+        ".mpg",
+        ".mpeg",
+        ".m2v",
+        ".vob",
+        ".flv",
+        ".mxf",
+        ".ogv",
+        ".wmv",
+        ".asf",
+        ".dv",
+        ".nut",
+        ".h264",
+        ".264",
+        ".h265",
+        ".265",
+        ".hevc",
+        ".ivf",
+    }
+)
 """Extensions taken from inside a dropped folder (lower case). A file dropped directly is probed
 whatever its name, so a video with an odd extension can still be added by naming it."""
 
@@ -144,24 +166,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_rate(bytes_per_s: float) -> str:
-    return f"{bytes_per_s / 1_000_000:.1f} MB/s"
-
-
 def describe(info: MediaInfo) -> str:
     """One line: ``0:02 · 320×240 · h264 / aac · 1.2 MB`` (``no audio`` when there is none)."""
     audio = info.audio_codec or "no audio"
-    return (f"{format_duration(info.duration)} · {info.width}×{info.height} · "
-            f"{info.video_codec} / {audio} · {format_size(info.size)}")
+    return (
+        f"{format_duration(info.duration)} · {info.width}×{info.height} · "
+        f"{info.video_codec} / {audio} · {format_size(info.size)}"
+    )
 
 
 # -- thumbnails ----------------------------------------------------------------------------------
@@ -178,8 +189,11 @@ def thumbnail(path: Path, max_size: tuple[int, int] = (160, 90)) -> tuple[int, i
     options = {"protocol_whitelist": "file", "format_whitelist": ",".join(ACCEPTED_DEMUXERS)}
     with av.open(ffmpeg_url(path), container_options=options, timeout=_THUMB_TIMEOUT_S) as container:
         stream = next(
-            (s for s in container.streams.video
-             if not s.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails)),
+            (
+                s
+                for s in container.streams.video
+                if not s.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails)
+            ),
             None,
         )
         if stream is None:
@@ -236,18 +250,18 @@ def _packed_rows(plane, width: int, height: int) -> bytes:
     data = bytes(plane)
     if plane.line_size == row:
         return data[: row * height]
-    return b"".join(data[y * plane.line_size: y * plane.line_size + row] for y in range(height))
+    return b"".join(data[y * plane.line_size : y * plane.line_size + row] for y in range(height))
 
 
 def _rotate(width: int, height: int, data: bytes, rotation: int) -> tuple[int, int, bytes]:
     """Turn packed RGB rows counter-clockwise by ``rotation`` degrees (PyAV's ``frame.rotation``)."""
     if rotation == 0:
         return width, height, data
-    pixels = [data[i: i + 3] for i in range(0, width * height * 3, 3)]
+    pixels = [data[i : i + 3] for i in range(0, width * height * 3, 3)]
     if rotation == 180:
         return width, height, b"".join(reversed(pixels))
     # 90: the top row becomes the left column (read bottom-up); 270: the right column.
-    out = []
+    out: list[bytes] = []
     for y in range(width):  # rows of the turned image
         x = width - 1 - y if rotation == 90 else y
         column = [pixels[row * width + x] for row in range(height)]

@@ -9,23 +9,24 @@ leaves one behind.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtCore import QThread, Signal
 
+from farm.base.backoff import Backoff
+from farm.client import FarmMonitor
 from farm.services.events import JobEventListener
 
 log = logging.getLogger(__name__)
 
-_threads: "weakref.WeakSet[StoppableThread]" = weakref.WeakSet()
+_threads: weakref.WeakSet[StoppableThread] = weakref.WeakSet()
 
 
-def live_threads() -> list["StoppableThread"]:
+def live_threads() -> list[StoppableThread]:
     return [t for t in list(_threads) if t.isRunning()]
 
 
@@ -70,17 +71,15 @@ class JobEventThread(StoppableThread):
         return super().stop(timeout_ms)
 
     def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(first=0.5, cap=5)
         while not self.stopping:
             try:
                 url = self.redis_url()
             except Exception as exc:  # the local farm may still be starting
                 self._report(False, str(exc))
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5)
+                self._stop.wait(backoff.next())
                 continue
-            self._listener = JobEventListener(url, self.queue, block_ms=500,
-                                              on_reconnect=self.reconnected.emit)
+            self._listener = JobEventListener(url, self.queue, block_ms=500, on_reconnect=self.reconnected.emit)
             if self.stopping:
                 break
             for event in self._listener.events(yield_idle=True):
@@ -93,7 +92,7 @@ class JobEventThread(StoppableThread):
 class FarmPollThread(StoppableThread):
     """Once a second: the nodes, their new samples, and the queue's counts."""
 
-    nodes_updated = Signal(list)  # list[farm.services.registry.NodeStatus]
+    nodes_updated = Signal(list)  # list[farm.domain.nodes.NodeStatus]
     samples_added = Signal(dict)  # {node name: [sample, ...]} new since the last poll
     counts_updated = Signal(dict)  # {"waiting": n, "active": n, ...}
 
@@ -104,60 +103,23 @@ class FarmPollThread(StoppableThread):
         self.interval = interval
 
     def run(self) -> None:
-        import redis
-
-        from farm.services.queue import QueueClient
-        from farm.services.registry import NodeRegistry
-
-        loop = asyncio.new_event_loop()
-        client = queue = None
-        last_sample: dict[str, float] = {}
-        backoff = self.interval
+        monitor = FarmMonitor(self.redis_url, self.queue)
+        backoff = Backoff(first=self.interval, cap=10)
         try:
             while not self.stopping:
                 started = time.monotonic()
                 try:
-                    if client is None:
-                        url = self.redis_url()
-                        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                                      socket_connect_timeout=3)
-                        queue = QueueClient(url, self.queue)
-                    registry = NodeRegistry(client, self.queue)
-                    nodes = registry.nodes()
-                    fresh = {}
-                    for node in nodes:
-                        samples = registry.samples(node.name, since=last_sample.get(node.name))
-                        if samples:
-                            last_sample[node.name] = samples[-1]["t"]
-                            fresh[node.name] = samples
-                    counts = loop.run_until_complete(queue.counts())
-                except Exception as exc:
+                    snapshot = monitor.poll()
+                except Exception as exc:  # the monitor dropped its connection; the next poll reconnects
                     self._report(False, f"Redis: {type(exc).__name__}: {exc}")
-                    if client is not None:
-                        client.close()
-                    if queue is not None:
-                        loop.run_until_complete(_quietly(queue.close()))
-                    client = queue = None
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 10)
+                    self._stop.wait(backoff.next())
                     continue
-                backoff = self.interval
+                backoff.reset()
                 self._report(True)
-                self.nodes_updated.emit(nodes)
-                if fresh:
-                    self.samples_added.emit(fresh)
-                self.counts_updated.emit(counts)
+                self.nodes_updated.emit(snapshot.nodes)
+                if snapshot.fresh_samples:
+                    self.samples_added.emit(snapshot.fresh_samples)
+                self.counts_updated.emit(snapshot.counts)
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         finally:
-            if client is not None:
-                client.close()
-            if queue is not None:
-                loop.run_until_complete(_quietly(queue.close()))
-            loop.close()
-
-
-async def _quietly(coro) -> None:
-    try:
-        await coro
-    except Exception:
-        pass
+            monitor.close()

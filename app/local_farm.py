@@ -11,7 +11,6 @@ import logging
 
 from PySide6.QtCore import QObject, Signal
 
-from farm.services.embedded import running_embedded_redis
 from farm.services.local_nodes import LocalFarm
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ class LocalFarmLauncher(QObject):
         settings = self.services.settings
 
         def start_farm():
-            if running_embedded_redis(settings) and _local_node_running(self.services):
+            if self.services.farm.local_redis_running() and _local_node_running(self.services):
                 return None, "Local farm already running"
             farm = LocalFarm(settings, nodes=1, role="desktop")
             farm.start()
@@ -62,6 +61,6 @@ class LocalFarmLauncher(QObject):
 
 def _local_node_running(services) -> bool:
     try:
-        return any(n.online for n in services.registry().nodes())
+        return any(n.online for n in services.farm.nodes())
     except Exception:
         return False

@@ -7,14 +7,22 @@ listener threads when shown and stops them when closed, and remembers its geomet
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QSettings, QTimer, Signal
 from PySide6.QtGui import QAction, QIcon, QKeySequence
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMainWindow, QMessageBox, QPushButton,
-                               QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
-from app.preferences import Preferences
-from app.widgets.drop_zone import accepts_drag, local_paths
 from app.hub import FarmHub
 from app.pages.dashboard_page import DashboardPage
 from app.pages.jobs_page import JobsPage
@@ -23,7 +31,10 @@ from app.pages.settings_page import SettingsPage
 from app.pages.storage_page import StoragePage
 from app.pages.upload_page import UploadPage
 from app.pages.workers_page import WorkersPage
+from app.preferences import Preferences
 from app.tray import TrayNotifier
+from app.widgets.drop_zone import accepts_drag, local_paths
+from app.widgets.message_bar import MessageBar
 from farm.services.checks import check_database, check_storage
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
@@ -46,16 +57,21 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
 
-        self.pages = {
+        self.upload_page = UploadPage(services, runner, self.hub)
+        self.jobs_page = JobsPage(services, runner, self.hub)
+        self.settings_page = SettingsPage(services, runner, self.hub)
+        # Each a QWidget with a ``title`` (and, where it has something to load, ``refresh``).
+        self.pages: dict[str, Any] = {
             "dashboard": DashboardPage(services, runner, self.hub),
-            "upload": UploadPage(services, runner, self.hub),
-            "jobs": JobsPage(services, runner, self.hub),
+            "upload": self.upload_page,
+            "jobs": self.jobs_page,
             "workers": WorkersPage(services, runner, self.hub),
             "metrics": MetricsPage(services, runner, self.hub),
             "storage": StoragePage(services, runner, self.hub),
-            "settings": SettingsPage(services, runner, self.hub),
+            "settings": self.settings_page,
         }
-        self.sidebar = QListWidget(objectName="sidebar")
+        self.sidebar = QListWidget()
+        self.sidebar.setObjectName("sidebar")
         self.sidebar.setFixedWidth(190)
         self.stack = QStackedWidget()
         for index, (key, page) in enumerate(self.pages.items(), start=1):
@@ -63,19 +79,23 @@ class MainWindow(QMainWindow):
             item.setToolTip(f"{page.title} (Ctrl+{index})")
             self.sidebar.addItem(item)
             self.stack.addWidget(page)
-            self.addAction(QAction(page.title, self, shortcut=QKeySequence(f"Ctrl+{index}"),
-                                   triggered=lambda _=False, k=key: self.show_page(k)))
-        self.addAction(QAction("Add files…", self, shortcut=QKeySequence.Open, triggered=self.add_files))
+            show = QAction(page.title, self, shortcut=QKeySequence(f"Ctrl+{index}"))
+            show.triggered.connect(lambda _=False, k=key: self.show_page(k))
+            self.addAction(show)
+        add_files = QAction("Add files…", self, shortcut=QKeySequence(QKeySequence.StandardKey.Open))
+        add_files.triggered.connect(self.add_files)
+        self.addAction(add_files)
         self.sidebar.currentRowChanged.connect(self._row_changed)
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.setSpacing(0)
-        brand = QLabel("EncodeFlow", objectName="brand")
+        brand = QLabel("EncodeFlow")
+        brand.setObjectName("brand")
         left_layout.addWidget(brand)
         left_layout.addWidget(self.sidebar, 1)
-        self.notice_bar = self._make_notice_bar()
+        self.notice_bar = MessageBar()
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(16, 8, 16, 8)
@@ -93,15 +113,16 @@ class MainWindow(QMainWindow):
         for label in self.status_labels.values():
             self.statusBar().addPermanentWidget(label)
         self.hub.connection_changed.connect(self.set_connection)
-        self.service_timer = QTimer(self, interval=SERVICE_CHECK_MS, timeout=self.check_services)
+        self.service_timer = QTimer(self, interval=SERVICE_CHECK_MS)
+        self.service_timer.timeout.connect(self.check_services)
 
         self.tray = TrayNotifier(services, runner, self.hub, app_icon(), self)
         self.tray.notice.connect(self.show_notice)
         self.tray.open_job.connect(self.open_job)
         self.tray.show_window.connect(self.bring_to_front)
         self.tray.quit_requested.connect(self.quit)
-        self.pages["upload"].job_activated.connect(self.open_job)
-        self.pages["settings"].settings_saved.connect(self.apply_settings)
+        self.upload_page.job_activated.connect(self.open_job)
+        self.settings_page.settings_saved.connect(self.apply_settings)
 
         self.restore_geometry()
         self.show_page("dashboard")
@@ -112,17 +133,17 @@ class MainWindow(QMainWindow):
 
     def _row_changed(self, row: int) -> None:
         self.stack.setCurrentIndex(row)
-        page = self.stack.currentWidget()
+        page: Any = self.stack.currentWidget()  # one of self.pages, or None
         if hasattr(page, "refresh"):
             page.refresh()
 
     def add_files(self) -> None:
         self.show_page("upload")
-        self.pages["upload"].choose_files()
+        self.upload_page.choose_files()
 
     def open_job(self, job_id: str) -> None:
         self.show_page("jobs")
-        self.pages["jobs"].select_job(job_id)
+        self.jobs_page.select_job(job_id)
         self.bring_to_front()
 
     def bring_to_front(self) -> None:
@@ -144,24 +165,11 @@ class MainWindow(QMainWindow):
         if paths:
             event.acceptProposedAction()
             self.show_page("upload")
-            self.pages["upload"].add_paths(paths)
+            self.upload_page.add_paths(paths)
 
     # -- notices and status ---------------------------------------------------------------------------
-    def _make_notice_bar(self) -> QWidget:
-        bar = QWidget()
-        row = QHBoxLayout(bar)
-        row.setContentsMargins(0, 0, 0, 0)
-        self.notice_label = QLabel(objectName="notice")
-        self.notice_label.setWordWrap(True)
-        close = QPushButton("Dismiss", clicked=bar.hide)
-        row.addWidget(self.notice_label, 1)
-        row.addWidget(close)
-        bar.hide()
-        return bar
-
     def show_notice(self, text: str) -> None:
-        self.notice_label.setText(text)
-        self.notice_bar.show()
+        self.notice_bar.show_message(text)
 
     def set_connection(self, service: str, ok: bool, message: str) -> None:
         label = self.status_labels[service]
@@ -171,11 +179,15 @@ class MainWindow(QMainWindow):
 
     def check_services(self) -> None:
         settings = self.services.settings
-        for name, check, url in (("database", check_database, settings.effective_database_url),
-                                 ("storage", check_storage, settings.effective_storage_url)):
-            self.runner.run(lambda c=check, u=url: c(u),
-                            lambda result, n=name: self.set_connection(n, result.ok, result.message),
-                            lambda exc, n=name: self.set_connection(n, False, str(exc)))
+        for name, check, url in (
+            ("database", check_database, settings.effective_database_url),
+            ("storage", check_storage, settings.effective_storage_url),
+        ):
+            self.runner.run(
+                lambda c=check, u=url: c(u),
+                lambda result, n=name: self.set_connection(n, result.ok, result.message),
+                lambda exc, n=name: self.set_connection(n, False, str(exc)),
+            )
 
     def apply_settings(self, settings) -> None:
         self.services.replace_settings(settings)
@@ -212,12 +224,11 @@ class MainWindow(QMainWindow):
 
     def confirm_quit(self) -> bool:
         """Uploads in flight are lost on quit: ask first, then cancel them cleanly."""
-        upload = self.pages["upload"]
+        upload = self.upload_page
         if not upload.has_active_uploads():
             return True
-        answer = QMessageBox.question(self, "Quit EncodeFlow",
-                                      "Uploads are still running. Quit and cancel them?")
-        if answer != QMessageBox.Yes:
+        answer = QMessageBox.question(self, "Quit EncodeFlow", "Uploads are still running. Quit and cancel them?")
+        if answer != QMessageBox.StandardButton.Yes:
             return False
         upload.cancel_all()
         return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 MINUTE = 60.0
 
@@ -58,10 +58,6 @@ class MinuteRates:
         bucket[kind] += 1
         self._prune(now)
         return True
-
-    def count(self, kind: str, when: float) -> int:
-        """The number of ``kind`` events in the minute that holds ``when``."""
-        return self._buckets.get(minute_start(when), {}).get(kind, 0)
 
     def total(self, kind: str, now: float | None = None) -> int:
         """``kind`` events within the window."""

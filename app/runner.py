@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,18 @@ class _Task(QRunnable):
         try:
             result = self.fn()
         except Exception as exc:  # handed to on_error on the GUI thread
-            exc.traceback_text = traceback.format_exc()
+            # The traceback goes with the exception to the GUI thread, where a handler may log it.
+            exc.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
             self.signals.failed.emit(exc)
         else:
             self.signals.done.emit(result)
+
+
+def _receiver_alive(callback: Callable[..., None]) -> bool:
+    """False for a method of a widget that was deleted while its task ran (a closed window's page):
+    calling it would touch a deleted C++ object. Other callables are always called."""
+    owner = getattr(callback, "__self__", None)
+    return not isinstance(owner, QObject) or shiboken6.isValid(owner)
 
 
 class BackgroundRunner(QObject):
@@ -51,20 +61,25 @@ class BackgroundRunner(QObject):
     def busy(self) -> int:
         return len(self._pending)
 
-    def run(self, fn: Callable[[], Any], on_done: Callable[[Any], None] | None = None,
-            on_error: Callable[[Exception], None] | None = None) -> None:
+    def run(
+        self,
+        fn: Callable[[], Any],
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         signals = _Signals()
         self._pending.add(signals)
 
         def finished(result: Any) -> None:
             self._pending.discard(signals)
-            if on_done is not None:
+            if on_done is not None and _receiver_alive(on_done):
                 on_done(result)
 
         def failed(exc: Exception) -> None:
             self._pending.discard(signals)
             if on_error is not None:
-                on_error(exc)
+                if _receiver_alive(on_error):
+                    on_error(exc)
             else:
                 log.warning("background task failed: %s\n%s", exc, getattr(exc, "traceback_text", ""))
 

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import threading
 
-import redis
-
-from farm.client import Farm
-from farm.services.embedded import resolve_redis_url
-from farm.domain.jobspec import PresetStore
 from farm.base.settings import Settings
-from farm.services.registry import NodeRegistry
+from farm.client import Farm
+from farm.domain.jobspec import PresetStore
 
 
 class AppServices:
@@ -26,17 +22,12 @@ class AppServices:
 
     def redis_url(self) -> str:
         """The farm's Redis: the configured one, or the local farm's once it is up (raises until then)."""
-        return resolve_redis_url(self.settings, start=False)
-
-    def registry(self) -> NodeRegistry:
-        client = redis.Redis.from_url(self.redis_url(), decode_responses=True, socket_timeout=5)
-        return NodeRegistry(client, self.settings.queue)
+        return self.farm.redis_url
 
     def open(self) -> None:
         """Open the database and storage once, up front, so pool threads never race to do it."""
         with self._lock:
-            self.farm.db
-            self.farm.storage
+            self.farm.open()
 
     def replace_settings(self, settings: Settings) -> None:
         """After the Settings page saved new URLs: later calls use them."""

@@ -11,6 +11,7 @@ from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from app.preferences import Preferences
+from farm.domain.job import Job
 
 
 class TrayNotifier(QObject):
@@ -29,16 +30,18 @@ class TrayNotifier(QObject):
         if QSystemTrayIcon.isSystemTrayAvailable():
             self.tray = QSystemTrayIcon(icon, self)
             menu = QMenu()
-            menu.addAction(QAction("Show EncodeFlow", menu, triggered=self.show_window.emit))
-            self.pause_action = QAction("Pause notifications", menu, checkable=True, toggled=self._set_paused)
+            menu.addAction("Show EncodeFlow", self.show_window.emit)
+            self.pause_action = QAction("Pause notifications", menu, checkable=True)
+            self.pause_action.toggled.connect(self._set_paused)
             menu.addAction(self.pause_action)
             menu.addSeparator()
-            menu.addAction(QAction("Quit", menu, triggered=self.quit_requested.emit))
+            menu.addAction("Quit", self.quit_requested.emit)
             self._menu = menu
             self.tray.setContextMenu(menu)
             self.tray.messageClicked.connect(self._clicked)
-            self.tray.activated.connect(lambda reason: self.show_window.emit()
-                                        if reason == QSystemTrayIcon.Trigger else None)
+            self.tray.activated.connect(
+                lambda reason: self.show_window.emit() if reason == QSystemTrayIcon.ActivationReason.Trigger else None
+            )
             self.tray.show()
         self.tooltip = "EncodeFlow"
         self._set_tooltip({})
@@ -53,8 +56,10 @@ class TrayNotifier(QObject):
         self.paused = paused
 
     def _set_tooltip(self, counts: dict) -> None:
-        self.tooltip = (f"EncodeFlow — {counts.get('active', 0)} running, "
-                        f"{counts.get('waiting', 0) + counts.get('delayed', 0)} queued")
+        self.tooltip = (
+            f"EncodeFlow — {counts.get('active', 0)} running, "
+            f"{counts.get('waiting', 0) + counts.get('delayed', 0)} queued"
+        )
         if self.tray is not None:
             self.tray.setToolTip(self.tooltip)
 
@@ -66,25 +71,27 @@ class TrayNotifier(QObject):
         # Settings.notifications is the master switch (config file); the kinds are per desktop.
         if self.paused or not wanted or not self.services.settings.notifications:
             return
-        self.runner.run(lambda: self.services.farm.show(event.job_id), self._announce,
-                        lambda exc: None)  # a job another farm client removed: nothing to say
+        self.runner.run(
+            lambda: self.services.farm.show(event.job_id), self._announce, lambda exc: None
+        )  # a job another farm client removed: nothing to say
 
-    def _announce(self, job: dict) -> None:
-        name = (job.get("video") or {}).get("name") or job["id"]
-        if job["status"] == "completed":
-            title, text = "Transcode finished", f"{name} is ready ({job['config'].get('resolution')} {job['config'].get('format')})"
-            icon = QSystemTrayIcon.Information
-        elif job["status"] == "cancelled":
+    def _announce(self, job: Job) -> None:
+        name = (job.video.name if job.video else None) or job.id
+        if job.status == "completed":
+            config = job.config
+            title, text = "Transcode finished", f"{name} is ready ({config.get('resolution')} {config.get('format')})"
+            icon = QSystemTrayIcon.MessageIcon.Information
+        elif job.status == "cancelled":
             return
         else:
-            title, text = "Transcode failed", f"{name}: {job.get('error') or 'unknown error'}"
-            icon = QSystemTrayIcon.Warning
-        self.last_job = job["id"]
+            title, text = "Transcode failed", f"{name}: {job.error or 'unknown error'}"
+            icon = QSystemTrayIcon.MessageIcon.Warning
+        self.last_job = job.id
         if self.tray is not None:
             self.tray.showMessage(title, text, icon, 8000)
         else:
             self.notice.emit(f"{title}: {text}")
-        self.notified.emit(job["id"], job["status"], text)
+        self.notified.emit(job.id, job.status, text)
 
     def _clicked(self) -> None:
         if self.last_job:

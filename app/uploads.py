@@ -24,9 +24,9 @@ from PySide6.QtCore import QObject, Signal
 
 from app.runner import BackgroundRunner
 from app.services import AppServices
-from farm.client import CheckedFile, FarmError
+from farm.client import CheckedFile, FarmError, StorageError, TransferCancelled
+from farm.domain.job import Job
 from farm.domain.jobspec import OutputConfig
-from farm.services.storage.base import StorageError, TransferCancelled
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class _Upload:
 class _LateCancel(Exception):
     """The upload finished before the cancel reached it; the job it made was cancelled."""
 
-    def __init__(self, job: dict):
-        super().__init__(job["id"])
+    def __init__(self, job: Job):
+        super().__init__(job.id)
         self.job = job
 
 
@@ -88,8 +88,14 @@ class UploadController(QObject):
     failed = Signal(int, str)  # key, the reason in words
     _progress_from_thread = Signal(int, object, object, float)
 
-    def __init__(self, services: AppServices, runner: BackgroundRunner, max_concurrent: int = 3,
-                 rate_limit: float | None = None, parent: QObject | None = None):
+    def __init__(
+        self,
+        services: AppServices,
+        runner: BackgroundRunner,
+        max_concurrent: int = 3,
+        rate_limit: float | None = None,
+        parent: QObject | None = None,
+    ):
         super().__init__(parent)
         self.services = services
         self.runner = runner
@@ -108,14 +114,14 @@ class UploadController(QObject):
         self._pump()
 
     def cancel(self, key: int) -> None:
-        for upload in self._waiting:
-            if upload.key == key:
-                self._waiting.remove(upload)
+        for waiting in self._waiting:
+            if waiting.key == key:
+                self._waiting.remove(waiting)
                 self.cancelled.emit(key, "")
                 return
-        upload = self._running.get(key)
-        if upload is not None:
-            upload.cancel.set()  # the runner's callback reports the outcome
+        running = self._running.get(key)
+        if running is not None:
+            running.cancel.set()  # the runner's callback reports the outcome
 
     def cancel_all(self) -> None:
         for upload in list(self._waiting):
@@ -141,13 +147,13 @@ class UploadController(QObject):
         farm = self.services.farm  # taken now: the settings may be replaced while it runs
         meter = _Meter(self._progress_from_thread.emit, upload.key, upload.cancel, self.rate_limit)
 
-        def task() -> dict:
+        def task() -> Job:
             job = farm.submit_checked(upload.item, upload.config, progress=meter, cancel=upload.cancel)
             if upload.cancel.is_set():
                 try:
-                    farm.cancel(job["id"])
+                    farm.cancel(job.id)
                 except FarmError as exc:  # it runs already, or is gone: it exists, so report it
-                    log.warning("could not cancel job %s made by a late-cancelled upload: %s", job["id"], exc)
+                    log.warning("could not cancel job %s made by a late-cancelled upload: %s", job.id, exc)
                     return job
                 raise _LateCancel(job)
             return job
@@ -159,9 +165,9 @@ class UploadController(QObject):
         if key in self._running and not self._running[key].cancel.is_set():
             self.progress.emit(key, done, total, speed)
 
-    def _done(self, upload: _Upload, job: dict) -> None:
+    def _done(self, upload: _Upload, job: Job) -> None:
         self._running.pop(upload.key, None)
-        self.submitted.emit(upload.key, job)
+        self.submitted.emit(upload.key, job.to_json())
         self._pump()
 
     def _error(self, upload: _Upload, exc: Exception) -> None:
@@ -169,7 +175,7 @@ class UploadController(QObject):
         if isinstance(exc, TransferCancelled):
             self.cancelled.emit(upload.key, "")
         elif isinstance(exc, _LateCancel):
-            self.cancelled.emit(upload.key, f"the upload had just finished; job {exc.job['id'][:8]} was cancelled")
+            self.cancelled.emit(upload.key, f"the upload had just finished; job {exc.job.id[:8]} was cancelled")
         else:
             log.warning("upload of %s failed: %s\n%s", upload.item.path, exc, getattr(exc, "traceback_text", ""))
             self.failed.emit(upload.key, _reason(exc))

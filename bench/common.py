@@ -22,15 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import psutil
 import redis
 
-from farm.services.local_nodes import LocalFarm
-from farm.domain.media import ffmpeg_version, find_ffmpeg
 from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
+from farm.domain.media import ffmpeg_version, find_ffmpeg
+from farm.services.local_nodes import LocalFarm
 from farm.services.registry import NodeRegistry
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -40,15 +41,26 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 # -- command line ------------------------------------------------------------------------------
 
-def parse_args(name: str, description: str, runs: int, runs_help: str,
-               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+
+def parse_args(
+    name: str,
+    description: str,
+    runs: int,
+    runs_help: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """``--runs``, ``--out`` and ``--keep``, plus what ``extra(parser)`` adds."""
     parser = argparse.ArgumentParser(prog=f"bench/{name}.py", description=description)
     parser.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
-                        help=f"where the JSON result goes (default bench/results/{name}.json)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp data dir (node log, Redis log, clips) and print where it is")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR / f"{name}.json",
+        help=f"where the JSON result goes (default bench/results/{name}.json)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp data dir (node log, Redis log, clips) and print where it is"
+    )
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
@@ -58,6 +70,7 @@ def parse_args(name: str, description: str, runs: int, runs_help: str,
 
 
 # -- an isolated farm --------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def isolated_data_dir(name: str, keep: bool = False) -> Iterator[Path]:
@@ -154,6 +167,7 @@ def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
             total += t.user + t.system + t.children_user + t.children_system
     return total
 
+
 class ForeignCpu:
     """CPU that processes other than the benchmark's own used over a span.
 
@@ -182,7 +196,7 @@ class ForeignCpu:
         busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
         return busy, getattr(t, "steal", 0.0)
 
-    def start(self) -> "ForeignCpu":
+    def start(self) -> ForeignCpu:
         self._start = (*self._machine(), self._own(), time.monotonic())
         return self
 
@@ -190,31 +204,67 @@ class ForeignCpu:
         busy0, steal0, own0, t0 = self._start
         busy, steal = self._machine()
         own, elapsed = self._own(), time.monotonic() - t0
-        return {"foreign_cpu_s": round(max(0.0, (busy - busy0) - (own - own0)), 3),
-                "own_cpu_s": round(own - own0, 3), "steal_s": round(steal - steal0, 3),
-                "span_s": round(elapsed, 3)}
+        return {
+            "foreign_cpu_s": round(max(0.0, (busy - busy0) - (own - own0)), 3),
+            "own_cpu_s": round(own - own0, 3),
+            "steal_s": round(steal - steal0, 3),
+            "span_s": round(elapsed, 3),
+        }
 
 
 # -- clips -------------------------------------------------------------------------------------
+
 
 def make_clip(path: Path, *, seconds: float, width: int, height: int, rate: int = 25) -> dict:
     """An H.264/AAC MP4 of FFmpeg's ``testsrc2`` pattern and a 440 Hz tone; returns how it was made."""
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     subprocess.run(
-        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={rate}:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(path)],
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={width}x{height}:rate={rate}:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-shortest",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
         check=True,
     )
-    return {"seconds": seconds, "width": width, "height": height, "fps": rate,
-            "source": "lavfi testsrc2 + sine 440 Hz, libx264 veryfast yuv420p + AAC 128k, MP4",
-            "bytes": path.stat().st_size, "made_in_s": round(time.perf_counter() - started, 2)}
+    return {
+        "seconds": seconds,
+        "width": width,
+        "height": height,
+        "fps": rate,
+        "source": "lavfi testsrc2 + sine 440 Hz, libx264 veryfast yuv420p + AAC 128k, MP4",
+        "bytes": path.stat().st_size,
+        "made_in_s": round(time.perf_counter() - started, 2),
+    }
 
 
 # -- statistics --------------------------------------------------------------------------------
+
 
 def percentile(samples: Iterable[float], q: float) -> float:
     """The q-th percentile (0-100), interpolated between the two nearest ranks (numpy's default)."""
@@ -245,6 +295,7 @@ def describe(samples: list[float], digits: int = 3) -> dict[str, float]:
 
 # -- the record --------------------------------------------------------------------------------
 
+
 def _git(*args: str) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
@@ -273,6 +324,7 @@ def _cpu_model() -> str | None:
 def _code_origin() -> str:
     import farm
     import farm_node
+
     where = {Path(m.__file__).resolve().parent.parent for m in (farm, farm_node)}
     if where == {REPO_ROOT}:
         return "this checkout"
@@ -295,10 +347,9 @@ def environment(redis_url: str | None = None) -> dict[str, Any]:
         "ffmpeg_version": ffmpeg_version(ffmpeg),
         "ffmpeg_binary": Path(ffmpeg).name,
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-        # What was uncommitted (repository-relative paths), and where the farm's code was imported
+        # Whether the checkout differed from that commit, and where the farm's code was imported
         # from: this checkout, or elsewhere (e.g. an export of a commit named on PYTHONPATH).
-        "git_changed_paths": [line.strip() for line in status.splitlines()] if status else [],
+        "git_dirty": bool(status) if status is not None else None,
         "farm_code_from": _code_origin(),
         "packages": {p: _version(p) for p in ("encodeflow", "bullmq", "redis", "SQLAlchemy", "av", "psutil")},
     }

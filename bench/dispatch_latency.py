@@ -39,7 +39,6 @@ import uuid
 from pathlib import Path
 
 import redis
-
 from common import (
     describe,
     environment,
@@ -51,13 +50,14 @@ from common import (
     shown_path,
     write_result,
 )
+
 from farm.client import Farm
-from farm.services.db import repo
-from farm.services.events import events_key
 from farm.domain.jobspec import OutputConfig
-from farm.domain.object_keys import input_key
+from farm.domain.keyspace import Keyspace
 from farm.domain.media import MediaInfo, find_ffmpeg, probe
-from farm.domain.payload import JobPayload
+from farm.domain.object_keys import input_key
+from farm.domain.payload import queue_payload
+from farm.services.db import repo
 from farm.services.queue import QueueClient
 
 NAME = "dispatch_latency"
@@ -65,12 +65,14 @@ TARGET_P50_MS = 50.0
 CLIP = {"seconds": 0.5, "width": 320, "height": 240}
 CONFIG = OutputConfig(resolution="720p", format="mp4", include_audio=True)
 IDLE_GAP_S = (0.5, 8.0)
-SHORT_IDLE_S = 5.0  # redis-py's read timeout: before the drainDelay fix, an idle wait that reached it left
-                    # the node deaf for 2-20 s; the split by idle time is kept at 5 s to compare runs
+# Jobs are split by the idle time before them at redis-py's default read timeout: an idle wait as long
+# as its connection's read timeout leaves a node deaf for 2-20 s, which this split would show.
+SHORT_IDLE_S = 5.0
 CALIBRATION_SPAWNS = 20
 
 
 # -- the FFmpeg wrapper ------------------------------------------------------------------------
+
 
 def _bash_has_epochrealtime(bash: str) -> bool:
     done = subprocess.run([bash, "-c", 'echo "$EPOCHREALTIME"'], capture_output=True, text=True)
@@ -86,18 +88,22 @@ def write_wrapper(path: Path, real_ffmpeg: str, stamps: Path) -> str:
     bash = shutil.which("bash")
     if bash and _bash_has_epochrealtime(bash):
         kind = "bash $EPOCHREALTIME"
-        text = (f"#!{bash}\n"
-                "# EncodeFlow benchmark: note when FFmpeg was started (epoch us) and for what, then become it.\n"
-                f"printf '%s %s\\n' \"${{EPOCHREALTIME//[.,]/}}\" \"${{@: -1}}\" >> '{stamps}'\n"
-                f"exec '{real_ffmpeg}' \"$@\"\n")
+        text = (
+            f"#!{bash}\n"
+            "# EncodeFlow benchmark: note when FFmpeg was started (epoch us) and for what, then become it.\n"
+            f"printf '%s %s\\n' \"${{EPOCHREALTIME//[.,]/}}\" \"${{@: -1}}\" >> '{stamps}'\n"
+            f"exec '{real_ffmpeg}' \"$@\"\n"
+        )
     else:
         kind = "python -I -S time.time_ns"
-        text = (f"#!{sys.executable} -I -S\n"
-                "import os, sys, time\n"
-                "stamp = time.time_ns() // 1000\n"
-                f"with open({str(stamps)!r}, 'a') as f:\n"
-                "    f.write(f'{stamp} {sys.argv[-1]}\\n')\n"
-                f"os.execv({real_ffmpeg!r}, [{real_ffmpeg!r}, *sys.argv[1:]])\n")
+        text = (
+            f"#!{sys.executable} -I -S\n"
+            "import os, sys, time\n"
+            "stamp = time.time_ns() // 1000\n"
+            f"with open({str(stamps)!r}, 'a') as f:\n"
+            "    f.write(f'{stamp} {sys.argv[-1]}\\n')\n"
+            f"os.execv({real_ffmpeg!r}, [{real_ffmpeg!r}, *sys.argv[1:]])\n"
+        )
     path.write_text(text)
     path.chmod(0o755)
     return kind
@@ -122,8 +128,14 @@ async def calibrate(wrapper: Path, stamps: Path) -> list[float]:
         before = len(read_stamps(stamps))
         began = time.time_ns()
         proc = await asyncio.create_subprocess_exec(
-            str(wrapper), "-hide_banner", "-version", stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            str(wrapper),
+            "-hide_banner",
+            "-version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
         await proc.wait()
         stamp, _ = read_stamps(stamps)[before]
         samples.append((stamp * 1000 - began) / 1e6)
@@ -133,6 +145,7 @@ async def calibrate(wrapper: Path, stamps: Path) -> list[float]:
 
 # -- the listening probe ----------------------------------------------------------------------
 
+
 class ListeningProbe(threading.Thread):
     """Records, from Redis's MONITOR, each blocking pop (``BZPOPMIN`` on the queue's marker key)
     until ``stop_at`` (epoch seconds) has passed."""
@@ -140,7 +153,7 @@ class ListeningProbe(threading.Thread):
     def __init__(self, redis_url: str, queue: str):
         super().__init__(name="listening-probe", daemon=True)
         self.redis_url = redis_url
-        self.marker = f"bull:{queue}:marker"
+        self.marker = Keyspace(queue).marker
         self.pops: list[dict] = []
         self.ready = threading.Event()
         self.stop_at = math.inf
@@ -154,8 +167,13 @@ class ListeningProbe(threading.Thread):
             for command in monitor.listen():  # the heartbeat sends commands every second, so this ticks
                 text = command.get("command", "")
                 if text.upper().startswith("BZPOPMIN") and self.marker in text:
-                    self.pops.append({"at": command["time"], "timeout_s": float(text.split()[-1]),
-                                      "client_port": command.get("client_port")})
+                    self.pops.append(
+                        {
+                            "at": command["time"],
+                            "timeout_s": float(text.split()[-1]),
+                            "client_port": command.get("client_port"),
+                        }
+                    )
                 if time.time() >= self.stop_at:
                     break
         client.close()
@@ -170,10 +188,13 @@ def listening_probe(settings, redis_url: str, clip: Path, stamps: Path, seconds:
     began = job["raw"]["bull_finished_on_ms"] / 1000
     probe.stop_at = began + seconds
     probe.join(seconds + 30)
-    pops = [{"at_s": round(p["at"] - began, 3), "timeout_s": p["timeout_s"], "client_port": p["client_port"]}
-            for p in probe.pops if p["at"] >= began - 0.05]
+    pops = [
+        {"at_s": round(p["at"] - began, 3), "timeout_s": p["timeout_s"], "client_port": p["client_port"]}
+        for p in probe.pops
+        if p["at"] >= began - 0.05
+    ]
     blind, listening = [], 0.0
-    for pop, following in zip(pops, pops[1:] + [None]):
+    for pop, following in zip(pops, pops[1:] + [None], strict=True):
         until = following["at_s"] if following else seconds
         listening += max(0.0, min(pop["timeout_s"], until - pop["at_s"]))
         gap = until - (pop["at_s"] + pop["timeout_s"])
@@ -193,18 +214,28 @@ def listening_probe(settings, redis_url: str, clip: Path, stamps: Path, seconds:
 
 # -- one job -----------------------------------------------------------------------------------
 
+
 def prepare(farm: Farm, clip: Path, info: MediaInfo) -> tuple[str, dict]:
     """Upload the input and record the Video and Job rows as ``Farm.submit`` does, minus the enqueue."""
     video_id = str(uuid.uuid4())
     key = input_key(video_id, clip.name)
     size = farm.storage.upload_file(clip, key)
     video = repo.create_video(
-        farm.db, id=video_id, name=clip.name, key=key, size=size, duration=info.duration,
-        width=info.width, height=info.height, video_codec=info.video_codec,
-        audio_codec=info.audio_codec, container=info.container, submitted_by="bench",
+        farm.db,
+        id=video_id,
+        name=clip.name,
+        key=key,
+        size=size,
+        duration=info.duration,
+        width=info.width,
+        height=info.height,
+        video_codec=info.video_codec,
+        audio_codec=info.audio_codec,
+        container=info.container,
+        submitted_by="bench",
     )
     job = repo.create_job(farm.db, video.id, CONFIG.to_payload())
-    return job.id, JobPayload.build(job.id, key, clip.name, CONFIG, videoId=video.id)
+    return job.id, queue_payload(job.id, key, clip.name, CONFIG, video_id=video.id)
 
 
 async def wait_finished(redis, stream: str, job_id: str, last_id: str, timeout: float = 120) -> str:
@@ -219,11 +250,12 @@ async def wait_finished(redis, stream: str, job_id: str, last_id: str, timeout: 
     raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
 
 
-async def one_job(farm: Farm, queue: QueueClient, clip: Path, info: MediaInfo, stamps: Path,
-                  previous_finished_ms: int | None) -> dict:
+async def one_job(
+    farm: Farm, queue: QueueClient, clip: Path, info: MediaInfo, stamps: Path, previous_finished_ms: int | None
+) -> dict:
     job_id, payload = prepare(farm, clip, info)
     await asyncio.sleep(random.uniform(*IDLE_GAP_S))
-    stream = events_key(queue.queue_name)
+    stream = queue.keys.events
     newest = await queue.redis.xrevrange(stream, count=1)
     last_id = newest[0][0] if newest else "0-0"
 
@@ -251,14 +283,19 @@ async def one_job(farm: Farm, queue: QueueClient, clip: Path, info: MediaInfo, s
         "processed_to_row_active_ms": started_ms - bull.processedOn,
         "row_active_to_ffmpeg_ms": ffmpeg_ms - started_ms,
         "processed_to_ffmpeg_ms": ffmpeg_ms - bull.processedOn,
-        "raw": {"t_enqueue_ns": t_enqueue, "t_enqueued_ns": t_enqueued, "bull_timestamp_ms": bull.timestamp,
-                "bull_processed_on_ms": bull.processedOn, "bull_finished_on_ms": bull.finishedOn,
-                "row_started_at_epoch_s": row.started_at.timestamp(), "ffmpeg_start_epoch_us": ffmpeg_us},
+        "raw": {
+            "t_enqueue_ns": t_enqueue,
+            "t_enqueued_ns": t_enqueued,
+            "bull_timestamp_ms": bull.timestamp,
+            "bull_processed_on_ms": bull.processedOn,
+            "bull_finished_on_ms": bull.finishedOn,
+            "row_started_at_epoch_s": row.started_at.timestamp(),
+            "ffmpeg_start_epoch_us": ffmpeg_us,
+        },
     }
 
 
-async def measure(settings, redis_url: str, clip: Path, stamps: Path, runs: int,
-                  quiet: bool = False) -> list[dict]:
+async def measure(settings, redis_url: str, clip: Path, stamps: Path, runs: int, quiet: bool = False) -> list[dict]:
     farm = Farm(settings)
     queue = QueueClient(redis_url, settings.queue)
     info = probe(clip)
@@ -278,8 +315,12 @@ async def measure(settings, redis_url: str, clip: Path, stamps: Path, runs: int,
 
 def main() -> int:
     def extra(parser):
-        parser.add_argument("--probe", type=float, default=80.0,
-                            help="seconds of the listening probe after the jobs, 0 to skip (default 80)")
+        parser.add_argument(
+            "--probe",
+            type=float,
+            default=80.0,
+            help="seconds of the listening probe after the jobs, 0 to skip (default 80)",
+        )
 
     opts = parse_args(NAME, __doc__.splitlines()[0], runs=50, runs_help="jobs, one at a time", extra=extra)
     with isolated_data_dir(NAME, keep=opts.keep) as root:
@@ -292,8 +333,11 @@ def main() -> int:
         settings = load_settings(ffmpeg=str(wrapper))
         with running_farm(settings, root / "node.log") as local:
             env = environment(local.redis.url)
-            print(f"{opts.runs} jobs ({CLIP['seconds']} s {CLIP['width']}x{CLIP['height']} clips), one at a time, "
-                  f"{IDLE_GAP_S[0]}-{IDLE_GAP_S[1]} s apart ...", flush=True)
+            print(
+                f"{opts.runs} jobs ({CLIP['seconds']} s {CLIP['width']}x{CLIP['height']} clips), one at a time, "
+                f"{IDLE_GAP_S[0]}-{IDLE_GAP_S[1]} s apart ...",
+                flush=True,
+            )
             samples = asyncio.run(measure(settings, local.redis.url, clip, stamps, opts.runs))
             probe_result = None
             if opts.probe > 0:
@@ -304,10 +348,12 @@ def main() -> int:
     stats = {k: describe([s[k] for s in samples], digits=2) for k in keys}
     total = "enqueue_to_ffmpeg_ms"
     by_idle = {
-        f"idle_under_{SHORT_IDLE_S:.0f}_s": describe([s[total] for s in samples
-                                                      if s["idle_before_s"] is not None and s["idle_before_s"] < SHORT_IDLE_S], 2),
-        f"idle_{SHORT_IDLE_S:.0f}_s_or_more": describe([s[total] for s in samples
-                                                        if s["idle_before_s"] is not None and s["idle_before_s"] >= SHORT_IDLE_S], 2),
+        f"idle_under_{SHORT_IDLE_S:.0f}_s": describe(
+            [s[total] for s in samples if s["idle_before_s"] is not None and s["idle_before_s"] < SHORT_IDLE_S], 2
+        ),
+        f"idle_{SHORT_IDLE_S:.0f}_s_or_more": describe(
+            [s[total] for s in samples if s["idle_before_s"] is not None and s["idle_before_s"] >= SHORT_IDLE_S], 2
+        ),
     }
     p50, p99 = stats[total]["median"], stats[total]["p99"]
     result = {
@@ -329,14 +375,14 @@ def main() -> int:
             "idle_gap_s": list(IDLE_GAP_S),
             "farm": "LocalFarm, 1 node (concurrency 1), embedded Redis, SQLite, folder storage in a temp data dir",
             "start_clock": "time.time_ns() right before QueueClient.enqueue (one client kept open); the input "
-                           "was uploaded and its rows recorded before",
+            "was uploaded and its rows recorded before",
             "ffmpeg_clock": f"wrapper script ({wrapper_kind}) named by ENCODEFLOW_FFMPEG, stamping then exec-ing "
-                            "the real FFmpeg",
+            "the real FFmpeg",
             "wrapper_calibration": f"{CALIBRATION_SPAWNS} spawns of the wrapper with asyncio.create_subprocess_exec; "
-                                   "ms from before the spawn to its stamp (part of every enqueue_to_ffmpeg sample)",
+            "ms from before the spawn to its stamp (part of every enqueue_to_ffmpeg sample)",
             "idle_before": "enqueue time minus the previous job's BullMQ finishedOn (none for the first job)",
             "listening_probe": "Redis MONITOR around one more job and for --probe seconds after it finished, "
-                               "recording the node's BZPOPMIN on the marker key",
+            "recording the node's BZPOPMIN on the marker key",
             "percentiles": "linear interpolation between nearest ranks",
         },
         "environment": env,
@@ -344,20 +390,28 @@ def main() -> int:
     }
     path = write_result(opts.out, result)
     s = stats
-    print(f"dispatch latency ({opts.runs} jobs): enqueue -> FFmpeg start p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-          f"(target p50 < {TARGET_P50_MS:.0f} ms: {'met' if p50 < TARGET_P50_MS else 'MISSED'})")
-    print(f"  medians: enqueue -> picked up (processedOn) {s['enqueue_to_processed_ms']['median']:.1f} ms, "
-          f"picked up -> row active {s['processed_to_row_active_ms']['median']:.1f} ms, "
-          f"row active -> FFmpeg start {s['row_active_to_ffmpeg_ms']['median']:.1f} ms "
-          f"(wrapper itself {describe(calibration)['median']:.1f} ms)")
+    print(
+        f"dispatch latency ({opts.runs} jobs): enqueue -> FFmpeg start p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"(target p50 < {TARGET_P50_MS:.0f} ms: {'met' if p50 < TARGET_P50_MS else 'MISSED'})"
+    )
+    print(
+        f"  medians: enqueue -> picked up (processedOn) {s['enqueue_to_processed_ms']['median']:.1f} ms, "
+        f"picked up -> row active {s['processed_to_row_active_ms']['median']:.1f} ms, "
+        f"row active -> FFmpeg start {s['row_active_to_ffmpeg_ms']['median']:.1f} ms "
+        f"(wrapper itself {describe(calibration)['median']:.1f} ms)"
+    )
     for label, d in by_idle.items():
         if d["n"]:
-            print(f"  {label.replace('_', ' ')} before the job: n={d['n']}, p50 {d['median']:.1f} ms, "
-                  f"max {d['max']:.1f} ms")
+            print(
+                f"  {label.replace('_', ' ')} before the job: n={d['n']}, p50 {d['median']:.1f} ms, "
+                f"max {d['max']:.1f} ms"
+            )
     if probe_result:
-        print(f"  listening probe ({opts.probe:.0f} s idle): listening {100 * probe_result['listening_fraction']:.0f} % "
-              f"of the time; blind windows {probe_result['blind_windows_s']} s; "
-              f"{probe_result['connections_used']} connection(s)")
+        print(
+            f"  listening probe ({opts.probe:.0f} s idle): listening {100 * probe_result['listening_fraction']:.0f} % "
+            f"of the time; blind windows {probe_result['blind_windows_s']} s; "
+            f"{probe_result['connections_used']} connection(s)"
+        )
     print(f"  wrote {shown_path(path)}")
     return 0
 

@@ -31,6 +31,7 @@ from common import (
     shown_path,
     write_result,
 )
+
 from farm.client import Farm
 from farm.domain.jobspec import OutputConfig
 from farm.domain.media import find_ffmpeg, probe
@@ -55,7 +56,8 @@ def farm_run(farm: Farm, clip: Path, previous: dict | None, redis_pid: int | Non
     began_wall, began = time.time(), time.perf_counter()
     [job] = farm.submit([clip], CONFIG, submitted_by="bench")
     submitted = time.perf_counter()
-    [job] = farm.wait([job["id"]], timeout=600)
+    [done] = farm.wait([job.id], timeout=600)
+    job = done.to_json()
     ended, ended_wall = time.perf_counter(), time.time()
     load = foreign.stop()
     if job["status"] != "completed":
@@ -88,8 +90,10 @@ def direct_run(args: list[str], output: Path, redis_pid: int | None = None) -> d
     done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - began
     if done.returncode != 0:  # say why: a bare CalledProcessError hides FFmpeg's message
-        raise RuntimeError(f"direct FFmpeg run exited {done.returncode}: "
-                           f"{done.stderr.decode(errors='replace')[-2000:].strip() or '(no message)'}")
+        raise RuntimeError(
+            f"direct FFmpeg run exited {done.returncode}: "
+            f"{done.stderr.decode(errors='replace')[-2000:].strip() or '(no message)'}"
+        )
     return {"seconds": seconds, "output_bytes": output.stat().st_size, "other_load": foreign.stop()}
 
 
@@ -111,8 +115,10 @@ def main() -> int:
             redis_pid = local.redis.pid
             try:
                 print("warm-up pair ...", flush=True)
-                warmup = {"farm": farm_run(farm, clip, None, redis_pid),
-                          "direct": direct_run(args, direct_out, redis_pid)}
+                warmup = {
+                    "farm": farm_run(farm, clip, None, redis_pid),
+                    "direct": direct_run(args, direct_out, redis_pid),
+                }
                 runs, last_farm = [], warmup["farm"]
                 for index in range(opts.runs):
                     order = ("farm", "direct") if index % 2 == 0 else ("direct", "farm")
@@ -123,18 +129,20 @@ def main() -> int:
                         else:
                             pair["direct"] = direct_run(args, direct_out, redis_pid)
                     runs.append(pair)
-                    print(f"  run {index + 1}/{opts.runs}: farm {pair['farm']['seconds']:.2f} s, "
-                          f"direct {pair['direct']['seconds']:.2f} s (other processes' CPU meanwhile: "
-                          f"{pair['farm']['other_load']['foreign_cpu_s']:.1f} s, "
-                          f"{pair['direct']['other_load']['foreign_cpu_s']:.1f} s)", flush=True)
+                    print(
+                        f"  run {index + 1}/{opts.runs}: farm {pair['farm']['seconds']:.2f} s, "
+                        f"direct {pair['direct']['seconds']:.2f} s (other processes' CPU meanwhile: "
+                        f"{pair['farm']['other_load']['foreign_cpu_s']:.1f} s, "
+                        f"{pair['direct']['other_load']['foreign_cpu_s']:.1f} s)",
+                        flush=True,
+                    )
             finally:
                 farm.close()
 
     farm_s = describe([r["farm"]["seconds"] for r in runs])
     direct_s = describe([r["direct"]["seconds"] for r in runs])
     ratio = farm_s["median"] / direct_s["median"]
-    breakdown = {key: describe([r["farm"]["breakdown"][key] for r in runs])
-                 for key in runs[0]["farm"]["breakdown"]}
+    breakdown = {key: describe([r["farm"]["breakdown"][key] for r in runs]) for key in runs[0]["farm"]["breakdown"]}
     node_overhead = describe([r["farm"]["breakdown"]["node_run_s"] - direct_s["median"] for r in runs])
     # The same ratio with each farm run's queue wait taken out: what the farm costs once a node
     # has picked the job up, i.e. without the pick-up delay of an idle node (see dispatch_latency).
@@ -153,34 +161,39 @@ def main() -> int:
             "farm_seconds_without_queue_wait": without_wait,
             "farm_breakdown_seconds": breakdown,
             "node_run_minus_direct_median_seconds": node_overhead,
-            "other_processes_cpu_seconds": {side: describe([r[side]["other_load"]["foreign_cpu_s"] for r in runs])
-                                            for side in ("farm", "direct")},
+            "other_processes_cpu_seconds": {
+                side: describe([r[side]["other_load"]["foreign_cpu_s"] for r in runs]) for side in ("farm", "direct")
+            },
         },
         "method": {
             "clip": clip_info,
             "output_config": CONFIG.to_payload(),
             "ffmpeg_command": placeholder_args(args, {str(clip): "<input>", str(direct_out): "<output>"}),
             "farm": "LocalFarm, 1 node (concurrency 1), embedded Redis, SQLite, folder storage in a temp "
-                    "data dir; timed from before Farm.submit to Farm.wait returning the job completed",
+            "data dir; timed from before Farm.submit to Farm.wait returning the job completed",
             "direct": "subprocess.run of the same build_args command (stdout to /dev/null, stderr piped), "
-                      "timed around the call; the farm's idle node stays up meanwhile",
+            "timed around the call; the farm's idle node stays up meanwhile",
             "runs": opts.runs,
             "warmup_pairs": 1,
             "order": "alternating: (farm, direct), (direct, farm), ...",
             "statistic": "median of the runs; ratio = median(farm) / median(direct)",
             "other_load": "per run, CPU seconds the machine spent outside this benchmark's process tree and "
-                          "its Redis (psutil.cpu_times busy minus the tree's cpu_times), and steal time",
+            "its Redis (psutil.cpu_times busy minus the tree's cpu_times), and steal time",
         },
         "environment": env,
         "samples": {"warmup": warmup, "runs": runs},
     }
     path = write_result(opts.out, result)
-    print(f"farm overhead (30 s 1080p -> 720p mp4, {opts.runs} runs): farm median {farm_s['median']:.2f} s, "
-          f"direct median {direct_s['median']:.2f} s, ratio {ratio:.3f} "
-          f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'MISSED'})")
+    print(
+        f"farm overhead (30 s 1080p -> 720p mp4, {opts.runs} runs): farm median {farm_s['median']:.2f} s, "
+        f"direct median {direct_s['median']:.2f} s, ratio {ratio:.3f} "
+        f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'MISSED'})"
+    )
     b = {k: v["median"] for k, v in breakdown.items()}
-    print(f"  farm breakdown (medians): submit {b['submit_call_s']:.2f} s, queue wait {b['queue_wait_s']:.3f} s, "
-          f"node run {b['node_run_s']:.2f} s, wait notices {b['finished_to_wait_returned_s']:.3f} s")
+    print(
+        f"  farm breakdown (medians): submit {b['submit_call_s']:.2f} s, queue wait {b['queue_wait_s']:.3f} s, "
+        f"node run {b['node_run_s']:.2f} s, wait notices {b['finished_to_wait_returned_s']:.3f} s"
+    )
     waits = ", ".join(f"{r['farm']['breakdown']['queue_wait_s']:.2f}" for r in runs)
     print(f"  queue waits per run: {waits} s; ratio with them taken out: {ratio_without_wait:.3f}")
     print(f"  wrote {shown_path(path)}")

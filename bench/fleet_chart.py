@@ -19,19 +19,25 @@ import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from common import RESULTS_DIR, environment, write_result
+from PySide6.QtWidgets import QApplication
 
-from app.widgets.live_chart import LiveChart  # noqa: E402
-from common import environment, write_result, RESULTS_DIR  # noqa: E402
-from farm.services.registry import MAX_SAMPLES  # noqa: E402
+from app.widgets.live_chart import LiveChart
+from farm.domain.nodes import MAX_SAMPLES
 
 VARIANTS = {"a curve per node": None, "fleet mode (past 12 nodes)": 12}
 
 
 def tick_times(max_curves: int | None, nodes: int, reps: int) -> list[float]:
     rng = random.Random(7)
-    chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES,
-                      max_curves=max_curves, group_label="nodes")
+    chart = LiveChart(
+        "CPU per node (% of the machine)",
+        "%",
+        y_range=(0, 100),
+        capacity=MAX_SAMPLES,
+        max_curves=max_curves,
+        group_label="nodes",
+    )
     chart.timer.stop()  # ticks are driven here
     chart.resize(560, 330)
     chart.show()
@@ -65,15 +71,27 @@ def main() -> int:
     results = {}
     for label, max_curves in VARIANTS.items():
         spent = sorted(tick_times(max_curves, args.nodes, args.reps))
-        results[label] = {"median_ms": round(statistics.median(spent), 1),
-                          "p90_ms": round(spent[int(0.9 * (len(spent) - 1))], 1),
-                          "max_ms": round(spent[-1], 1)}
-        print(f"{label:30s} median {results[label]['median_ms']:7.1f} ms   p90 {results[label]['p90_ms']:7.1f} ms"
-              f"   max {results[label]['max_ms']:7.1f} ms")
-    write_result(RESULTS_DIR / "fleet_chart.json", {
-        "benchmark": "fleet_chart", "nodes": args.nodes, "points_per_node": MAX_SAMPLES, "reps": args.reps,
-        "platform": os.environ.get("QT_QPA_PLATFORM"), "results": results, "environment": environment(),
-    })
+        results[label] = {
+            "median_ms": round(statistics.median(spent), 1),
+            "p90_ms": round(spent[int(0.9 * (len(spent) - 1))], 1),
+            "max_ms": round(spent[-1], 1),
+        }
+        print(
+            f"{label:30s} median {results[label]['median_ms']:7.1f} ms   p90 {results[label]['p90_ms']:7.1f} ms"
+            f"   max {results[label]['max_ms']:7.1f} ms"
+        )
+    write_result(
+        RESULTS_DIR / "fleet_chart.json",
+        {
+            "benchmark": "fleet_chart",
+            "nodes": args.nodes,
+            "points_per_node": MAX_SAMPLES,
+            "reps": args.reps,
+            "platform": os.environ.get("QT_QPA_PLATFORM"),
+            "results": results,
+            "environment": environment(),
+        },
+    )
     return 0
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import psutil
 import redis
-
 from common import (
     REPO_ROOT,
     ForeignCpu,
@@ -39,8 +38,9 @@ from common import (
     shown_path,
     write_result,
 )
-from farm.services.embedded import ensure_embedded_redis
+
 from farm.base.ports import free_port
+from farm.services.embedded import ensure_embedded_redis
 
 NAME = "idle_node"
 TARGET_CPU_PERCENT = 1.0
@@ -92,9 +92,14 @@ def _sched_delta(before: dict, after: dict, elapsed: float) -> dict | None:
     run = sum(after[t][0] - before[t][0] for t in common) / 1e9
     wait = sum(after[t][1] - before[t][1] for t in common) / 1e9
     slices = sum(after[t][2] - before[t][2] for t in common)
-    return {"threads": len(common), "cpu_s": round(run, 4), "runqueue_wait_s": round(wait, 4),
-            "wakeups": slices, "wakeups_per_second": round(slices / elapsed, 2),
-            "cpu_ms_per_wakeup": round(1000 * run / slices, 3) if slices else None}
+    return {
+        "threads": len(common),
+        "cpu_s": round(run, 4),
+        "runqueue_wait_s": round(wait, 4),
+        "wakeups": slices,
+        "wakeups_per_second": round(slices / elapsed, 2),
+        "cpu_ms_per_wakeup": round(1000 * run / slices, 3) if slices else None,
+    }
 
 
 def _commandstats(client: redis.Redis) -> dict[str, int]:
@@ -132,21 +137,23 @@ def one_window(node_pid: int, redis_pid: int | None, client: redis.Redis, window
     commands_after = _commandstats(client)
     connections_after = int(client.info("stats")["total_connections_received"])
     # Our own two INFO calls are in the counts; take them out.
-    sent = {name: calls - commands_before.get(name, 0) - (2 if name == "info" else 0)
-            for name, calls in commands_after.items()}
+    sent = {
+        name: calls - commands_before.get(name, 0) - (2 if name == "info" else 0)
+        for name, calls in commands_after.items()
+    }
     sent = {name: n for name, n in sorted(sent.items(), key=lambda kv: -kv[1]) if n > 0}
     uss = [m["uss_mb"] for m in memory if "uss_mb" in m]
     return {
         "window_s": elapsed,
         "cpu_percent_of_one_core": 100 * (cpu_after - cpu_before) / elapsed,
         "cpu_seconds": cpu_after - cpu_before,
-        "rss_mb": {"median": statistics.median(m["rss_mb"] for m in memory),
-                   "max": max(m["rss_mb"] for m in memory)},
+        "rss_mb": {"median": statistics.median(m["rss_mb"] for m in memory), "max": max(m["rss_mb"] for m in memory)},
         "uss_mb": {"median": statistics.median(uss), "max": max(uss)} if uss else None,
         "threads": max(m["threads"] for m in memory),
         "processes": max(m["processes"] for m in memory),
-        "redis_cpu_percent_of_one_core": (100 * (redis_after - redis_before) / elapsed
-                                          if redis_before is not None else None),
+        "redis_cpu_percent_of_one_core": (
+            100 * (redis_after - redis_before) / elapsed if redis_before is not None else None
+        ),
         "redis_commands_in_window": sent,
         "redis_commands_per_second": round(sum(sent.values()) / elapsed, 2),
         "redis_connections_opened_in_window": connections_after - connections_before,
@@ -189,7 +196,7 @@ def _where(filename: str) -> str:
     path = Path(filename)
     parts = path.parts
     if "site-packages" in parts:
-        return "/".join(parts[parts.index("site-packages") + 1:])
+        return "/".join(parts[parts.index("site-packages") + 1 :])
     with contextlib.suppress(ValueError):
         return str(path.relative_to(REPO_ROOT))
     # The project's code imported from elsewhere (an export of a commit on PYTHONPATH): name it
@@ -199,7 +206,7 @@ def _where(filename: str) -> str:
             return "/".join(parts[index:])
     for index, part in enumerate(parts):
         if part.startswith("python3"):
-            return "stdlib/" + "/".join(parts[index + 1:])
+            return "stdlib/" + "/".join(parts[index + 1 :])
     return path.name
 
 
@@ -207,13 +214,20 @@ def _where(filename: str) -> str:
 # that another awaits through asyncio.wait_for runs in a task of its own, so it is listed too).
 _TASKS = {
     "heartbeat: sample (1 Hz) + publish + control read (every 5 s, or on a change)": (
-        ("farm_node/heartbeat.py", "_loop"), ("farm/services/registry.py", "publish"),
-        ("farm/services/registry.py", "desired_state")),
+        ("farm_node/heartbeat.py", "_loop"),
+        ("farm/services/registry.py", "publish"),
+        ("farm/services/registry.py", "desired_state"),
+    ),
     "BullMQ worker: blocking pop, lock renewal, stalled check": (
-        ("bullmq/worker.py", "retryIfFailed"), ("bullmq/worker.py", "run"),
-        ("bullmq/lock_manager.py", "_renewal_loop"), ("bullmq/timer.py", "_job")),
+        ("bullmq/worker.py", "retryIfFailed"),
+        ("bullmq/worker.py", "run"),
+        ("bullmq/lock_manager.py", "_renewal_loop"),
+        ("bullmq/timer.py", "_job"),
+    ),
     "control and cancel listeners (pub/sub)": (
-        ("farm/services/registry.py", "control_listener"), ("farm_node/agent.py", "_cancel_listener")),
+        ("farm/services/registry.py", "control_listener"),
+        ("farm_node/agent.py", "_cancel_listener"),
+    ),
 }
 
 
@@ -222,11 +236,18 @@ def _matches(function: str, where: str, name: str) -> bool:
 
 
 def _by_task(entries: list[dict]) -> dict:
-    out = {label: round(sum(e["cumtime_s"] for e in entries for where, name in funcs
-                            if _matches(e["function"], where, name)), 4)
-           for label, funcs in _TASKS.items()}
-    loop = [e for e in entries if e["function"].startswith(("stdlib/asyncio/base_events.py", "stdlib/selectors.py"))
-            or "select.epoll" in e["function"]]
+    out = {
+        label: round(
+            sum(e["cumtime_s"] for e in entries for where, name in funcs if _matches(e["function"], where, name)), 4
+        )
+        for label, funcs in _TASKS.items()
+    }
+    loop = [
+        e
+        for e in entries
+        if e["function"].startswith(("stdlib/asyncio/base_events.py", "stdlib/selectors.py"))
+        or "select.epoll" in e["function"]
+    ]
     out["event loop itself (_run_once, select/epoll)"] = round(sum(e["tottime_s"] for e in loop), 4)
     return out
 
@@ -237,9 +258,21 @@ def profile_window(settings, root: Path, settle: float, window: float, top: int 
     prof = root / "idle-node.prof"
     log = (root / "profiled-node.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _PROFILED_NODE, str(prof), "--name", "bench-profiled",
-         "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port())],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            _PROFILED_NODE,
+            str(prof),
+            "--name",
+            "bench-profiled",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(free_port()),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         time.sleep(settle)
         proc.send_signal(signal.SIGUSR1)
@@ -263,9 +296,15 @@ def profile_window(settings, root: Path, settle: float, window: float, top: int 
         server.stop()
     stats = pstats.Stats(str(prof))
     entries = []
-    for (filename, line, func), (calls, ncalls, tottime, cumtime, _) in stats.stats.items():
-        entries.append({"function": f"{_where(filename)}:{line}({func})", "calls": ncalls,
-                        "tottime_s": round(tottime, 4), "cumtime_s": round(cumtime, 4)})
+    for (filename, line, func), (_calls, ncalls, tottime, cumtime, _) in stats.stats.items():
+        entries.append(
+            {
+                "function": f"{_where(filename)}:{line}({func})",
+                "calls": ncalls,
+                "tottime_s": round(tottime, 4),
+                "cumtime_s": round(cumtime, 4),
+            }
+        )
     profiled = sum(e["tottime_s"] for e in entries)
     return {
         "window_s": round(elapsed, 1),
@@ -275,7 +314,7 @@ def profile_window(settings, root: Path, settle: float, window: float, top: int 
         "clock": "time.thread_time (CPU time of the main thread, which runs the event loop)",
         "by_task": _by_task(entries),
         "top_by_tottime": sorted(entries, key=lambda e: -e["tottime_s"])[:top],
-        "top_by_cumtime": sorted(entries, key=lambda e: -e["cumtime_s"])[:top * 2],
+        "top_by_cumtime": sorted(entries, key=lambda e: -e["cumtime_s"])[: top * 2],
     }
 
 
@@ -283,11 +322,15 @@ def main() -> int:
     def extra(parser):
         parser.add_argument("--settle", type=float, default=10.0, help="seconds before the window (default 10)")
         parser.add_argument("--window", type=float, default=60.0, help="seconds measured (default 60)")
-        parser.add_argument("--profile", action="store_true",
-                            help="then profile another idle node (cProfile, CPU clock) over the same window")
+        parser.add_argument(
+            "--profile",
+            action="store_true",
+            help="then profile another idle node (cProfile, CPU clock) over the same window",
+        )
 
-    opts = parse_args(NAME, __doc__.splitlines()[0], runs=1, runs_help="idle windows, each on a fresh node",
-                      extra=extra)
+    opts = parse_args(
+        NAME, __doc__.splitlines()[0], runs=1, runs_help="idle windows, each on a fresh node", extra=extra
+    )
     settle, window = opts.settle, opts.window
     windows = []
     with isolated_data_dir(NAME, keep=opts.keep) as root:
@@ -297,8 +340,11 @@ def main() -> int:
                 env = environment(local.redis.url)
                 node_pid = local.node_info()[0]["pid"]
                 client = redis.Redis.from_url(local.redis.url, decode_responses=True)
-                print(f"node up (run {index + 1}/{opts.runs}); settling {settle:.0f} s, then measuring "
-                      f"{window:.0f} s ...", flush=True)
+                print(
+                    f"node up (run {index + 1}/{opts.runs}); settling {settle:.0f} s, then measuring "
+                    f"{window:.0f} s ...",
+                    flush=True,
+                )
                 time.sleep(settle)
                 windows.append(one_window(node_pid, local.redis.pid, client, window))
                 client.close()
@@ -326,18 +372,18 @@ def main() -> int:
         },
         "method": {
             "farm": "LocalFarm, 1 node (concurrency 1), embedded Redis, SQLite, folder storage in a temp "
-                    "data dir; empty queue",
+            "data dir; empty queue",
             "settle_s": settle,
             "window_s": window,
             "cpu": "psutil cpu_times (user + system + children_user + children_system) of the node and "
-                   "its children, at both ends of the window, / wall time; 100 % = one core",
+            "its children, at both ends of the window, / wall time; 100 % = one core",
             "memory": "sum over the node and its children of RSS once a second and USS "
-                      "(memory_full_info) every 10 s; reported: the window's maximum",
+            "(memory_full_info) every 10 s; reported: the window's maximum",
             "wakeups": "node_schedstat: /proc/<node>/task/*/schedstat deltas (CPU ns, run-queue wait, times "
-                       "scheduled) over the threads alive at both ends",
+            "scheduled) over the threads alive at both ends",
             "other_load": "CPU used meanwhile by processes other than this script, the node and Redis",
             "context": "embedded Redis CPU over the same window and INFO commandstats deltas (not part of "
-                       "the node's numbers)",
+            "the node's numbers)",
             "runs": opts.runs,
         },
         "environment": env,
@@ -346,24 +392,32 @@ def main() -> int:
     }
     path = write_result(opts.out, result)
     w = windows[-1]
-    print(f"idle node ({window:.0f} s window after {settle:.0f} s settle, {opts.runs} run(s)): "
-          f"CPU {cpu['median']:.2f} % of one core (target < {TARGET_CPU_PERCENT:.0f} %: "
-          f"{'met' if cpu_met else 'MISSED'}), RSS max {rss['median']:.1f} MB, USS max {uss.get('median', 0):.1f} MB "
-          f"(target < {TARGET_RSS_MB:.0f} MB: {'met' if mem_met else 'MISSED'})")
-    print(f"  context: Redis CPU {w['redis_cpu_percent_of_one_core']:.2f} %, {w['redis_commands_per_second']} "
-          f"commands/s from the node, {w['redis_connections_opened_in_window']} connection(s) opened, "
-          f"{w['threads']} threads; other processes used {w['other_processes_cpu_percent']:.0f} % of a core meanwhile")
+    print(
+        f"idle node ({window:.0f} s window after {settle:.0f} s settle, {opts.runs} run(s)): "
+        f"CPU {cpu['median']:.2f} % of one core (target < {TARGET_CPU_PERCENT:.0f} %: "
+        f"{'met' if cpu_met else 'MISSED'}), RSS max {rss['median']:.1f} MB, USS max {uss.get('median', 0):.1f} MB "
+        f"(target < {TARGET_RSS_MB:.0f} MB: {'met' if mem_met else 'MISSED'})"
+    )
+    print(
+        f"  context: Redis CPU {w['redis_cpu_percent_of_one_core']:.2f} %, {w['redis_commands_per_second']} "
+        f"commands/s from the node, {w['redis_connections_opened_in_window']} connection(s) opened, "
+        f"{w['threads']} threads; other processes used {w['other_processes_cpu_percent']:.0f} % of a core meanwhile"
+    )
     busy = [w["other_processes_cpu_percent"] for w in windows if w["other_processes_cpu_percent"] >= BUSY_PERCENT]
     if busy:
-        print(f"  note: other processes kept the machine busy ({', '.join(f'{b:.0f}' for b in busy)} % of a core) in "
-              f"{len(busy)} window(s); on this kind of VM an idle node's wake-ups cost less CPU then, so "
-              f"these windows read low against a quiet machine (see docs/benchmarks.md)")
+        print(
+            f"  note: other processes kept the machine busy ({', '.join(f'{b:.0f}' for b in busy)} % of a core) in "
+            f"{len(busy)} window(s); on this kind of VM an idle node's wake-ups cost less CPU then, so "
+            f"these windows read low against a quiet machine (see docs/benchmarks.md)"
+        )
     for i, win in enumerate(windows, 1):
         sch = win["node_schedstat"]
         if sch:
-            print(f"  run {i}: {win['cpu_percent_of_one_core']:.2f} %, {sch['wakeups_per_second']} wake-ups/s, "
-                  f"{sch['cpu_ms_per_wakeup']} ms CPU per wake-up, other processes "
-                  f"{win['other_processes_cpu_percent']:.0f} % of a core")
+            print(
+                f"  run {i}: {win['cpu_percent_of_one_core']:.2f} %, {sch['wakeups_per_second']} wake-ups/s, "
+                f"{sch['cpu_ms_per_wakeup']} ms CPU per wake-up, other processes "
+                f"{win['other_processes_cpu_percent']:.0f} % of a core"
+            )
     print(f"  wrote {shown_path(path)}")
     return 0
 

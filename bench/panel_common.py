@@ -14,15 +14,14 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import psutil
-
 from common import percentile
 
-
 # -- a display ---------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def xvfb_display(size: str = "1920x1080x24") -> Iterator[tuple[str, int]]:
@@ -31,9 +30,13 @@ def xvfb_display(size: str = "1920x1080x24") -> Iterator[tuple[str, int]]:
     if binary is None:
         raise RuntimeError("Xvfb is not installed; use --platform offscreen")
     read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen([binary, "-displayfd", str(write_fd), "-screen", "0", size, "-nolisten", "tcp",
-                             "-noreset"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [binary, "-displayfd", str(write_fd), "-screen", "0", size, "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     os.close(write_fd)
     number = b""
     deadline = time.monotonic() + 15
@@ -62,11 +65,17 @@ def display(platform: str) -> Iterator[dict]:
     ``pid`` of the X server (``None`` offscreen)."""
     if platform == "xvfb":
         with xvfb_display() as (name, pid):
-            yield {"env": {"DISPLAY": name, "QT_QPA_PLATFORM": "xcb"}, "pid": pid,
-                   "description": "Xvfb 1920x1080x24 (Qt xcb platform, a real X11 window)"}
+            yield {
+                "env": {"DISPLAY": name, "QT_QPA_PLATFORM": "xcb"},
+                "pid": pid,
+                "description": "Xvfb 1920x1080x24 (Qt xcb platform, a real X11 window)",
+            }
     else:
-        yield {"env": {"QT_QPA_PLATFORM": "offscreen"}, "pid": None,
-               "description": "Qt offscreen platform (widgets paint into an in-memory backing store)"}
+        yield {
+            "env": {"QT_QPA_PLATFORM": "offscreen"},
+            "pid": None,
+            "description": "Qt offscreen platform (widgets paint into an in-memory backing store)",
+        }
 
 
 def default_platform() -> str:
@@ -74,6 +83,7 @@ def default_platform() -> str:
 
 
 # -- CPU -----------------------------------------------------------------------------------------
+
 
 def cpu_seconds(pid: int | None, children: bool = False) -> float:
     """user + system CPU seconds of a process (and of its live and reaped children with ``children``)."""
@@ -117,7 +127,7 @@ class CpuWindow:
         values["_t"] = time.monotonic()
         return values
 
-    def start(self) -> "CpuWindow":
+    def start(self) -> CpuWindow:
         self._start = self._read()
         return self
 
@@ -138,6 +148,7 @@ class CpuWindow:
 
 
 # -- the GUI thread's stalls -----------------------------------------------------------------
+
 
 class StallProbe:
     """A precise 10 ms ``QTimer`` on the GUI thread; each tick records the gap since the previous
@@ -191,8 +202,14 @@ class StallProbe:
             "p50_ms": round(percentile(stalls, 50), 2) if stalls else None,
             "over_16ms": sum(1 for s in stalls if s > 16),
             "over_50ms": sum(1 for s in stalls if s > 50),
-            "worst": [{"stall_ms": round(stalls[i], 2), "ended_at_s": round(self.ticks_at[i] - self.started_at, 3),
-                       "during": self.labels[i]} for i in worst],
+            "worst": [
+                {
+                    "stall_ms": round(stalls[i], 2),
+                    "ended_at_s": round(self.ticks_at[i] - self.started_at, 3),
+                    "during": self.labels[i],
+                }
+                for i in worst
+            ],
         }
 
 
@@ -231,7 +248,7 @@ class StackSampler:
             frame = sys._current_frames().get(self.main_id)
             if frame is None:
                 continue
-            stack = traceback.extract_stack(frame)[-self.depth:]
+            stack = traceback.extract_stack(frame)[-self.depth :]
             key = " <- ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in reversed(stack))
             self.samples[key] = self.samples.get(key, 0) + 1
 
@@ -246,10 +263,10 @@ def _short(filename: str) -> str:
     parts = Path(filename).parts
     for anchor in ("site-packages", "dist-packages"):
         if anchor in parts:
-            return "/".join(parts[parts.index(anchor) + 1:])
+            return "/".join(parts[parts.index(anchor) + 1 :])
     for anchor in ("app", "farm", "farm_node", "bench"):
         if anchor in parts:
-            return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor):])
+            return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor) :])
     return Path(filename).name
 
 
@@ -260,15 +277,23 @@ def profile_rows(stats, limit: int = 25, sort: str = "cumulative") -> list[dict]
     for func in stats.fcn_list[:limit]:
         cc, nc, tt, ct, _callers = stats.stats[func]
         filename, line, name = func
-        rows.append({"function": f"{_short(filename)}:{line} {name}" if filename != "~" else name,
-                     "calls": nc, "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})
+        rows.append(
+            {
+                "function": f"{_short(filename)}:{line} {name}" if filename != "~" else name,
+                "calls": nc,
+                "tottime_s": round(tt, 4),
+                "cumtime_s": round(ct, 4),
+            }
+        )
     return rows
 
 
 # -- running the real app with a driver ------------------------------------------------------
 
-def hook_exec(on_loop: Callable[[object, object], None],
-              before_loop: Callable[[object, object], None] | None = None) -> None:
+
+def hook_exec(
+    on_loop: Callable[[object, object], None], before_loop: Callable[[object, object], None] | None = None
+) -> None:
     """Make ``QApplication.exec()`` call ``before_loop(app, main_window)`` (if given) and then
     ``on_loop(app, main_window)`` from a zero timer, so that it runs in the first iteration of the
     event loop; then run the loop as usual."""
@@ -295,8 +320,14 @@ def child_env(extra: dict[str, str], root: Path) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("config", "cache", "data", "state"):
         (root / f"xdg-{name}").mkdir(exist_ok=True)
-    env.update({"XDG_CONFIG_HOME": str(root / "xdg-config"), "XDG_CACHE_HOME": str(root / "xdg-cache"),
-                "XDG_DATA_HOME": str(root / "xdg-data"), "XDG_STATE_HOME": str(root / "xdg-state"),
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "XDG_CONFIG_HOME": str(root / "xdg-config"),
+            "XDG_CACHE_HOME": str(root / "xdg-cache"),
+            "XDG_DATA_HOME": str(root / "xdg-data"),
+            "XDG_STATE_HOME": str(root / "xdg-state"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env

@@ -35,6 +35,7 @@ Python stack during stalls (both cost CPU: that run's numbers are not the result
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -44,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common import describe, environment, isolated_data_dir, load_settings, parse_args, shown_path, write_result
@@ -60,19 +61,34 @@ STEP_S = 5.0
 SAMPLE_BACKLOG = 600
 SUBMIT_EVERY_S = 3.0
 # What the driver does at each 5 s step of the window, in turn.
-STEPS = ("jobs", "workers_cards", "metrics", "jobs_active", "workers_table", "metrics",
-         "jobs_scroll", "workers_cards", "metrics", "jobs_scroll", "workers_cards", "metrics")
+STEPS = (
+    "jobs",
+    "workers_cards",
+    "metrics",
+    "jobs_active",
+    "workers_table",
+    "metrics",
+    "jobs_scroll",
+    "workers_cards",
+    "metrics",
+    "jobs_scroll",
+    "workers_cards",
+    "metrics",
+)
 
 CAMERAS = ("A001", "A002", "B001", "C003", "DJI", "GH6", "FX3")
-CONFIGS = ({"resolution": "720p", "format": "mp4", "includeAudio": True, "allowUpscale": False},
-           {"resolution": "1080p", "format": "mp4", "includeAudio": True, "allowUpscale": False},
-           {"resolution": "480p", "format": "webm", "includeAudio": True, "allowUpscale": False},
-           {"resolution": "720p", "format": "mp4", "includeAudio": False, "allowUpscale": False})
+CONFIGS = (
+    {"resolution": "720p", "format": "mp4", "includeAudio": True, "allowUpscale": False},
+    {"resolution": "1080p", "format": "mp4", "includeAudio": True, "allowUpscale": False},
+    {"resolution": "480p", "format": "webm", "includeAudio": True, "allowUpscale": False},
+    {"resolution": "720p", "format": "mp4", "includeAudio": False, "allowUpscale": False},
+)
 
 
 # ==================================================================================================
 # the database
 # ==================================================================================================
+
 
 def populate(db, rng: random.Random, jobs: int, running: int, queued: int) -> dict:
     """Bulk-insert ``jobs`` videos and jobs; returns the ids of the running and queued ones."""
@@ -80,7 +96,7 @@ def populate(db, rng: random.Random, jobs: int, running: int, queued: int) -> di
 
     from farm.services.db.models import Job, Video
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     finished = jobs - running - queued
     start = now - timedelta(days=7)
     step = (timedelta(days=7) - timedelta(minutes=30)) / max(1, finished)
@@ -99,25 +115,56 @@ def populate(db, rng: random.Random, jobs: int, running: int, queued: int) -> di
         name = f"{rng.choice(CAMERAS)}_C{index % 9000 + 1:04d}_{created:%m%d}{rng.choice('ABCDEF')}.mov"
         width, height = rng.choice(((3840, 2160), (1920, 1080), (1920, 1080), (1280, 720)))
         duration = round(rng.uniform(8, 600), 2)
-        videos.append(dict(id=video_id, name=name, key=f"inputs/{video_id}/{name}", size=int(duration * 6e6),
-                           duration=duration, width=width, height=height, video_codec="h264",
-                           audio_codec="aac", container="mov,mp4,m4a,3gp,3g2,mj2", submitted_by="editor",
-                           created_at=created))
+        videos.append(
+            dict(
+                id=video_id,
+                name=name,
+                key=f"inputs/{video_id}/{name}",
+                size=int(duration * 6e6),
+                duration=duration,
+                width=width,
+                height=height,
+                video_codec="h264",
+                audio_codec="aac",
+                container="mov,mp4,m4a,3gp,3g2,mj2",
+                submitted_by="editor",
+                created_at=created,
+            )
+        )
         started = created + timedelta(seconds=rng.uniform(1, 600)) if status != "queued" else None
         done = status in ("completed", "failed", "cancelled")
-        rows.append(dict(
-            id=job_id, video_id=video_id, config=dict(rng.choice(CONFIGS)), status=status,
-            progress=100.0 if status == "completed" else (round(rng.uniform(5, 95), 1) if status != "queued" else 0.0),
-            priority=0, attempts=0 if status == "queued" else 1,
-            node=None if status == "queued" else f"sim-{rng.randrange(64):02d}",
-            error=("FFmpeg failed: Invalid data found when processing input" if status == "failed" else
-                   "cancelled by editor" if status == "cancelled" else None),
-            log_tail=None, outputs=([{"key": f"outputs/{job_id}/1/{name}-720p-mp4.mp4", "size": int(duration * 1e6)}]
-                                    if status == "completed" else []),
-            created_at=created, started_at=started,
-            finished_at=started + timedelta(seconds=duration / 3) if done else None,
-            queue_wait_seconds=(started - created).total_seconds() if started else None, updated_at=created,
-        ))
+        rows.append(
+            dict(
+                id=job_id,
+                video_id=video_id,
+                config=dict(rng.choice(CONFIGS)),
+                status=status,
+                progress=100.0
+                if status == "completed"
+                else (round(rng.uniform(5, 95), 1) if status != "queued" else 0.0),
+                priority=0,
+                attempts=0 if status == "queued" else 1,
+                node=None if status == "queued" else f"sim-{rng.randrange(64):02d}",
+                error=(
+                    "FFmpeg failed: Invalid data found when processing input"
+                    if status == "failed"
+                    else "cancelled by editor"
+                    if status == "cancelled"
+                    else None
+                ),
+                log_tail=None,
+                outputs=(
+                    [{"key": f"outputs/{job_id}/1/{name}-720p-mp4.mp4", "size": int(duration * 1e6)}]
+                    if status == "completed"
+                    else []
+                ),
+                created_at=created,
+                started_at=started,
+                finished_at=started + timedelta(seconds=duration / 3) if done else None,
+                queue_wait_seconds=(started - created).total_seconds() if started else None,
+                updated_at=created,
+            )
+        )
         if status == "active":
             running_ids.append(job_id)
         elif status == "queued":
@@ -125,15 +172,22 @@ def populate(db, rng: random.Random, jobs: int, running: int, queued: int) -> di
     with db.session() as session:
         session.execute(sa.insert(Video), videos)
         session.execute(sa.insert(Job), rows)
-    names = {row["id"]: video["name"] for row, video in zip(rows, videos)}
-    return {"running": running_ids, "queued": queued_ids, "names": names,
-            "statuses": {s: sum(1 for r in rows if r["status"] == s) for s in
-                         ("queued", "active", "completed", "failed", "cancelled")}}
+    names = {row["id"]: video["name"] for row, video in zip(rows, videos, strict=True)}
+    return {
+        "running": running_ids,
+        "queued": queued_ids,
+        "names": names,
+        "statuses": {
+            s: sum(1 for r in rows if r["status"] == s)
+            for s in ("queued", "active", "completed", "failed", "cancelled")
+        },
+    }
 
 
 # ==================================================================================================
 # the simulator process
 # ==================================================================================================
+
 
 class SimNode:
     def __init__(self, name: str, host: str, status: str, rng: random.Random):
@@ -156,40 +210,32 @@ class SimNode:
         return {"t": round(t, 3), "cpu": round(self.cpu(), 1), "mem": round(self.mem, 4)}
 
     def status_obj(self, now: float):
-        from farm.services.registry import NodeStatus
+        from farm.domain.nodes import NodeStatus
 
         running = [{"jobId": self.job, "progress": round(self.progress, 1), "name": self.job_name}] if self.job else []
         return NodeStatus(
-            name=self.name, host=self.host, pid=10_000 + int(self.name[-2:]), status=self.status,
-            cpu=round(self.cpu(), 1), memory=round(self.mem, 4), rss=int(self.rng.uniform(90, 140) * 2**20),
-            concurrency=1, running=running, ffmpeg_version="7.0.2",
-            encoders=["libx264", "libx265", "libvpx-vp9", "aac", "libopus"] + (["h264_nvenc"] if int(self.name[-2:]) % 8 == 0 else []),
+            name=self.name,
+            host=self.host,
+            pid=10_000 + int(self.name[-2:]),
+            status=self.status,
+            cpu=round(self.cpu(), 1),
+            memory=round(self.mem, 4),
+            rss=int(self.rng.uniform(90, 140) * 2**20),
+            concurrency=1,
+            running=running,
+            ffmpeg_version="7.0.2",
+            encoders=["libx264", "libx265", "libvpx-vp9", "aac", "libopus"]
+            + (["h264_nvenc"] if int(self.name[-2:]) % 8 == 0 else []),
             tags=["studio-a", "gpu"] if int(self.name[-2:]) % 8 == 0 else ["studio-a"],
-            version="0.1.0", started_at=self.started_at, last_seen=now)
+            version="0.1.0",
+            started_at=self.started_at,
+            last_seen=now,
+        )
 
 
-async def simulate(plan: dict) -> None:
-    import redis.asyncio as aioredis
-
-    from farm.services.db import repo
-    from farm.services.db.engine import open_database
-    from farm.services.events import events_key
-    from farm.services.registry import NodeRegistryWriter
-
-    rng = random.Random(plan["seed"])
-    queue = plan["queue"]
-    client = aioredis.Redis.from_url(plan["redis_url"], decode_responses=True)
-    db = open_database(plan["database_url"])
-    stream = events_key(queue)
-    bull = f"bull:{queue}:"
+def _sim_nodes(plan: dict, rng: random.Random) -> list[SimNode]:
+    """The simulated nodes, ``NODES`` of each status; busy and draining ones part-way through a running job."""
     names: dict[str, str] = plan["names"]
-    queued: list[str] = list(plan["queued"])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    counters = {"heartbeats": 0, "progress_events": 0, "completed": 0, "taken": 0, "submitted": 0}
-
     nodes: list[SimNode] = []
     running = list(plan["running"])
     index = 0
@@ -203,35 +249,98 @@ async def simulate(plan: dict) -> None:
                 node.rate = 100 / rng.uniform(60, 300)
             nodes.append(node)
             index += 1
+    return nodes
 
-    async def xadd(fields: dict) -> None:
-        await client.xadd(stream, fields, maxlen=10_000, approximate=True)
 
-    # BullMQ's own lists and sets, so the queue counts are plausible (nothing consumes them).
+async def _seed_bull_lists(client, bull: str, queued: list[str], nodes: list[SimNode], statuses: dict) -> None:
+    """BullMQ's own lists and sets, so the queue counts are plausible (nothing consumes them)."""
     async with client.pipeline(transaction=False) as pipe:
         pipe.delete(f"{bull}wait", f"{bull}active", f"{bull}completed", f"{bull}failed")
         if queued:
             pipe.rpush(f"{bull}wait", *queued)
         pipe.rpush(f"{bull}active", *[n.job for n in nodes if n.job])
-        pipe.zadd(f"{bull}completed", {f"old-{i}": i for i in range(plan["statuses"]["completed"])})
-        pipe.zadd(f"{bull}failed", {f"old-{i}": i for i in range(plan["statuses"]["failed"])})
+        pipe.zadd(f"{bull}completed", {f"old-{i}": i for i in range(statuses["completed"])})
+        pipe.zadd(f"{bull}failed", {f"old-{i}": i for i in range(statuses["failed"])})
         await pipe.execute()
 
-    writers = {n.name: NodeRegistryWriter(client, queue, n.name) for n in nodes}
+
+async def _publish_backlog(writers: dict, nodes: list[SimNode]) -> None:
+    """Each node's status with the last 10 minutes of samples, as a node that has been up keeps."""
     now = time.time()
-    for node in nodes:  # the last 10 minutes of samples, as a node that has been up keeps
+    for node in nodes:
         backlog = [node.sample(now - SAMPLE_BACKLOG + i) for i in range(SAMPLE_BACKLOG)]
         await writers[node.name].publish(node.status_obj(now), backlog)
+
+
+async def _stopped_within(stop: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``stop``; whether it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _publish_progress(node: SimNode, now_mono: float, xadd, db, counters: dict) -> None:
+    """The node's bar moved: a progress event, and now and then the database copy of the bar."""
+    from farm.services.db import repo
+
+    await xadd({"event": "progress", "jobId": node.job, "data": json.dumps(round(node.progress, 1))})
+    counters["progress_events"] += 1
+    if now_mono - node.last_db_progress >= 5:
+        node.last_db_progress = now_mono
+        await asyncio.to_thread(repo.update_progress, db, node.job, node.progress, None)
+
+
+async def simulate(plan: dict) -> None:
+    import redis.asyncio as aioredis
+
+    from farm.domain.keyspace import Keyspace
+    from farm.services.db import repo
+    from farm.services.db.engine import open_database
+    from farm.services.registry import NodeRegistryWriter
+
+    rng = random.Random(plan["seed"])
+    queue = plan["queue"]
+    client = aioredis.Redis.from_url(plan["redis_url"], decode_responses=True)
+    db = open_database(plan["database_url"])
+    keys = Keyspace(queue)
+    stream = keys.events
+    bull = keys.bull_prefix
+    names: dict[str, str] = plan["names"]
+    queued: list[str] = list(plan["queued"])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    counters = {"heartbeats": 0, "progress_events": 0, "completed": 0, "taken": 0, "submitted": 0}
+
+    nodes = _sim_nodes(plan, rng)
+
+    async def xadd(fields: dict) -> None:
+        await client.xadd(stream, fields, maxlen=10_000, approximate=True)
+
+    await _seed_bull_lists(client, bull, queued, nodes, plan["statuses"])
+
+    writers = {n.name: NodeRegistryWriter(client, queue, n.name) for n in nodes}
+    await _publish_backlog(writers, nodes)
     print("READY", flush=True)
 
     async def take_next(node: SimNode) -> None:
         """The node finished its job: record it, then take the next queued one (if it may)."""
         job = node.job
         await xadd({"event": "progress", "jobId": job, "data": "100"})
-        await asyncio.to_thread(repo.finish_job, db, job, "completed", attempt=1,
-                                outputs=[{"key": f"outputs/{job}/1/out.mp4", "size": 12_345_678}])
-        await xadd({"event": "completed", "jobId": job, "returnvalue": json.dumps({"node": node.name}),
-                    "prev": "active"})
+        await asyncio.to_thread(
+            repo.finish_job,
+            db,
+            job,
+            "completed",
+            attempt=1,
+            outputs=[{"key": f"outputs/{job}/1/out.mp4", "size": 12_345_678}],
+        )
+        await xadd(
+            {"event": "completed", "jobId": job, "returnvalue": json.dumps({"node": node.name}), "prev": "active"}
+        )
         await client.lrem(f"{bull}active", 1, job)
         await client.zadd(f"{bull}completed", {job: time.time()})
         counters["completed"] += 1
@@ -259,11 +368,7 @@ async def simulate(plan: dict) -> None:
                 if node.progress >= 100:
                     await take_next(node)
                 else:
-                    await xadd({"event": "progress", "jobId": node.job, "data": json.dumps(round(node.progress, 1))})
-                    counters["progress_events"] += 1
-                    if now_mono - node.last_db_progress >= 5:  # the database copy of the bar, now and then
-                        node.last_db_progress = now_mono
-                        await asyncio.to_thread(repo.update_progress, db, node.job, node.progress, None)
+                    await _publish_progress(node, now_mono, xadd, db, counters)
                 next_progress += 0.5
             if now_mono >= next_beat:
                 now = time.time()
@@ -271,23 +376,26 @@ async def simulate(plan: dict) -> None:
                 counters["heartbeats"] += 1
                 next_beat += 1.0
             wake = min(next_beat, next_progress) if node.job else next_beat
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
-            except asyncio.TimeoutError:
-                pass
+            await _stopped_within(stop, max(0.0, wake - loop.time()))
 
     async def submitter() -> None:
         """A colleague's uploads: a new queued job every few seconds."""
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=SUBMIT_EVERY_S)
+            if await _stopped_within(stop, SUBMIT_EVERY_S):
                 return
-            except asyncio.TimeoutError:
-                pass
             video = await asyncio.to_thread(
-                repo.create_video, db, name=f"NEW_{counters['submitted']:04d}.mov",
-                key=f"inputs/x/NEW_{counters['submitted']:04d}.mov", size=50_000_000, duration=42.0, width=1920,
-                height=1080, video_codec="h264", container="mov,mp4,m4a,3gp,3g2,mj2", audio_codec="aac")
+                repo.create_video,
+                db,
+                name=f"NEW_{counters['submitted']:04d}.mov",
+                key=f"inputs/x/NEW_{counters['submitted']:04d}.mov",
+                size=50_000_000,
+                duration=42.0,
+                width=1920,
+                height=1080,
+                video_codec="h264",
+                container="mov,mp4,m4a,3gp,3g2,mj2",
+                audio_codec="aac",
+            )
             job = await asyncio.to_thread(repo.create_job, db, video.id, CONFIGS[0])
             names[job.id] = video.name
             queued.append(job.id)
@@ -308,9 +416,70 @@ async def simulate(plan: dict) -> None:
 # the app process
 # ==================================================================================================
 
+
+def _show_step(window, name: str) -> None:
+    """Put the window in the state a step of the scripted tour measures."""
+    from PySide6.QtCore import QTimer
+
+    jobs, workers = window.pages["jobs"], window.pages["workers"]
+    if name.startswith("jobs"):
+        window.show_page("jobs")
+        wanted = "active" if name == "jobs_active" else "All"
+        if jobs.status_filter.currentText() != wanted:
+            jobs.status_filter.setCurrentText(wanted)
+        if name == "jobs_scroll":  # to the end: the view asks the model for the next 200
+            QTimer.singleShot(1000, jobs.table.scrollToBottom)
+            QTimer.singleShot(3000, jobs.table.scrollToBottom)
+        else:
+            jobs.table.scrollToTop()
+    elif name.startswith("workers"):
+        window.show_page("workers")
+        workers.set_view("table" if name == "workers_table" else "cards")
+    else:
+        window.show_page("metrics")
+
+
+def _by_step(marks: list[tuple[str, float, float]], probe) -> list[dict]:
+    """CPU and worst stall of each step, from the (step, epoch s, app CPU s) marks at each step's start."""
+    by_step = []
+    for (name, t0, c0), (_, t1, c1) in itertools.pairwise(marks):
+        in_step = [
+            s for s, at, _label in zip(probe.stalls_ms, probe.ticks_at, probe.labels, strict=True) if t0 <= at < t1
+        ]
+        by_step.append(
+            {
+                "step": name,
+                "cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
+                "max_stall_ms": round(max(in_step), 1) if in_step else None,
+            }
+        )
+    return by_step
+
+
+def _profile_summary(profiler) -> dict:
+    import pstats
+
+    from panel_common import profile_rows
+
+    stats = pstats.Stats(profiler)
+    return {
+        "by_cumulative": profile_rows(stats, 30, "cumulative"),
+        "by_own_time": profile_rows(stats, 30, "tottime"),
+    }
+
+
+def _schedule_tour(window_s: float, step) -> None:
+    """One step of ``STEPS`` every ``STEP_S`` seconds, round and round, over the window."""
+    from PySide6.QtCore import QTimer
+
+    for index in range(int(window_s // STEP_S)):
+        name = STEPS[index % len(STEPS)]
+        QTimer.singleShot(int(index * STEP_S * 1000), lambda n=name: step(n))
+
+
 def run_app(plan: dict, result_path: Path, window_s: float, settle_s: float, profile: bool) -> int:
     """``app.main.main()`` with the driver hooked to its event loop."""
-    from panel_common import StallProbe, StackSampler, hook_exec
+    from panel_common import StackSampler, StallProbe, hook_exec
 
     state = {"step": "settle"}
     counts = {"job_events": 0, "progress_events": 0, "nodes_updates": 0, "samples": 0}
@@ -322,7 +491,9 @@ def run_app(plan: dict, result_path: Path, window_s: float, settle_s: float, pro
         hub = window.hub
         hub.job_event.connect(lambda e: _count(counts, e))
         hub.nodes_updated.connect(lambda nodes: counts.__setitem__("nodes_updates", counts["nodes_updates"] + 1))
-        hub.samples_added.connect(lambda fresh: counts.__setitem__("samples", counts["samples"] + sum(map(len, fresh.values()))))
+        hub.samples_added.connect(
+            lambda fresh: counts.__setitem__("samples", counts["samples"] + sum(map(len, fresh.values())))
+        )
         timings = _instrument(window)
         probe = StallProbe(10, label=lambda: state["step"])
         sampler = StackSampler(probe) if profile else None
@@ -334,21 +505,7 @@ def run_app(plan: dict, result_path: Path, window_s: float, settle_s: float, pro
         def step(name: str) -> None:
             marks.append((name, time.time(), _own_cpu()))
             state["step"] = name
-            if name.startswith("jobs"):
-                window.show_page("jobs")
-                wanted = "active" if name == "jobs_active" else "All"
-                if jobs.status_filter.currentText() != wanted:
-                    jobs.status_filter.setCurrentText(wanted)
-                if name == "jobs_scroll":  # to the end: the view asks the model for the next 200
-                    QTimer.singleShot(1000, jobs.table.scrollToBottom)
-                    QTimer.singleShot(3000, jobs.table.scrollToBottom)
-                else:
-                    jobs.table.scrollToTop()
-            elif name.startswith("workers"):
-                window.show_page("workers")
-                workers.set_view("table" if name == "workers_table" else "cards")
-            else:
-                window.show_page("metrics")
+            _show_step(window, name)
 
         def begin() -> None:
             nonlocal profiler
@@ -367,9 +524,7 @@ def run_app(plan: dict, result_path: Path, window_s: float, settle_s: float, pro
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            for index in range(int(window_s // STEP_S)):
-                name = STEPS[index % len(STEPS)]
-                QTimer.singleShot(int(index * STEP_S * 1000), lambda n=name: step(n))
+            _schedule_tour(window_s, step)
             QTimer.singleShot(int(window_s * 1000), end)
 
         def end() -> None:
@@ -384,39 +539,33 @@ def run_app(plan: dict, result_path: Path, window_s: float, settle_s: float, pro
             span = time.time() - out["window_started_at"]
             used = cpu_end - out["cpu_start"]
             marks.append(("end", time.time(), cpu_end))
-            by_step = []
-            for (name, t0, c0), (_, t1, c1) in zip(marks, marks[1:]):
-                in_step = [s for s, at, label in zip(probe.stalls_ms, probe.ticks_at, probe.labels) if t0 <= at < t1]
-                by_step.append({"step": name, "cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
-                                "max_stall_ms": round(max(in_step), 1) if in_step else None})
-            out.update({
-                "span_s": round(span, 3),
-                "cpu_s": round(used, 3),
-                "cpu_percent_of_one_core": round(100 * used / span, 2),
-                "cpu_by_thread_percent": _thread_delta(threads_before, threads_after, span),
-                "stalls": probe.summary(),
-                "slot_timings_ms": {name: {k: round(v, 2) if isinstance(v, float) else v for k, v in entry.items()}
-                                    for name, entry in sorted(timings.items(), key=lambda kv: -kv[1]["total_ms"])},
-                "by_step": by_step,
-                "stall_samples_ms": [round(s, 2) for s in probe.stalls_ms],
-                "events_in_window": {k: counts[k] - out["counts_start"][k] for k in counts},
-                "jobs_rows_loaded": jobs.model.rowCount(),
-                "jobs_total": jobs.model.total,
-                "node_cards": len(workers.cards),
-                "metrics_series": len(window.pages["metrics"].cpu_chart.series_keys()),
-                "platform": app.platformName(),
-                "window_size": [window.width(), window.height()],
-            })
+            by_step = _by_step(marks, probe)
+            out.update(
+                {
+                    "span_s": round(span, 3),
+                    "cpu_s": round(used, 3),
+                    "cpu_percent_of_one_core": round(100 * used / span, 2),
+                    "cpu_by_thread_percent": _thread_delta(threads_before, threads_after, span),
+                    "stalls": probe.summary(),
+                    "slot_timings_ms": {
+                        name: {k: round(v, 2) if isinstance(v, float) else v for k, v in entry.items()}
+                        for name, entry in sorted(timings.items(), key=lambda kv: -kv[1]["total_ms"])
+                    },
+                    "by_step": by_step,
+                    "stall_samples_ms": [round(s, 2) for s in probe.stalls_ms],
+                    "events_in_window": {k: counts[k] - out["counts_start"][k] for k in counts},
+                    "jobs_rows_loaded": jobs.model.rowCount(),
+                    "jobs_total": jobs.model.total,
+                    "node_cards": len(workers.cards),
+                    "metrics_series": len(window.pages["metrics"].cpu_chart.series_keys()),
+                    "platform": app.platformName(),
+                    "window_size": [window.width(), window.height()],
+                }
+            )
             if sampler:
                 out["stall_stacks"] = sampler.top(20)
             if profiler:
-                import pstats
-
-                from panel_common import profile_rows
-
-                stats = pstats.Stats(profiler)
-                out["profile_gui_thread"] = {"by_cumulative": profile_rows(stats, 30, "cumulative"),
-                                             "by_own_time": profile_rows(stats, 30, "tottime")}
+                out["profile_gui_thread"] = _profile_summary(profiler)
             result_path.write_text(json.dumps(out))
             window.quit()
 
@@ -436,7 +585,7 @@ def _instrument(window) -> dict[str, dict]:
     hub = window.hub
     # Slots the hub's signals call: reconnected to the wrapper (the signal holds the original).
     connected = {
-        "JobsPage._on_job_event": (hub.job_event, pages["jobs"], "_on_job_event"),
+        "JobPages.on_job_event": (hub.job_event, pages["jobs"].pages, "on_job_event"),
         "WorkersPage.show_nodes": (hub.nodes_updated, pages["workers"], "show_nodes"),
         "MetricsPage.add_samples": (hub.samples_added, pages["metrics"], "add_samples"),
     }
@@ -446,8 +595,10 @@ def _instrument(window) -> dict[str, dict]:
         "JobsModel.apply_job": (pages["jobs"].model, "apply_job"),
         "MetricsPage._history_loaded": (pages["metrics"], "_history_loaded"),
         "DashboardPage._show": (pages["dashboard"], "_show"),
-        **{f"LiveChart.flush ({key})": (getattr(pages["metrics"], key), "flush")
-           for key in ("cpu_chart", "mem_chart", "queue_chart", "rate_chart")},
+        **{
+            f"LiveChart.flush ({key})": (getattr(pages["metrics"], key), "flush")
+            for key in ("cpu_chart", "mem_chart", "queue_chart", "rate_chart")
+        },
     }
     timings: dict[str, dict] = {}
     for label, (obj, attr) in [*targets.items(), *((k, v[1:]) for k, v in connected.items())]:
@@ -507,13 +658,15 @@ def _thread_delta(before: dict, after: dict, span: float) -> dict[str, float]:
         used = cpu - before.get(tid, (name, 0.0))[1]
         label = "GUI (main) thread" if tid == main_tid else name
         by_name[label] = by_name.get(label, 0.0) + used
-    return {name: round(100 * used / span, 2) for name, used in sorted(by_name.items(), key=lambda kv: -kv[1])
-            if used > 0}
+    return {
+        name: round(100 * used / span, 2) for name, used in sorted(by_name.items(), key=lambda kv: -kv[1]) if used > 0
+    }
 
 
 # ==================================================================================================
 # diagnostics (--profile): what the costs found by the profile are, measured apart
 # ==================================================================================================
+
 
 def chart_experiment(reps: int = 12) -> dict:
     """One fleet chart as the Metrics page builds it (64 series of 600 points, 560x330 px), on the
@@ -523,15 +676,14 @@ def chart_experiment(reps: int = 12) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from app.widgets.live_chart import LiveChart
-    from farm.services.registry import MAX_SAMPLES
+    from farm.domain.nodes import MAX_SAMPLES
 
     app = QApplication.instance() or QApplication([])
     rng = random.Random(5)
 
     # What the stall probe itself costs: an idle app with only the probe running, 5 s.
-    from PySide6.QtCore import QEventLoop, QTimer
-
     from panel_common import StallProbe
+    from PySide6.QtCore import QEventLoop, QTimer
 
     probe = StallProbe(10)
     idle = QEventLoop()
@@ -618,11 +770,17 @@ def chart_experiment(reps: int = 12) -> dict:
         samples.append((time.perf_counter() - began) * 1000)
     out["one curve item for all 64 series, pen width 1, no legend"] = describe(samples, 1)
     chart.close()
-    return {"what": "one 64-series chart, 600 points each, 560x330 px: ms of GUI thread per tick "
-                    "(flush + event loop until repainted); the Metrics page has two such charts, each "
-                    "ticking every 500 ms", "platform": app.platformName(), "ms_per_tick": out,
-            "stall_probe_alone": {"cpu_percent_of_one_core": round(probe_cpu, 2),
-                                  "max_stall_ms": probe.summary()["max_ms"]}}
+    return {
+        "what": "one 64-series chart, 600 points each, 560x330 px: ms of GUI thread per tick "
+        "(flush + event loop until repainted); the Metrics page has two such charts, each "
+        "ticking every 500 ms",
+        "platform": app.platformName(),
+        "ms_per_tick": out,
+        "stall_probe_alone": {
+            "cpu_percent_of_one_core": round(probe_cpu, 2),
+            "max_stall_ms": probe.summary()["max_ms"],
+        },
+    }
 
 
 def poll_cost(redis_url: str, queue: str, reps: int = 5) -> dict:
@@ -631,12 +789,13 @@ def poll_cost(redis_url: str, queue: str, reps: int = 5) -> dict:
     reading only the tail (``LRANGE key -5 -1``, pipelined) and filtering the same way."""
     import redis
 
-    from farm.services.registry import NodeRegistry, RegistryKeys
+    from farm.domain.keyspace import Keyspace
+    from farm.services.registry import NodeRegistry
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     registry = NodeRegistry(client, queue)
     names = [node.name for node in registry.nodes()]
-    keys = RegistryKeys(queue)
+    keys = Keyspace(queue)
     shipped, tail = [], []
     got = {}
     for _ in range(reps):
@@ -650,20 +809,27 @@ def poll_cost(redis_url: str, queue: str, reps: int = 5) -> dict:
             for name in names:
                 pipe.lrange(keys.samples(name), -5, -1)
             lists = pipe.execute()
-        fresh = {name: [s for s in map(json.loads, raw) if s.get("t", 0) > since] for name, raw in zip(names, lists)}
+        fresh = {
+            name: [s for s in map(json.loads, raw) if s.get("t", 0) > since]
+            for name, raw in zip(names, lists, strict=True)
+        }
         tail.append((time.thread_time() - cpu) * 1000)
         got["tail"] = sum(map(len, fresh.values()))
         time.sleep(0.3)
     client.close()
-    return {"what": f"CPU ms of one pass over {len(names)} nodes (thread_time, this process), {reps} passes; "
-                    "at one pass a second, 10 ms = 1 % of a core",
-            "shipped_samples_since_ms": describe(shipped, 2), "tail_lrange_pipelined_ms": describe(tail, 2),
-            "new_samples_found": got}
+    return {
+        "what": f"CPU ms of one pass over {len(names)} nodes (thread_time, this process), {reps} passes; "
+        "at one pass a second, 10 ms = 1 % of a core",
+        "shipped_samples_since_ms": describe(shipped, 2),
+        "tail_lrange_pipelined_ms": describe(tail, 2),
+        "new_samples_found": got,
+    }
 
 
 # ==================================================================================================
 # the benchmark (this process)
 # ==================================================================================================
+
 
 def _reader(proc: subprocess.Popen, lines: list[str], events: dict[str, threading.Event], log) -> None:
     for raw in proc.stdout:
@@ -676,13 +842,35 @@ def _reader(proc: subprocess.Popen, lines: list[str], events: dict[str, threadin
                 event.set()
 
 
-def one_window(index: int, root: Path, plan_path: Path, redis_pid: int, sim_pid: int, redis_url: str,
-               platform: str, window_s: float, settle_s: float, profile: bool) -> dict:
+def one_window(
+    index: int,
+    root: Path,
+    plan_path: Path,
+    redis_pid: int,
+    sim_pid: int,
+    redis_url: str,
+    platform: str,
+    window_s: float,
+    settle_s: float,
+    profile: bool,
+) -> dict:
     result_path = root / f"app-{index}.json"
     with display(platform) as disp, open(root / f"app-{index}.log", "w") as log:
         env = child_env({"ENCODEFLOW_REDIS_URL": redis_url, **disp["env"]}, root)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "app", "--plan", str(plan_path),
-               "--result", str(result_path), "--window", str(window_s), "--settle", str(settle_s)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--role",
+            "app",
+            "--plan",
+            str(plan_path),
+            "--result",
+            str(result_path),
+            "--window",
+            str(window_s),
+            "--settle",
+            str(settle_s),
+        ]
         if profile:
             cmd.append("--profile")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -727,15 +915,27 @@ def main() -> int:
 
     def extra(parser):
         parser.add_argument("--window", type=float, default=60.0, help="seconds measured per run (default 60)")
-        parser.add_argument("--settle", type=float, default=6.0,
-                            help="seconds on the Dashboard after the window is shown, before measuring (default 6)")
-        parser.add_argument("--platform", choices=("xvfb", "offscreen"), default=default_platform(),
-                            help="a real X window under a private Xvfb (default when installed), or Qt's offscreen platform")
-        parser.add_argument("--profile", action="store_true",
-                            help="then one more window with cProfile and a stall stack sampler on the GUI thread")
+        parser.add_argument(
+            "--settle",
+            type=float,
+            default=6.0,
+            help="seconds on the Dashboard after the window is shown, before measuring (default 6)",
+        )
+        parser.add_argument(
+            "--platform",
+            choices=("xvfb", "offscreen"),
+            default=default_platform(),
+            help="a real X window under a private Xvfb (default when installed), or Qt's offscreen platform",
+        )
+        parser.add_argument(
+            "--profile",
+            action="store_true",
+            help="then one more window with cProfile and a stall stack sampler on the GUI thread",
+        )
 
-    opts = parse_args(NAME, __doc__.splitlines()[0], runs=2, runs_help="measured windows, each in a fresh app process",
-                      extra=extra)
+    opts = parse_args(
+        NAME, __doc__.splitlines()[0], runs=2, runs_help="measured windows, each in a fresh app process", extra=extra
+    )
     rng = random.Random(1234)
     with isolated_data_dir(NAME, keep=opts.keep) as root:
         from farm.services.db.engine import open_database
@@ -751,42 +951,82 @@ def main() -> int:
             insert_s = time.perf_counter() - began
             db.dispose()
             print(f"{JOBS:,} jobs inserted in {insert_s:.1f} s: {data['statuses']}", flush=True)
-            plan = {"redis_url": server.url, "database_url": settings.effective_database_url,
-                    "queue": settings.queue, "seed": 99, **data}
+            plan = {
+                "redis_url": server.url,
+                "database_url": settings.effective_database_url,
+                "queue": settings.queue,
+                "seed": 99,
+                **data,
+            }
             plan_path = root / "plan.json"
             plan_path.write_text(json.dumps(plan))
             sim_log = open(root / "simulator.log", "w")
-            sim = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--role", "simulator",
-                                    "--plan", str(plan_path)], stdout=subprocess.PIPE, stderr=sim_log, text=True)
+            sim = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--role", "simulator", "--plan", str(plan_path)],
+                stdout=subprocess.PIPE,
+                stderr=sim_log,
+                text=True,
+            )
             sim_lines: list[str] = []
             ready = {"READY": threading.Event()}
             threading.Thread(target=_reader, args=(sim, sim_lines, ready, sim_log), daemon=True).start()
             if not ready["READY"].wait(120):
                 raise RuntimeError(f"the simulator did not start; see {root}/simulator.log")
             env = environment(server.url)
-            print(f"simulator up: {sum(NODES.values())} nodes, {SAMPLE_BACKLOG} samples each; "
-                  f"{opts.runs} window(s) of {opts.window:.0f} s on {opts.platform} ...", flush=True)
+            print(
+                f"simulator up: {sum(NODES.values())} nodes, {SAMPLE_BACKLOG} samples each; "
+                f"{opts.runs} window(s) of {opts.window:.0f} s on {opts.platform} ...",
+                flush=True,
+            )
             runs = []
             for index in range(opts.runs):
-                run = one_window(index, root, plan_path, server.pid, sim.pid, server.url, opts.platform,
-                                 opts.window, opts.settle, profile=False)
+                run = one_window(
+                    index,
+                    root,
+                    plan_path,
+                    server.pid,
+                    sim.pid,
+                    server.url,
+                    opts.platform,
+                    opts.window,
+                    opts.settle,
+                    profile=False,
+                )
                 runs.append(run)
-                print(f"  run {index + 1}: longest stall {run['stalls']['max_ms']:.1f} ms "
-                      f"(p99 {run['stalls']['p99_ms']:.1f}, p50 {run['stalls']['p50_ms']:.2f}), app CPU "
-                      f"{run['cpu_percent_of_one_core']:.1f} % of one core; others on the machine "
-                      f"{run['outside_view']['foreign_percent_of_one_core']:.0f} %", flush=True)
+                print(
+                    f"  run {index + 1}: longest stall {run['stalls']['max_ms']:.1f} ms "
+                    f"(p99 {run['stalls']['p99_ms']:.1f}, p50 {run['stalls']['p50_ms']:.2f}), app CPU "
+                    f"{run['cpu_percent_of_one_core']:.1f} % of one core; others on the machine "
+                    f"{run['outside_view']['foreign_percent_of_one_core']:.0f} %",
+                    flush=True,
+                )
             profiled = diagnosis = None
             if opts.profile:
                 print("profiling run ...", flush=True)
-                profiled = one_window(opts.runs, root, plan_path, server.pid, sim.pid, server.url, opts.platform,
-                                      opts.window, opts.settle, profile=True)
+                profiled = one_window(
+                    opts.runs,
+                    root,
+                    plan_path,
+                    server.pid,
+                    sim.pid,
+                    server.url,
+                    opts.platform,
+                    opts.window,
+                    opts.settle,
+                    profile=True,
+                )
                 print("diagnostics: sample reads, chart ticks ...", flush=True)
                 diagnosis = {"poll_sample_reads": poll_cost(server.url, settings.queue)}
                 with display(opts.platform) as disp:
                     charts = root / "charts.json"
-                    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--role", "charts",
-                                    "--result", str(charts)], env=child_env(disp["env"], root), check=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+                    subprocess.run(
+                        [sys.executable, str(Path(__file__).resolve()), "--role", "charts", "--result", str(charts)],
+                        env=child_env(disp["env"], root),
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        timeout=300,
+                    )
                     diagnosis["chart_tick"] = json.loads(charts.read_text())
         finally:
             if sim is not None:
@@ -799,7 +1039,7 @@ def main() -> int:
             server.stop()
             if sim_log is not None:
                 sim_log.close()
-        counters = next((json.loads(l.split(" ", 1)[1]) for l in sim_lines if l.startswith("COUNTERS ")), None)
+        counters = next((json.loads(line.split(" ", 1)[1]) for line in sim_lines if line.startswith("COUNTERS ")), None)
 
     worst_stall = max(r["stalls"]["max_ms"] for r in runs)
     cpus = [r["cpu_percent_of_one_core"] for r in runs]
@@ -819,23 +1059,23 @@ def main() -> int:
         "method": {
             "farm": "temp data dir: embedded Redis, SQLite, folder storage; no farm-node process",
             "database": f"{JOBS:,} jobs (and a video each), SQLAlchemy bulk insert: {data['statuses']}; "
-                        f"created over the last 7 days, the running and queued ones in the last 20 minutes",
+            f"created over the last 7 days, the running and queued ones in the last 20 minutes",
             "nodes": f"{sum(NODES.values())} simulated nodes in one separate process (asyncio): {NODES}; each "
-                     "NodeRegistryWriter.publish(status, sample) once a second, spread over the second, after a "
-                     f"backlog of {SAMPLE_BACKLOG} samples",
+            "NodeRegistryWriter.publish(status, sample) once a second, spread over the second, after a "
+            f"backlog of {SAMPLE_BACKLOG} samples",
             "events": "each running job: XADD progress (BullMQ's fields event/jobId/data) every 0.5 s, "
-                      "database progress every 5 s; finished: database + completed event, next queued job "
-                      f"taken (mark_active + active event); a new job (added + waiting) every {SUBMIT_EVERY_S:.0f} s",
+            "database progress every 5 s; finished: database + completed event, next queued job "
+            f"taken (mark_active + active event); a new job (added + waiting) every {SUBMIT_EVERY_S:.0f} s",
             "app": "app.main.main() in its own process (ENCODEFLOW_REDIS_URL = the farm's Redis, so no local "
-                   f"farm), window {runs[0]['window_size']}, platform {runs[0]['platform']} ({runs[0]['display']})",
+            f"farm), window {runs[0]['window_size']}, platform {runs[0]['platform']} ({runs[0]['display']})",
             "driver": f"{opts.settle:.0f} s on the Dashboard, then a page every {STEP_S:.0f} s: {list(STEPS)}; "
-                      "jobs_active = status filter 'active'; jobs_scroll = scroll to the end 1 s and 3 s after "
-                      "showing (paging in 200 jobs each)",
+            "jobs_active = status filter 'active'; jobs_scroll = scroll to the end 1 s and 3 s after "
+            "showing (paging in 200 jobs each)",
             "stall": "QTimer, PreciseTimer, 10 ms, on the GUI thread; stall = gap between ticks - 10 ms, "
-                     "over the window; the probe's own CPU is part of the app's",
+            "over the window; the probe's own CPU is part of the app's",
             "cpu": "psutil cpu_times (user + system) of the app process, all threads, at both ends of the "
-                   "window / wall time, 100 % = one core; by thread from /proc/self/task; simulator, Redis, "
-                   "Xvfb and the rest of the machine read from outside over the same window",
+            "window / wall time, 100 % = one core; by thread from /proc/self/task; simulator, Redis, "
+            "Xvfb and the rest of the machine read from outside over the same window",
             "window_s": opts.window,
             "runs": opts.runs,
             "percentiles": "linear interpolation between nearest ranks",
@@ -848,9 +1088,11 @@ def main() -> int:
         result["profile_run"] = profiled
         result["diagnosis"] = diagnosis
     path = write_result(opts.out, result)
-    print(f"panel load: longest stall {worst_stall:.1f} ms (target < {TARGET_STALL_MS:.0f}: "
-          f"{'met' if worst_stall < TARGET_STALL_MS else 'MISSED'}), app CPU {', '.join(f'{c:.1f}' for c in cpus)} % "
-          f"of one core (target < {TARGET_CPU_PERCENT:.0f}: {'met' if max(cpus) < TARGET_CPU_PERCENT else 'MISSED'})")
+    print(
+        f"panel load: longest stall {worst_stall:.1f} ms (target < {TARGET_STALL_MS:.0f}: "
+        f"{'met' if worst_stall < TARGET_STALL_MS else 'MISSED'}), app CPU {', '.join(f'{c:.1f}' for c in cpus)} % "
+        f"of one core (target < {TARGET_CPU_PERCENT:.0f}: {'met' if max(cpus) < TARGET_CPU_PERCENT else 'MISSED'})"
+    )
     print(f"  wrote {shown_path(path)}")
     return 0
 

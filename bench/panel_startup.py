@@ -38,6 +38,7 @@ STAGES = ("script", "qt_imported", "app_imported", "window_init", "window_built"
 
 # -- the app process: nothing heavier than the app itself is imported here ---------------------
 
+
 def run_app_child() -> int:
     stamps = {"script": T_SCRIPT}
     import PySide6.QtWidgets  # noqa: F401
@@ -65,8 +66,12 @@ def run_app_child() -> int:
             self.window = window
 
         def eventFilter(self, obj, event) -> bool:
-            if (event.type() == QEvent.Type.Paint and "first_paint" not in stamps
-                    and hasattr(obj, "window") and obj.window() is self.window):
+            if (
+                event.type() == QEvent.Type.Paint
+                and "first_paint" not in stamps
+                and hasattr(obj, "window")
+                and obj.window() is self.window
+            ):
                 stamps["first_paint"] = time.time()
             return False
 
@@ -89,8 +94,13 @@ def run_app_child() -> int:
                     QTimer.singleShot(10, finish)
                     return
                 self.removeEventFilter(state["filter"])
-                print("STAMPS " + json.dumps({**stamps, "platform": self.platformName(),
-                                              "window_size": [window.width(), window.height()]}), flush=True)
+                print(
+                    "STAMPS "
+                    + json.dumps(
+                        {**stamps, "platform": self.platformName(), "window_size": [window.width(), window.height()]}
+                    ),
+                    flush=True,
+                )
                 window.quit()
 
             finish()
@@ -106,13 +116,19 @@ def run_app_child() -> int:
 
 # -- the benchmark -----------------------------------------------------------------------------
 
+
 def run_once(env: dict, log_path) -> dict:
     import subprocess
 
     with open(log_path, "a") as log:
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "app"], env=env,
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--role", "app"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         try:
             out, _ = proc.communicate(timeout=90)
         except subprocess.TimeoutExpired:
@@ -120,7 +136,7 @@ def run_once(env: dict, log_path) -> dict:
             proc.communicate()
             raise RuntimeError(f"the app did not start within 90 s; see {log_path}") from None
     exited = time.time()
-    line = next((l for l in out.splitlines() if l.startswith("STAMPS ")), None)
+    line = next((text for text in out.splitlines() if text.startswith("STAMPS ")), None)
     if line is None:
         raise RuntimeError(f"the app exited ({proc.returncode}) without reaching its event loop; see {log_path}")
     stamps = json.loads(line.split(" ", 1)[1])
@@ -130,10 +146,17 @@ def run_once(env: dict, log_path) -> dict:
         if stage in at:
             stage_s[stage] = round(at[stage] - previous, 4)
             previous = at[stage]
-    return {"usable_s": at["loop"], "first_paint_s": at.get("first_paint"), "cpu_s_to_usable": round(stamps["cpu_s_at_loop"], 3),
-            "at_s": at, "stage_s": stage_s,
-            "platform": stamps["platform"], "window_size": stamps["window_size"], "exit_code": proc.returncode,
-            "quit_and_exit_s": round(exited - stamps["loop"], 3)}
+    return {
+        "usable_s": at["loop"],
+        "first_paint_s": at.get("first_paint"),
+        "cpu_s_to_usable": round(stamps["cpu_s_at_loop"], 3),
+        "at_s": at,
+        "stage_s": stage_s,
+        "platform": stamps["platform"],
+        "window_size": stamps["window_size"],
+        "exit_code": proc.returncode,
+        "quit_and_exit_s": round(exited - stamps["loop"], 3),
+    }
 
 
 def import_costs(env: dict, top: int = 12) -> dict:
@@ -141,20 +164,27 @@ def import_costs(env: dict, top: int = 12) -> dict:
     package (self time summed over its modules), one extra run."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import PySide6.QtWidgets, app.main_window"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import PySide6.QtWidgets, app.main_window"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     by_package: dict[str, int] = {}
     total = 0
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
-        self_us, _cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+        self_us, _cumulative, name = (part.strip() for part in line[len("import time:") :].split("|"))
         package = name.strip().split(".")[0]
         by_package[package] = by_package.get(package, 0) + int(self_us)
         total += int(self_us)
     ranked = sorted(by_package.items(), key=lambda kv: kv[1], reverse=True)[:top]
-    return {"total_ms": round(total / 1000, 1),
-            "self_ms_by_top_level_package": {name: round(us / 1000, 1) for name, us in ranked}}
+    return {
+        "total_ms": round(total / 1000, 1),
+        "self_ms_by_top_level_package": {name: round(us / 1000, 1) for name, us in ranked},
+    }
 
 
 def main() -> int:
@@ -163,16 +193,21 @@ def main() -> int:
     import uuid
 
     import redis
-
     from common import describe, environment, isolated_data_dir, parse_args, shown_path, write_result
     from panel_common import child_env, xvfb_display
 
     def extra(parser):
-        parser.add_argument("--platforms", default="xvfb,offscreen" if shutil.which("Xvfb") else "offscreen",
-                            help="comma-separated: xvfb (a real X window under a private Xvfb), offscreen "
-                                 "(default: both where Xvfb is installed)")
-        parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
-                            help="a running Redis for ENCODEFLOW_REDIS_URL (default redis://127.0.0.1:6379/0)")
+        parser.add_argument(
+            "--platforms",
+            default="xvfb,offscreen" if shutil.which("Xvfb") else "offscreen",
+            help="comma-separated: xvfb (a real X window under a private Xvfb), offscreen "
+            "(default: both where Xvfb is installed)",
+        )
+        parser.add_argument(
+            "--redis-url",
+            default="redis://127.0.0.1:6379/0",
+            help="a running Redis for ENCODEFLOW_REDIS_URL (default redis://127.0.0.1:6379/0)",
+        )
 
     opts = parse_args(NAME, __doc__.splitlines()[0], runs=10, runs_help="starts per platform", extra=extra)
     platforms = [p.strip() for p in opts.platforms.split(",") if p.strip()]
@@ -196,7 +231,7 @@ def main() -> int:
         imports = import_costs(envs[platforms[0]])
         runs = {p: [] for p in platforms}
         loads = []
-        for index in range(opts.runs):
+        for _run in range(opts.runs):
             for platform in platforms:
                 loads.append(os.getloadavg()[0])
                 runs[platform].append(run_once(envs[platform], log))
@@ -207,8 +242,10 @@ def main() -> int:
             "usable_s": describe([r["usable_s"] for r in items], 3),
             "first_paint_s": describe([r["first_paint_s"] for r in items if r["first_paint_s"] is not None], 3),
             "cpu_s_to_usable": describe([r["cpu_s_to_usable"] for r in items], 3),
-            "median_stage_s": {stage: describe([r["stage_s"][stage] for r in items if stage in r["stage_s"]], 3)["median"]
-                               for stage in STAGES},
+            "median_stage_s": {
+                stage: describe([r["stage_s"][stage] for r in items if stage in r["stage_s"]], 3)["median"]
+                for stage in STAGES
+            },
         }
     headline = max(summary[p]["usable_s"]["median"] for p in platforms)
     result = {
@@ -220,19 +257,20 @@ def main() -> int:
             "met": headline < TARGET_S,
             "summary": summary,
             "import_time_once": imports,
-            "first_start_after_install_s": {p: {"usable_s": first[p]["usable_s"], "stage_s": first[p]["stage_s"]}
-                                            for p in platforms},
+            "first_start_after_install_s": {
+                p: {"usable_s": first[p]["usable_s"], "stage_s": first[p]["stage_s"]} for p in platforms
+            },
         },
         "method": {
             "process": "python bench/panel_startup.py --role app: imports PySide6 and app.main_window (stamping "
-                       "each), wraps MainWindow.__init__ and QApplication.exec to stamp, then runs app.main.main()",
+            "each), wraps MainWindow.__init__ and QApplication.exec to stamp, then runs app.main.main()",
             "clock": "time.time() in the benchmark right before Popen, and in the app at each stage",
             "usable": "the first event-loop iteration after window.show(): a zero QTimer started as exec() begins",
             "first_paint": "the first QEvent.Paint for a widget of the main window (application event filter)",
             "cpu_s_to_usable": "time.process_time() of the app process (all its threads) at the first loop iteration: "
-                               "the CPU the start needs, which the load of a shared machine does not change much",
+            "the CPU the start needs, which the load of a shared machine does not change much",
             "services": f"ENCODEFLOW_REDIS_URL = a running Redis (queue {queue.rsplit('-', 1)[0]}-<random>), "
-                        "SQLite and folder storage in a temp data dir; no local farm",
+            "SQLite and folder storage in a temp data dir; no local farm",
             "runs_per_platform": opts.runs,
             "order": "a warm-up per platform (the first creates the database), then platforms alternating",
             "load_average_1min_at_each_start": [round(x, 2) for x in loads],
@@ -245,11 +283,13 @@ def main() -> int:
     path = write_result(opts.out, result)
     for platform in platforms:
         s = summary[platform]
-        print(f"start-up on {platform}: usable window median {s['usable_s']['median']:.2f} s "
-              f"(min {s['usable_s']['min']:.2f}, max {s['usable_s']['max']:.2f}), first paint "
-              f"{s['first_paint_s'].get('median', float('nan')):.2f} s, CPU to usable {s['cpu_s_to_usable']['median']:.2f} s; "
-              "stages (median s): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in s["median_stage_s"].items() if v == v))
+        print(
+            f"start-up on {platform}: usable window median {s['usable_s']['median']:.2f} s "
+            f"(min {s['usable_s']['min']:.2f}, max {s['usable_s']['max']:.2f}), first paint "
+            f"{s['first_paint_s'].get('median', float('nan')):.2f} s, "
+            f"CPU to usable {s['cpu_s_to_usable']['median']:.2f} s; "
+            "stages (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in s["median_stage_s"].items() if v == v)
+        )
     print(f"  target: median < {TARGET_S:.0f} s: {'met' if headline < TARGET_S else 'MISSED'}")
     print(f"  wrote {shown_path(path)}")
     return 0

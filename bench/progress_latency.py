@@ -14,7 +14,7 @@ The chain of one progress value, on one clock (``time.time``, the wrapper and Re
 
     FFmpeg line (wrapper stamp) --node: parse, 2/s throttle, Job.updateProgress--> XADD on
     bull:<queue>:events (its stream id: Redis's ms clock) --app: JobEventThread's XREAD, queued
-    signal, JobsPage._on_job_event, JobsModel.set_progress--> dataChanged of the progress cell
+    signal, JobPages.on_job_event, JobsModel.set_progress--> dataChanged of the progress cell
     --view: update, the next paint--> the cell painted with that value
 
 ``dataChanged`` is recorded by a slot connected to the model (value read from the model in it), the
@@ -46,7 +46,6 @@ import time
 from pathlib import Path
 
 import redis
-
 from common import (
     describe,
     environment,
@@ -59,8 +58,9 @@ from common import (
     write_result,
 )
 from panel_common import CpuWindow, default_platform, hook_exec, xvfb_display
-from farm.services.events import events_key
+
 from farm.domain.jobspec import OutputConfig
+from farm.domain.keyspace import Keyspace
 from farm.domain.media import find_ffmpeg, probe
 from farm_node.progress import ProgressParser
 
@@ -72,6 +72,7 @@ GAP_S = 1.0  # between one job's completion and the next submit
 
 
 # -- the FFmpeg wrapper ------------------------------------------------------------------------
+
 
 def write_wrapper(path: Path, real_ffmpeg: str, stamps: Path) -> None:
     """A bash wrapper: with ``-progress`` in the arguments, stamp and forward each stdout line; else exec."""
@@ -111,10 +112,11 @@ def calibrate_wrapper(root: Path, reps: int = 40) -> list[float]:
     write_wrapper(wrapper, str(fake), stamps)
 
     async def run() -> list[float]:
-        proc = await asyncio.create_subprocess_exec(str(wrapper), "-progress", "pipe:1", "x",
-                                                    stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        proc = await asyncio.create_subprocess_exec(
+            str(wrapper), "-progress", "pipe:1", "x", stdout=asyncio.subprocess.PIPE, start_new_session=True
+        )
         got = []
-        while line := await proc.stdout.readline():
+        while await proc.stdout.readline():
             got.append(time.time())
         await proc.wait()
         return got
@@ -122,7 +124,7 @@ def calibrate_wrapper(root: Path, reps: int = 40) -> list[float]:
     received = asyncio.run(run())
     [stamp_file] = list(stamps.glob("*.txt"))
     stamped = [int(line.split(" ", 1)[0]) / 1e6 for line in stamp_file.read_text().splitlines()[1:]]
-    return [(r - s) * 1000 for r, s in zip(received, stamped)]
+    return [(r - s) * 1000 for r, s in zip(received, stamped, strict=True)]  # one stamp per forwarded line
 
 
 def read_blocks(stamp_file: Path, duration: float) -> tuple[str, list[tuple[float, float]]]:
@@ -140,6 +142,7 @@ def read_blocks(stamp_file: Path, duration: float) -> tuple[str, list[tuple[floa
 
 
 # -- the app side ------------------------------------------------------------------------------
+
 
 class Recorder:
     """Hooks on the Jobs page: dataChanged of the progress column, delegate paints, viewport Paint events."""
@@ -185,21 +188,29 @@ class Recorder:
         table.viewport().installEventFilter(self.filter)
 
 
-def drive(settings, clip: Path, runs: int, redis_url: str, queue: str, done: threading.Event,
-          submitted: list[dict], errors: list[str]) -> None:
+def drive(
+    settings,
+    clip: Path,
+    runs: int,
+    redis_url: str,
+    queue: str,
+    done: threading.Event,
+    submitted: list[dict],
+    errors: list[str],
+) -> None:
     """The user's side, on a thread of its own: submit one job at a time, wait for it to complete."""
     from farm.client import Farm
 
     farm = Farm(settings, start_embedded=False)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    stream = events_key(queue)
+    stream = Keyspace(queue).events
     try:
         time.sleep(2.0)  # the window's first page and the listeners are up
         for _ in range(runs):
             newest = client.xrevrange(stream, count=1)
             last_id = newest[0][0] if newest else "0-0"
             began = time.time()
-            [job] = farm.submit([clip], CONFIG, submitted_by="bench")
+            [job] = [j.to_json() for j in farm.submit([clip], CONFIG, submitted_by="bench")]
             outcome = None
             deadline = time.monotonic() + 300
             while outcome is None and time.monotonic() < deadline:
@@ -208,8 +219,9 @@ def drive(settings, clip: Path, runs: int, redis_url: str, queue: str, done: thr
                         last_id = entry_id
                         if fields.get("jobId") == job["id"] and fields.get("event") in ("completed", "failed"):
                             outcome = fields["event"]
-            submitted.append({"job_id": job["id"], "submitted_at": began, "outcome": outcome,
-                              "finished_at": time.time()})
+            submitted.append(
+                {"job_id": job["id"], "submitted_at": began, "outcome": outcome, "finished_at": time.time()}
+            )
             if outcome != "completed":
                 errors.append(f"job {job['id']} {outcome or 'timed out'}")
                 break
@@ -235,8 +247,11 @@ def run_app_with_driver(settings, clip: Path, runs: int, redis_url: str, log_pat
         box["recorder"] = Recorder(window.pages["jobs"])
         box["platform"] = app.platformName()
         box["window_size"] = [window.width(), window.height()]
-        threading.Thread(target=drive, args=(settings, clip, runs, redis_url, settings.queue, done,
-                                             box["submitted"], box["errors"]), daemon=True).start()
+        threading.Thread(
+            target=drive,
+            args=(settings, clip, runs, redis_url, settings.queue, done, box["submitted"], box["errors"]),
+            daemon=True,
+        ).start()
         poll = QTimer(window, interval=200)
         poll.timeout.connect(lambda: window.quit() if done.is_set() else None)
         poll.start()
@@ -245,8 +260,9 @@ def run_app_with_driver(settings, clip: Path, runs: int, redis_url: str, log_pat
     import logging
 
     # main() configures logging only where nothing did yet: its INFO lines go to a file, not the summary.
-    logging.basicConfig(level=logging.INFO, filename=str(log_path),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, filename=str(log_path), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from app.main import main
 
     box["exit_code"] = main([sys.argv[0]])
@@ -255,31 +271,61 @@ def run_app_with_driver(settings, clip: Path, runs: int, redis_url: str, log_pat
 
 # -- matching ------------------------------------------------------------------------------------
 
-def analyse(box: dict, stamps: Path, duration: float, redis_url: str, queue: str) -> tuple[list[dict], dict]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    entries = client.xrange(events_key(queue))
-    client.close()
-    rec: Recorder = box["recorder"]
+
+def _blocks_by_job(stamps: Path, duration: float, submitted: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Each job's FFmpeg progress blocks, from the wrapper's stamp file whose last argument names it."""
     blocks_by_job = {}
     for stamp_file in stamps.glob("*.txt"):
         last_arg, blocks = read_blocks(stamp_file, duration)
-        for job in box["submitted"]:
+        for job in submitted:
             if job["job_id"] in last_arg:
                 blocks_by_job[job["job_id"]] = blocks
+    return blocks_by_job
+
+
+def _published_progress(entries: list, job_id: str) -> list[tuple[float, float, str]]:
+    """(stream id time in s, value, stream id) of each progress event the node published for the job."""
+    published = []
+    for entry_id, fields in entries:
+        if fields.get("jobId") == job_id and fields.get("event") == "progress":
+            try:
+                value = round(float(json.loads(fields["data"])), 1)
+            except (TypeError, ValueError):
+                continue
+            published.append((int(entry_id.split("-")[0]) / 1000, value, entry_id))
+    return published
+
+
+def _first_data_changed(rec: Recorder, job_id: str, value: float, t_xadd: float) -> float | None:
+    return next(
+        (
+            t
+            for t, jid, v, _kind in rec.changes
+            if jid == job_id and v is not None and round(v, 1) == value and t >= t_xadd - 0.001
+        ),
+        None,
+    )
+
+
+def _first_paint(rec: Recorder, job_id: str, value: float, change: float) -> float | None:
+    return next(
+        (t for t, jid, v in rec.paints if jid == job_id and v is not None and round(v, 1) == value and t >= change),
+        None,
+    )
+
+
+def analyse(box: dict, stamps: Path, duration: float, redis_url: str, queue: str) -> tuple[list[dict], dict]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    entries = client.xrange(Keyspace(queue).events)
+    client.close()
+    rec: Recorder = box["recorder"]
+    blocks_by_job = _blocks_by_job(stamps, duration, box["submitted"])
     samples, unmatched = [], {"no_ffmpeg_line": 0, "no_data_changed": 0, "no_paint": 0, "published": 0}
     for job in box["submitted"]:
         job_id = job["job_id"]
         blocks = blocks_by_job.get(job_id, [])
-        published = []
-        for entry_id, fields in entries:
-            if fields.get("jobId") == job_id and fields.get("event") == "progress":
-                try:
-                    value = round(float(json.loads(fields["data"])), 1)
-                except (TypeError, ValueError):
-                    continue
-                published.append((int(entry_id.split("-")[0]) / 1000, value, entry_id))
         seen_values = set()
-        for t_xadd, value, entry_id in published:
+        for t_xadd, value, entry_id in _published_progress(entries, job_id):
             unmatched["published"] += 1
             if value in seen_values:  # the same value again (the final 100 after the upload): not a new bar
                 continue
@@ -288,28 +334,34 @@ def analyse(box: dict, stamps: Path, duration: float, redis_url: str, queue: str
                 unmatched["no_ffmpeg_line"] += 1
                 continue
             t_line = line[-1]
-            change = next((t for t, jid, v, _kind in rec.changes
-                           if jid == job_id and v is not None and round(v, 1) == value and t >= t_xadd - 0.001), None)
+            change = _first_data_changed(rec, job_id, value, t_xadd)
             if change is None:
                 unmatched["no_data_changed"] += 1
                 continue
             seen_values.add(value)
-            paint = next((t for t, jid, v in rec.paints
-                          if jid == job_id and v is not None and round(v, 1) == value and t >= change), None)
+            paint = _first_paint(rec, job_id, value, change)
             paint_event = next((t for t in rec.paint_events if t >= change), None)
             if paint is None:
                 unmatched["no_paint"] += 1
                 continue
-            samples.append({
-                "job_id": job_id, "value": value, "stream_id": entry_id,
-                "line_to_painted_ms": (paint - t_line) * 1000,
-                "line_to_xadd_ms": (t_xadd - t_line) * 1000,
-                "xadd_to_data_changed_ms": (change - t_xadd) * 1000,
-                "data_changed_to_painted_ms": (paint - change) * 1000,
-                "data_changed_to_paint_event_ms": (paint_event - change) * 1000 if paint_event else None,
-                "raw": {"line_epoch_s": t_line, "xadd_epoch_ms": int(entry_id.split("-")[0]),
-                        "data_changed_epoch_s": change, "painted_epoch_s": paint},
-            })
+            samples.append(
+                {
+                    "job_id": job_id,
+                    "value": value,
+                    "stream_id": entry_id,
+                    "line_to_painted_ms": (paint - t_line) * 1000,
+                    "line_to_xadd_ms": (t_xadd - t_line) * 1000,
+                    "xadd_to_data_changed_ms": (change - t_xadd) * 1000,
+                    "data_changed_to_painted_ms": (paint - change) * 1000,
+                    "data_changed_to_paint_event_ms": (paint_event - change) * 1000 if paint_event else None,
+                    "raw": {
+                        "line_epoch_s": t_line,
+                        "xadd_epoch_ms": int(entry_id.split("-")[0]),
+                        "data_changed_epoch_s": change,
+                        "painted_epoch_s": paint,
+                    },
+                }
+            )
     blocks_total = sum(len(b) for b in blocks_by_job.values())
     unmatched["ffmpeg_progress_blocks"] = blocks_total
     return samples, unmatched
@@ -317,8 +369,12 @@ def analyse(box: dict, stamps: Path, duration: float, redis_url: str, queue: str
 
 def main() -> int:
     def extra(parser):
-        parser.add_argument("--platform", choices=("xvfb", "offscreen"), default=default_platform(),
-                            help="a real X window under a private Xvfb (default when installed), or Qt's offscreen platform")
+        parser.add_argument(
+            "--platform",
+            choices=("xvfb", "offscreen"),
+            default=default_platform(),
+            help="a real X window under a private Xvfb (default when installed), or Qt's offscreen platform",
+        )
 
     opts = parse_args(NAME, __doc__.splitlines()[0], runs=6, runs_help="jobs, one at a time", extra=extra)
     with isolated_data_dir(NAME, keep=opts.keep) as root:
@@ -330,8 +386,10 @@ def main() -> int:
         write_wrapper(wrapper, find_ffmpeg(), stamps)
         calibration = calibrate_wrapper(root)
         settings = load_settings(ffmpeg=str(wrapper))
-        with running_farm(settings, root / "node.log") as local, \
-                (xvfb_display() if opts.platform == "xvfb" else _no_display()) as disp:
+        with (
+            running_farm(settings, root / "node.log") as local,
+            xvfb_display() if opts.platform == "xvfb" else _no_display() as disp,
+        ):
             env = environment(local.redis.url)
             saved = dict(os.environ)
             os.environ["ENCODEFLOW_REDIS_URL"] = local.redis.url  # as a user with a farm configured: no local farm
@@ -344,10 +402,14 @@ def main() -> int:
                 os.environ["QT_QPA_PLATFORM"] = "offscreen"
             app_settings = load_settings()
             node_pid = local.node_info()[0]["pid"]
-            cpu = CpuWindow({"node": node_pid, "redis": local.redis.pid, "xvfb": disp[1] if disp else None},
-                            own_children=("node",)).start()
-            print(f"{opts.runs} jobs ({CLIP['seconds']} s {CLIP['width']}x{CLIP['height']} -> {CONFIG.resolution} "
-                  f"{CONFIG.format}), one at a time, app on {opts.platform} ...", flush=True)
+            cpu = CpuWindow(
+                {"node": node_pid, "redis": local.redis.pid, "xvfb": disp[1] if disp else None}, own_children=("node",)
+            ).start()
+            print(
+                f"{opts.runs} jobs ({CLIP['seconds']} s {CLIP['width']}x{CLIP['height']} -> {CONFIG.resolution} "
+                f"{CONFIG.format}), one at a time, app on {opts.platform} ...",
+                flush=True,
+            )
             try:
                 box = run_app_with_driver(app_settings, clip, opts.runs, local.redis.url, root / "app.log")
             finally:
@@ -358,13 +420,20 @@ def main() -> int:
                 raise RuntimeError("; ".join(box["errors"]))
             samples, counts = analyse(box, stamps, duration, local.redis.url, settings.queue)
 
-    keys = ["line_to_painted_ms", "line_to_xadd_ms", "xadd_to_data_changed_ms", "data_changed_to_painted_ms",
-            "data_changed_to_paint_event_ms"]
+    keys = [
+        "line_to_painted_ms",
+        "line_to_xadd_ms",
+        "xadd_to_data_changed_ms",
+        "data_changed_to_painted_ms",
+        "data_changed_to_paint_event_ms",
+    ]
     stats = {k: describe([s[k] for s in samples if s[k] is not None], 2) for k in keys}
     total = stats["line_to_painted_ms"]
     p50 = total["median"]
-    per_job = {job["job_id"]: describe([s["line_to_painted_ms"] for s in samples if s["job_id"] == job["job_id"]], 1)
-               for job in box["submitted"]}
+    per_job = {
+        job["job_id"]: describe([s["line_to_painted_ms"] for s in samples if s["job_id"] == job["job_id"]], 1)
+        for job in box["submitted"]
+    }
     result = {
         "benchmark": NAME,
         "target": {"line_to_painted_p50_ms_max": TARGET_P50_MS},
@@ -384,21 +453,21 @@ def main() -> int:
             "jobs": opts.runs,
             "farm": "LocalFarm, 1 node (concurrency 1), embedded Redis, SQLite, folder storage in a temp data dir",
             "app": f"app.main.main() in the benchmark's process, Jobs page, platform {box['platform']}, "
-                   f"window {box['window_size']}; ENCODEFLOW_REDIS_URL = the farm's Redis",
+            f"window {box['window_size']}; ENCODEFLOW_REDIS_URL = the farm's Redis",
             "ffmpeg_clock": "bash wrapper (ENCODEFLOW_FFMPEG): FFmpeg's stdout through a read loop that stamps "
-                            "$EPOCHREALTIME per line, then forwards it",
+            "$EPOCHREALTIME per line, then forwards it",
             "publish_clock": "the progress event's stream id (Redis server time, ms)",
             "app_clocks": "time.time() in a slot on JobsModel.dataChanged (progress column) and after the app's "
-                          "ProgressDelegate.paint (a subclass installed on the column); viewport Paint events by an "
-                          "event filter",
+            "ProgressDelegate.paint (a subclass installed on the column); viewport Paint events by an "
+            "event filter",
             "matching": "published value v at stream time T <- the last FFmpeg block (progress= line) whose "
-                        "ProgressParser value rounds to v, read at or before T (+1 ms); -> the first dataChanged of "
-                        "that job with v at or after T; -> the first paint of that job's cell with v at or after it. "
-                        "A value published again (the final 100 after the upload) is not counted twice",
+            "ProgressParser value rounds to v, read at or before T (+1 ms); -> the first dataChanged of "
+            "that job with v at or after T; -> the first paint of that job's cell with v at or after it. "
+            "A value published again (the final 100 after the upload) is not counted twice",
             "throttle": "the node publishes at most 2 values a second (PROGRESS_INTERVAL_S = 0.5), FFmpeg writes a "
-                        "block every 0.5 s: blocks that were not published have no sample",
+            "block every 0.5 s: blocks that were not published have no sample",
             "wrapper_calibration": "a fake FFmpeg printing a line every 20 ms through the same wrapper, read with "
-                                   "asyncio as the node reads: ms from stamp to the reader having the line",
+            "asyncio as the node reads: ms from stamp to the reader having the line",
             "percentiles": "linear interpolation between nearest ranks",
         },
         "environment": env,
@@ -407,12 +476,16 @@ def main() -> int:
         "samples": samples,
     }
     path = write_result(opts.out, result)
-    print(f"progress latency ({len(samples)} updates over {len(box['submitted'])} jobs): FFmpeg line -> row repainted "
-          f"p50 {p50:.0f} ms, p90 {total['p90']:.0f} ms, p99 {total['p99']:.0f} ms "
-          f"(target p50 < {TARGET_P50_MS:.0f} ms: {'met' if p50 < TARGET_P50_MS else 'MISSED'})")
-    print(f"  medians: line -> published {stats['line_to_xadd_ms']['median']:.0f} ms, published -> dataChanged "
-          f"{stats['xadd_to_data_changed_ms']['median']:.0f} ms, dataChanged -> painted "
-          f"{stats['data_changed_to_painted_ms']['median']:.0f} ms; unmatched: {counts}")
+    print(
+        f"progress latency ({len(samples)} updates over {len(box['submitted'])} jobs): FFmpeg line -> row repainted "
+        f"p50 {p50:.0f} ms, p90 {total['p90']:.0f} ms, p99 {total['p99']:.0f} ms "
+        f"(target p50 < {TARGET_P50_MS:.0f} ms: {'met' if p50 < TARGET_P50_MS else 'MISSED'})"
+    )
+    print(
+        f"  medians: line -> published {stats['line_to_xadd_ms']['median']:.0f} ms, published -> dataChanged "
+        f"{stats['xadd_to_data_changed_ms']['median']:.0f} ms, dataChanged -> painted "
+        f"{stats['data_changed_to_painted_ms']['median']:.0f} ms; unmatched: {counts}"
+    )
     print(f"  wrote {shown_path(path)}")
     return 0
 

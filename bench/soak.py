@@ -4,9 +4,10 @@ A farm of its own (embedded Redis, SQLite and folder storage under a temp data d
 ``farm-node`` processes with short recovery timing (``--lock-seconds``, ``--stalled-interval-seconds``).
 ``--jobs`` copies of a short clip (3 s, 640x360, to 360p mp4) are submitted while, every
 ``--kill-every`` seconds (jittered), a node that is running a job is killed with SIGKILL together
-with its FFmpeg's process group (what a reboot does to both), and started again under the same name. Killing stops when no more jobs than
-nodes are left, and no job is killed more than ``--max-deaths-per-job`` times, below the nodes'
-``--max-stalled`` limit (a job past it fails for good: tests/e2e/test_node_death.py covers that).
+with its FFmpeg's process group (what a reboot does to both), and started again under the same name.
+Killing stops when no more jobs than nodes are left, and no job is killed more than
+``--max-deaths-per-job`` times, below the nodes' ``--max-stalled`` limit (a job past it fails for
+good: tests/e2e/test_node_death.py covers that).
 
 Measured, for each job a kill cut short: the recovery time, from the kill to the job's next start
 on a node (BullMQ's ``processedOn`` of the new run minus the kill's wall-clock time); the jobs a
@@ -45,8 +46,10 @@ import redis
 
 RUN_LINE = re.compile(r"job (\S+): run (\d+) starting")
 # A run that lost its lock: stopped as it woke, or (past the check) beaten to the row.
-LOST_LINE = re.compile(r"job (\S+?)(?::? run \d+ lost its lock to another run| was finished by another run; "
-                       r"deleting this run's output)")
+LOST_LINE = re.compile(
+    r"job (\S+?)(?::? run \d+ lost its lock to another run| was finished by another run; "
+    r"deleting this run's output)"
+)
 RECONCILED_LINE = re.compile(r"reconciled job \S+: (\w+)")
 ORPHAN_LINE = re.compile(r"killed (\d+) FFmpeg process\(es\) left running")
 
@@ -92,8 +95,21 @@ class Node:
         self.started_at = time.time()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "farm_node", "--name", self.name, "--metrics-host", "127.0.0.1",
-                 "--metrics-port", "0", *self.args], stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "farm_node",
+                    "--name",
+                    self.name,
+                    "--metrics-host",
+                    "127.0.0.1",
+                    "--metrics-port",
+                    "0",
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def ffmpeg(self) -> list[psutil.Process]:
         try:
@@ -134,11 +150,34 @@ def make_clip(path: Path, seconds: float, size: tuple[int, int]) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size[0]}x{size[1]}:rate=25:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-         str(path)], check=True)
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size[0]}x{size[1]}:rate=25:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -151,8 +190,8 @@ class Soak:
     def __init__(self, opts: SoakOptions, log=print):
         from bullmq.queue_keys import QueueKeys
 
-        from farm.client import Farm
         from farm.base.settings import Settings
+        from farm.client import Farm
         from farm.services.storage import open_storage
 
         self.opts, self.log = opts, log
@@ -161,10 +200,16 @@ class Soak:
         self.farm = Farm(self.settings, start_embedded=False)
         self.storage = open_storage(self.settings.effective_storage_url)
         self.bull = QueueKeys().getKeys(self.settings.queue)  # BullMQ's key layout for our queue
-        node_args = ["--lock-seconds", str(opts.lock_seconds),
-                     "--stalled-interval-seconds", str(opts.stalled_interval_seconds),
-                     "--reconcile-interval-seconds", str(opts.reconcile_interval_seconds),
-                     "--max-stalled", str(opts.max_stalled)]
+        node_args = [
+            "--lock-seconds",
+            str(opts.lock_seconds),
+            "--stalled-interval-seconds",
+            str(opts.stalled_interval_seconds),
+            "--reconcile-interval-seconds",
+            str(opts.reconcile_interval_seconds),
+            "--max-stalled",
+            str(opts.max_stalled),
+        ]
         self.nodes = [Node(f"soak-{i + 1}", self.settings.data_dir, node_args) for i in range(opts.nodes)]
         self.kills: list[Kill] = []
         self.deaths: Counter = Counter()  # job id -> times a node running it was killed
@@ -227,8 +272,9 @@ class Soak:
         seconds = time.monotonic() - started
         self.log(f"soak: {opts.jobs} jobs settled in {seconds:.1f} s with {len(self.kills)} kills; checking")
         # Late recoveries, and the reconcile passes that sweep outputs of runs that lost.
-        settle_deadline = time.monotonic() + max(30.0, 4 * opts.reconcile_interval_seconds,
-                                                  3 * (opts.lock_seconds + opts.stalled_interval_seconds))
+        settle_deadline = time.monotonic() + max(
+            30.0, 4 * opts.reconcile_interval_seconds, 3 * (opts.lock_seconds + opts.stalled_interval_seconds)
+        )
         while time.monotonic() < settle_deadline:
             self._note_recoveries()
             # The queue settles after the rows: a node killed between finishing a row and telling
@@ -247,7 +293,7 @@ class Soak:
         try:
             config = OutputConfig(resolution="360p", format="mp4")
             for _ in range(self.opts.jobs):
-                self.job_ids.append(submitter.submit([clip], config)[0]["id"])
+                self.job_ids.append(submitter.submit([clip], config)[0].id)
         except BaseException as exc:  # reported by the main loop
             self.submit_error.append(exc)
         finally:
@@ -328,10 +374,11 @@ class Soak:
         from farm.services.storage.base import INTERNAL_PREFIX
 
         job_ids, kills, nodes, bull, r = self.job_ids, self.kills, self.nodes, self.bull, self.r
-        rows = {job_id: self.farm.show(job_id) for job_id in job_ids}
+        rows = {job_id: self.farm.show(job_id).to_json() for job_id in job_ids}
         outputs = {j: self._outputs(j) for j in job_ids}
-        wrong_outputs = {j: keys for j, keys in outputs.items()
-                         if not rows[j].get("output") or keys != [rows[j]["output"]["key"]]}
+        wrong_outputs = {
+            j: keys for j, keys in outputs.items() if not rows[j].get("output") or keys != [rows[j]["output"]["key"]]
+        }
         root = getattr(self.storage, "root", None)
         temp_files = [str(p.relative_to(root)) for p in Path(root).rglob(f"{INTERNAL_PREFIX}*")] if root else []
         runs_in_logs: Counter = Counter()
@@ -346,8 +393,14 @@ class Soak:
             orphans += sum(int(m.group(1)) for m in ORPHAN_LINE.finditer(text))
         started_in_queue = {j: int(r.hget(bull[""] + j, "ats") or 0) for j in job_ids}
         stalled_in_queue = {j: int(r.hget(bull[""] + j, "stc") or 0) for j in job_ids}
-        queue_states = Counter("completed" if r.zscore(bull["completed"], j) is not None else
-                               "failed" if r.zscore(bull["failed"], j) is not None else "other" for j in job_ids)
+        queue_states = Counter(
+            "completed"
+            if r.zscore(bull["completed"], j) is not None
+            else "failed"
+            if r.zscore(bull["failed"], j) is not None
+            else "other"
+            for j in job_ids
+        )
         data_dir = str(self.settings.data_dir)
         ffmpeg_left = []
         for proc in psutil.process_iter(["name", "cmdline"]):
@@ -362,10 +415,15 @@ class Soak:
         recoveries = [s for k in kills for s in k.recovered.values()]
         # A caught job that never started again but finished had finished in the instant before the
         # kill landed (its run had settled the row and was telling BullMQ); one that did neither is stuck.
-        unrecovered = [job_id for kill in kills for job_id in kill.jobs
-                       if job_id not in kill.recovered and not r.hget(bull[""] + job_id, "finishedOn")]
-        failed_reasons = Counter(r.hget(bull[""] + j, "failedReason") for j in job_ids
-                                 if r.zscore(bull["failed"], j) is not None)
+        unrecovered = [
+            job_id
+            for kill in kills
+            for job_id in kill.jobs
+            if job_id not in kill.recovered and not r.hget(bull[""] + job_id, "finishedOn")
+        ]
+        failed_reasons = Counter(
+            r.hget(bull[""] + j, "failedReason") for j in job_ids if r.zscore(bull["failed"], j) is not None
+        )
         total_runs = sum(started_in_queue.values())
         return {
             "options": dict(vars(self.opts)),
@@ -388,19 +446,29 @@ class Soak:
             "runs_per_job": {str(k): v for k, v in sorted(Counter(started_in_queue.values()).items())},
             "runs_logged": sum(runs_in_logs[j] for j in job_ids),
             # A node killed between taking a job and its first log line leaves a run only BullMQ saw.
-            "runs_not_logged": {j: [runs_in_logs[j], started_in_queue[j]] for j in job_ids
-                                if runs_in_logs[j] != started_in_queue[j]},
+            "runs_not_logged": {
+                j: [runs_in_logs[j], started_in_queue[j]] for j in job_ids if runs_in_logs[j] != started_in_queue[j]
+            },
             "duplicate_results_discarded": sum(lost.values()),
             "reconciler_actions": dict(reconciled),
             "orphaned_ffmpeg_stopped_by_restarts": orphans,
-            "attempts_in_rows": {str(k): v for k, v in
-                                 sorted(Counter(row["attempts"] for row in rows.values()).items())},
+            "attempts_in_rows": {
+                str(k): v for k, v in sorted(Counter(row["attempts"] for row in rows.values()).items())
+            },
             "ffmpeg_left": ffmpeg_left,
             "work_dirs_left": work_left,
             "node_exit_codes": stop_codes,
             "seconds": round(seconds, 1),
-            "kill_log": [{"t": round(k.at - kills[0].at, 2), "node": k.node, "ffmpeg": k.ffmpeg,
-                          "jobs_in_hand": sorted(k.jobs), "recovery_s": k.recovered} for k in kills],
+            "kill_log": [
+                {
+                    "t": round(k.at - kills[0].at, 2),
+                    "node": k.node,
+                    "ffmpeg": k.ffmpeg,
+                    "jobs_in_hand": sorted(k.jobs),
+                    "recovery_s": k.recovered,
+                }
+                for k in kills
+            ],
         }
 
 
@@ -408,8 +476,13 @@ def _stats(samples: list[float]) -> dict:
     if not samples:
         return {"n": 0}
     ordered = sorted(samples)
-    return {"n": len(ordered), "min": ordered[0], "median": round(statistics.median(ordered), 3),
-            "max": ordered[-1], "mean": round(statistics.fmean(ordered), 3)}
+    return {
+        "n": len(ordered),
+        "min": ordered[0],
+        "median": round(statistics.median(ordered), 3),
+        "max": ordered[-1],
+        "mean": round(statistics.fmean(ordered), 3),
+    }
 
 
 def main() -> int:
@@ -420,8 +493,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=defaults.jobs)
     parser.add_argument("--nodes", type=int, default=defaults.nodes)
-    parser.add_argument("--kill-every", type=float, default=defaults.kill_every, metavar="S",
-                        help="seconds between kills, each jittered by +/-50%% (default %(default)s)")
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        default=defaults.kill_every,
+        metavar="S",
+        help="seconds between kills, each jittered by +/-50%% (default %(default)s)",
+    )
     parser.add_argument("--lock-seconds", type=float, default=defaults.lock_seconds)
     parser.add_argument("--stalled-interval-seconds", type=float, default=defaults.stalled_interval_seconds)
     parser.add_argument("--reconcile-interval-seconds", type=float, default=defaults.reconcile_interval_seconds)
@@ -436,22 +514,37 @@ def main() -> int:
     args = parser.parse_args()
     if args.max_deaths_per_job > args.max_stalled:
         parser.error("--max-deaths-per-job above --max-stalled would fail jobs for good")
-    opts = SoakOptions(jobs=args.jobs, nodes=args.nodes, kill_every=args.kill_every, lock_seconds=args.lock_seconds,
-                       stalled_interval_seconds=args.stalled_interval_seconds,
-                       reconcile_interval_seconds=args.reconcile_interval_seconds, max_stalled=args.max_stalled,
-                       max_deaths_per_job=args.max_deaths_per_job, timeout=args.timeout, seed=args.seed,
-                       clip_seconds=args.clip_seconds, clip_size=tuple(int(v) for v in args.clip_size.split("x")))
+    opts = SoakOptions(
+        jobs=args.jobs,
+        nodes=args.nodes,
+        kill_every=args.kill_every,
+        lock_seconds=args.lock_seconds,
+        stalled_interval_seconds=args.stalled_interval_seconds,
+        reconcile_interval_seconds=args.reconcile_interval_seconds,
+        max_stalled=args.max_stalled,
+        max_deaths_per_job=args.max_deaths_per_job,
+        timeout=args.timeout,
+        seed=args.seed,
+        clip_seconds=args.clip_seconds,
+        clip_size=tuple(int(v) for v in args.clip_size.split("x")),
+    )
     with isolated_data_dir("soak", keep=args.keep):
         result = run_soak(opts)
         env = environment()
     result = {"benchmark": "soak", "method": __doc__.split("\n\n")[1:3], **result, "environment": env}
     out = write_result(args.out, result)
-    ok = (result["rows_by_status"] == {"completed": opts.jobs} and not result["jobs_with_wrong_outputs"]
-          and not result["ffmpeg_left"] and not result["work_dirs_left"])
-    print(f"{'PASS' if ok else 'FAIL'}: {result['jobs']} jobs {result['rows_by_status']}, {result['kills']} kills, "
-          f"{result['recoveries']} recoveries (longest {result['recovery_s'].get('max', '-')} s), "
-          f"{result['runs_beyond_first']} runs beyond the first, "
-          f"{result['duplicate_results_discarded']} duplicate results discarded; {shown_path(out)}")
+    ok = (
+        result["rows_by_status"] == {"completed": opts.jobs}
+        and not result["jobs_with_wrong_outputs"]
+        and not result["ffmpeg_left"]
+        and not result["work_dirs_left"]
+    )
+    print(
+        f"{'PASS' if ok else 'FAIL'}: {result['jobs']} jobs {result['rows_by_status']}, {result['kills']} kills, "
+        f"{result['recoveries']} recoveries (longest {result['recovery_s'].get('max', '-')} s), "
+        f"{result['runs_beyond_first']} runs beyond the first, "
+        f"{result['duplicate_results_discarded']} duplicate results discarded; {shown_path(out)}"
+    )
     return 0 if ok else 1
 
 

@@ -23,10 +23,12 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from farm.services.registry import RegistryKeys
+from farm.domain.keyspace import Keyspace
+from farm_node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,16 @@ REFUSED_TTL_S = 3600  # how long a job remembers the nodes that had no room for 
 class DiskGuard:
     """The work dir's room for jobs, and the node's pause while it has none."""
 
-    def __init__(self, work_dir: Path, node: str, *, pause: Callable[[], Awaitable[None]],
-                 resume: Callable[[], None], metrics=None, retry_after: float = RETRY_AFTER_S):
+    def __init__(
+        self,
+        work_dir: Path,
+        node: str,
+        *,
+        pause: Callable[[], Awaitable[None]],
+        resume: Callable[[], None],
+        metrics: NodeMetrics | None = None,
+        retry_after: float = RETRY_AFTER_S,
+    ) -> None:
         self.work_dir = work_dir
         self.node = node
         self.pause, self.resume = pause, resume
@@ -61,16 +71,24 @@ class DiskGuard:
         """For the heartbeat: what a user reads beside "disk full"."""
         if self.needed is None:
             return ""
-        return (f"work dir {self.work_dir} has {_mb(self.free())} free; a job needed about {_mb(self.needed)}; "
-                "free some space there")
+        return (
+            f"work dir {self.work_dir} has {_mb(self.free())} free; a job needed about {_mb(self.needed)}; "
+            "free some space there"
+        )
 
     async def no_room(self, needed: int, someone_else_may: bool) -> None:
         """The work dir had no room for a job needing about ``needed`` bytes: say so, and while another
         node may take the job (``someone_else_may``), take no more jobs until there is room."""
         if self.needed is None:
-            log.warning("work dir %s is full (%s free, a job needs about %s): %s", self.work_dir, _mb(self.free()),
-                        _mb(needed), "taking no jobs until there is room" if someone_else_may
-                        else "no other node has room, so its jobs use their attempts")
+            log.warning(
+                "work dir %s is full (%s free, a job needs about %s): %s",
+                self.work_dir,
+                _mb(self.free()),
+                _mb(needed),
+                "taking no jobs until there is room"
+                if someone_else_may
+                else "no other node has room, so its jobs use their attempts",
+            )
         self.needed = max(needed, self.needed or 0)
         self.full_since = time.monotonic()
         if self.metrics is not None:
@@ -86,7 +104,7 @@ class DiskGuard:
                 self._check()
             try:
                 await asyncio.wait_for(stop.wait(), POLL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _check(self) -> None:
@@ -109,8 +127,8 @@ class DiskGuard:
 
 async def someone_else_may_have_room(redis: Any, queue: str, node: str, job_id: str) -> bool:
     """Record that ``node`` had no room for the job; whether an online node has not said so yet."""
-    keys = RegistryKeys(queue)
-    refused_key = f"{keys.prefix}no-room:{job_id}"
+    keys = Keyspace(queue)
+    refused_key = keys.no_room(job_id)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.sadd(refused_key, node)
         pipe.expire(refused_key, REFUSED_TTL_S)
@@ -121,7 +139,7 @@ async def someone_else_may_have_room(redis: Any, queue: str, node: str, job_id: 
     if not others:
         return False
     online = await redis.exists(*[keys.node(name) for name in others])
-    return online > 0
+    return int(online) > 0
 
 
 def _mb(size: int) -> str:

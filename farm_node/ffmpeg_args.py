@@ -1,6 +1,6 @@
 """The FFmpeg command for one output: always an argument list, never a shell string.
 
-The size rule (see DESIGN.md, "Output config"): the resolution names the short side of the frame,
+The size rule (docs/queue-protocol.md, `outputConfig.resolution`): the resolution names the short side of the frame,
 so a portrait phone clip at 720p comes out 720 wide; the other side follows the source's aspect
 ratio, rounded to even (the encoders need even sizes for 4:2:0); and a source is never upscaled
 unless the config says so. Sizes are in display orientation: FFmpeg rotates the frames as the
@@ -75,13 +75,21 @@ def build_args(
     muxer, video, audio, mux_options = _ENCODING[config.format]
     width, height = target_dimensions(info.width, info.height, config)
     args = [
-        os.fspath(ffmpeg), "-hide_banner", "-nostdin", "-y",
+        os.fspath(ffmpeg),
+        "-hide_banner",
+        "-nostdin",
+        "-y",
         # "error" keeps the log short, yet a failure still says why in its last lines.
-        "-loglevel", "error",
-        "-progress", "pipe:1", "-nostats",
+        "-loglevel",
+        "error",
+        "-progress",
+        "pipe:1",
+        "-nostats",
         *input_guard_args(info),
-        "-i", ffmpeg_url(input_path),
-        "-map", "0:v:0",
+        "-i",
+        ffmpeg_url(input_path),
+        "-map",
+        "0:v:0",
     ]
     with_audio = config.include_audio and info.has_audio
     if with_audio:

@@ -24,16 +24,17 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from farm.base.child_guard import ChildGuard
+from farm.base.errors import FarmError
+from farm.domain import defaults
 from farm_node.progress import ProgressParser
 
 log = logging.getLogger(__name__)
 
 KILL_GRACE_S = 2.0
-PROGRESS_TIMEOUT_S = 600.0  # `farm-node --progress-timeout`
 _PIPE_DRAIN_S = 5.0  # after FFmpeg exits, how long its pipes may take to reach end-of-file
 _LINE_LIMIT = 1 << 20  # longer lines are skipped, not fatal
 
@@ -44,7 +45,7 @@ _GENERIC = re.compile(r"^(conversion failed!?|exiting normally.*|error while .*f
 _CONTEXT_PREFIX = re.compile(r"^\[[^\]]+ @ (?:0x)?[0-9a-f]+\]\s*", re.I)
 
 
-class FFmpegError(RuntimeError):
+class FFmpegError(FarmError, RuntimeError):
     """FFmpeg exited non-zero. ``reason`` is one line for a user; ``log_tail`` is for the job's log."""
 
     def __init__(self, reason: str, *, returncode: int | None, log_tail: str = ""):
@@ -58,8 +59,9 @@ class FFmpegStalled(FFmpegError):
     """The progress watchdog stopped FFmpeg: worth another try (the next run may not hang)."""
 
     def __init__(self, timeout: float, *, returncode: int | None, log_tail: str = ""):
-        super().__init__(f"FFmpeg made no progress for {timeout:g} s; stopped it",
-                         returncode=returncode, log_tail=log_tail)
+        super().__init__(
+            f"FFmpeg made no progress for {timeout:g} s; stopped it", returncode=returncode, log_tail=log_tail
+        )
         self.timeout = timeout
 
 
@@ -80,7 +82,7 @@ async def run_ffmpeg(
     cancel: asyncio.Event | None = None,
     log_lines: int = 50,
     kill_grace: float = KILL_GRACE_S,
-    progress_timeout: float | None = PROGRESS_TIMEOUT_S,
+    progress_timeout: float | None = defaults.PROGRESS_TIMEOUT_S,
     guard: ChildGuard | None = None,
 ) -> FFmpegResult:
     """Run ``args`` (with ``-progress pipe:1``); ``on_progress(percent)`` once per progress block.
@@ -115,6 +117,7 @@ async def run_ffmpeg(
         raise
     tail: deque[str] = deque(maxlen=log_lines)
     progress = _Progress(ProgressParser(duration))
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes (above)
     readers = [
         asyncio.create_task(_read_progress(proc.stdout, progress, on_progress)),
         asyncio.create_task(_read_log(proc.stderr, tail)),
@@ -124,8 +127,9 @@ async def run_ffmpeg(
     stalled = asyncio.create_task(progress.stalled(progress_timeout)) if progress_timeout else None
     cancelled = stopped_stalled = False
     try:
-        await asyncio.wait({t for t in (exited, cancel_asked, stalled) if t is not None},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {t for t in (exited, cancel_asked, stalled) if t is not None}, return_when=asyncio.FIRST_COMPLETED
+        )
         if not exited.done():
             cancelled = cancel_asked is not None and cancel_asked.done()
             stopped_stalled = not cancelled
@@ -141,12 +145,12 @@ async def run_ffmpeg(
         raise
     finally:
         watch.release()
-        for task in (*readers, exited, cancel_asked, stalled):
-            if task is not None and not task.done():
-                task.cancel()
+        for pending in (*readers, exited, cancel_asked, stalled):
+            if pending is not None and not pending.done():
+                pending.cancel()
     log_tail = "\n".join(tail)
     result = FFmpegResult(proc.returncode, log_tail, cancelled, time.monotonic() - started, proc.pid)
-    if stopped_stalled:
+    if stopped_stalled and progress_timeout:  # only the watchdog stops FFmpeg unasked
         raise FFmpegStalled(progress_timeout, returncode=proc.returncode, log_tail=log_tail)
     if proc.returncode != 0 and not cancelled:
         raise FFmpegError(failure_reason(tail, proc.returncode), returncode=proc.returncode, log_tail=log_tail)
@@ -176,8 +180,9 @@ class _Progress:
             await asyncio.sleep(left)
 
 
-async def _read_progress(stream: asyncio.StreamReader, progress: _Progress,
-                         on_progress: ProgressCallback | None) -> None:
+async def _read_progress(
+    stream: asyncio.StreamReader, progress: _Progress, on_progress: ProgressCallback | None
+) -> None:
     async for line in _lines(stream):
         percent = progress.feed(line)
         if percent is None or on_progress is None:
@@ -198,7 +203,7 @@ async def _read_log(stream: asyncio.StreamReader, tail: deque[str]) -> None:
             tail.append(text)
 
 
-async def _lines(stream: asyncio.StreamReader):
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
     while True:
         try:
             line = await stream.readline()
@@ -217,7 +222,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
             _signal_group(proc, signal.SIGCONT)  # a stopped FFmpeg (SIGSTOP) acts on SIGTERM only once resumed
         try:
             await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _signal_group(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
     await proc.wait()
 

@@ -4,7 +4,7 @@ One loop, one tick per ``interval`` (default 1 s). Each tick samples CPU and mem
 ``publish_every`` ticks (default 5) the node writes its status key and appends the buffered samples
 in one Redis transaction, then re-reads its control key. The charts keep a 1 s series (600 samples
 = 10 minutes) while an idle node talks to Redis once every 5 s; the status key's TTL
-(``farm.services.registry.DEFAULT_TTL``, 20 s) covers three missed publishes. A change the panel must show
+(``farm.domain.defaults.NODE_STATUS_TTL_S``, 20 s) covers three missed publishes. A change the panel must show
 at once (idle, busy, paused, draining, or a job started or ended) is published on the next tick
 instead of waiting for the batch.
 A pub/sub listener on the control channel delivers remote control at once; the re-read on every
@@ -28,17 +28,21 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import psutil
 
-from farm.services.registry import NodeRegistryWriter, NodeStatus, control_listener
+from farm.base.backoff import Backoff
+from farm.domain import defaults
+from farm.domain.nodes import NodeStatus
+from farm.services.registry import NodeRegistryWriter, control_listener
 
 log = logging.getLogger(__name__)
 
-FIRST_SAMPLE_DELAY = 0.25
-MAX_PENDING_SAMPLES = 600  # what the registry keeps anyway; older ones are dropped during an outage  # lets the primed CPU counter cover a measurable span before the first beat
+FIRST_SAMPLE_DELAY = 0.25  # lets the primed CPU counter cover a measurable span before the first beat
+MAX_PENDING_SAMPLES = 600  # what the registry keeps anyway; older ones are dropped during an outage
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ class Heartbeat:
         activity: Callable[[], NodeActivity],
         info: NodeInfo,
         *,
-        interval: float = 1.0,
-        publish_every: int = 5,
+        interval: float = defaults.HEARTBEAT_INTERVAL_S,
+        publish_every: int = defaults.HEARTBEAT_PUBLISH_EVERY,
         on_desired_state: Callable[[str], Awaitable[None] | None] | None = None,
         on_sample: Callable[[dict[str, float]], None] | None = None,
         listen: bool = True,
@@ -105,7 +109,6 @@ class Heartbeat:
         self.last_rss = 0
         self.last_activity = NodeActivity()
         self.desired_state: str | None = None
-        self.failures = 0  # consecutive failed publishes
         self.outage_since: float | None = None  # epoch s of the first failed publish of an outage
         self.published = 0
         self._pending: list[dict[str, float]] = []  # samples not yet in Redis
@@ -113,8 +116,15 @@ class Heartbeat:
 
         self._process = psutil.Process()
         self._retry_at = 0.0  # monotonic time before which Redis is not tried again
+        # After the first failed publish Redis is left alone for two intervals, then twice as long each time.
+        self._backoff = Backoff(first=2 * interval, cap=max_backoff)
         self._failing: set[str] = set()
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def failures(self) -> int:
+        """Publishes that failed in a row."""
+        return self._backoff.failures
 
     @property
     def outage_seconds(self) -> float:
@@ -127,8 +137,7 @@ class Heartbeat:
         Reads only what the last beat stored, so the exporter's thread may call it.
         """
         outage = self.outage_seconds
-        report: dict[str, Any] = {"status": self.last_activity.status,
-                                  "running": len(self.last_activity.running)}
+        report: dict[str, Any] = {"status": self.last_activity.status, "running": len(self.last_activity.running)}
         if outage:
             report["redis_unreachable_s"] = round(outage, 1)
             if outage >= unhealthy_after:
@@ -182,8 +191,9 @@ class Heartbeat:
         if now is None:
             return False
         before = self.last_activity
-        return (now.status != before.status
-                or [job.get("jobId") for job in now.running] != [job.get("jobId") for job in before.running])
+        return now.status != before.status or [job.get("jobId") for job in now.running] != [
+            job.get("jobId") for job in before.running
+        ]
 
     def _take_sample(self) -> dict[str, float]:
         sample = {
@@ -203,31 +213,34 @@ class Heartbeat:
         status = self._status(activity)
         try:
             await asyncio.wait_for(self.writer.publish(status, samples), self.step_timeout)
-        except Exception as exc:  # noqa: BLE001 - any failure: back off, keep beating
+        except Exception as exc:  # any failure: back off, keep beating
             self._publish_failed(exc)
             return False
         if self.outage_since is not None:
             log.info("node %s: heartbeats reach Redis again after %.1f s", self.writer.name, self.outage_seconds)
-        self.failures = 0
+        self._backoff.reset()
         self.outage_since = None
         self.published += 1
         return True
 
     def _publish_failed(self, exc: Exception) -> None:
-        self.failures += 1
-        delay = min(self.max_backoff, self.interval * 2**self.failures)
-        self._retry_at = time.monotonic() + delay
+        self._retry_at = time.monotonic() + self._backoff.next()
         if self.outage_since is None:
             self.outage_since = time.time()
             # A timeout carries no message; say what it means rather than print "TimeoutError: ".
             reason = str(exc) or f"no answer within {self.step_timeout:g} s"
-            log.warning("node %s: cannot publish heartbeat (%s: %s); retrying with backoff up to %.0f s",
-                        self.writer.name, type(exc).__name__, reason, self.max_backoff)
+            log.warning(
+                "node %s: cannot publish heartbeat (%s: %s); retrying with backoff up to %.0f s",
+                self.writer.name,
+                type(exc).__name__,
+                reason,
+                self.max_backoff,
+            )
 
     async def _follow_control(self) -> None:
         try:
             state = await asyncio.wait_for(self.writer.desired_state(), self.step_timeout)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._failed("control", "cannot read the control key")
             return
         self._recovered("control")
@@ -245,7 +258,7 @@ class Heartbeat:
             result = self.on_desired_state(state)
             if inspect.isawaitable(result):
                 await result
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("node %s: on_desired_state(%r) failed", self.writer.name, state)
 
     def _ensure_listener(self) -> None:
@@ -265,27 +278,41 @@ class Heartbeat:
             return  # never registered, or Redis is down: the key expires on its own
         try:
             await asyncio.wait_for(self.writer.remove(), self.step_timeout)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("node %s: could not mark itself offline (%s); its key expires on its own",
-                        self.writer.name, str(exc) or f"no answer from Redis within {self.step_timeout:g} s")
+        except Exception as exc:
+            log.warning(
+                "node %s: could not mark itself offline (%s); its key expires on its own",
+                self.writer.name,
+                str(exc) or f"no answer from Redis within {self.step_timeout:g} s",
+            )
 
     # -- helpers -------------------------------------------------------------------------------
     def _status(self, activity: NodeActivity) -> NodeStatus:
         info, sample = self.info, self.last_sample or {}
         return NodeStatus(
-            name=self.writer.name, host=info.host, pid=info.pid, status=activity.status,
-            cpu=sample.get("cpu", 0.0), memory=sample.get("mem", 0.0), rss=self.last_rss,
-            concurrency=info.concurrency, running=[dict(job) for job in activity.running],
-            ffmpeg_version=info.ffmpeg_version, ffmpeg_path=info.ffmpeg_path, encoders=list(info.encoders),
+            name=self.writer.name,
+            host=info.host,
+            pid=info.pid,
+            status=activity.status,
+            cpu=sample.get("cpu", 0.0),
+            memory=sample.get("mem", 0.0),
+            rss=self.last_rss,
+            concurrency=info.concurrency,
+            running=[dict(job) for job in activity.running],
+            ffmpeg_version=info.ffmpeg_version,
+            ffmpeg_path=info.ffmpeg_path,
+            encoders=list(info.encoders),
             tags=list(info.tags),
-            version=info.version, started_at=self.started_at, last_seen=time.time(),
-            metrics_url=info.metrics_url, reason=activity.reason,
+            version=info.version,
+            started_at=self.started_at,
+            last_seen=time.time(),
+            metrics_url=info.metrics_url,
+            reason=activity.reason,
         )
 
     def _step(self, name: str, func: Callable[..., Any], *args: Any) -> Any:
         try:
             result = func(*args)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._failed(name, f"{name} failed")
             return None
         self._recovered(name)
@@ -302,7 +329,7 @@ class Heartbeat:
             log.info("node %s: %s works again", self.writer.name, step)
 
 
-async def _cancel(task: asyncio.Task | None) -> None:
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()

@@ -1,7 +1,8 @@
 """Prometheus exporter of one farm node: ``/metrics`` and ``/health``, served from the node's event loop.
 
-Metric names are the Node system's, so its dashboards and alerts keep working. Every node has its
-own ``CollectorRegistry`` (never the global one), so one process can hold several nodes.
+Metric names are those of the Node.js BullMQ workers' exporter, so dashboards and alerts made for
+those keep working. Every node has its own ``CollectorRegistry`` (never the global one), so one
+process can hold several nodes.
 
 =================================  =========  ======================  ================================
 metric                             type       labels                  meaning
@@ -49,8 +50,9 @@ import http
 import json
 import logging
 import shutil
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -76,43 +78,73 @@ MAX_HEAD_BYTES = 16 * 1024
 class NodeMetrics:
     """The node's metrics, and the HTTP server that exposes them."""
 
-    def __init__(self, node: str, *, version: str = "", ffmpeg_version: str = "", ffmpeg_path: str = "",
-                 concurrency: int = 1,
-                 disk_path: Path | str | None = None,
-                 health: Callable[[], Mapping[str, Any]] | None = None,
-                 on_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        node: str,
+        *,
+        version: str = "",
+        ffmpeg_version: str = "",
+        ffmpeg_path: str = "",
+        concurrency: int = 1,
+        disk_path: Path | str | None = None,
+        health: Callable[[], Mapping[str, Any]] | None = None,
+        on_scrape: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.node = node
         self.health = health or (lambda: {"status": "ok"})
         self.on_scrape = on_scrape  # e.g. read the queue depth, just before each /metrics
         self.registry = registry = CollectorRegistry()
 
-        self._cpu = Gauge("worker_cpu_usage", "CPU in use on the node's machine, percent",
-                          ["node"], registry=registry).labels(node)
-        self._memory = Gauge("worker_memory_usage_ratio", "System memory in use on the node's machine, 0-1",
-                             ["node"], registry=registry).labels(node)
-        self._active = Gauge("worker_active_jobs", "Jobs the node is running", ["node"],
-                             registry=registry).labels(node)
-        Gauge("worker_concurrency", "Jobs the node runs at once, at most", ["node"],
-              registry=registry).labels(node).set(concurrency)
-        self._duration = Histogram("worker_job_duration_seconds", "Wall time of finished jobs",
-                                   ["node", "format", "status"], buckets=DURATION_BUCKETS, registry=registry)
-        self._queue_wait = Histogram("worker_job_queue_wait_seconds", "Time from enqueue to start of a job",
-                                     ["node"], buckets=QUEUE_WAIT_BUCKETS, registry=registry).labels(node)
-        self._processed = Counter("workers_jobs_processed", "Jobs finished by the node",
-                                  ["node", "status"], registry=registry)
-        self._redis_outage = Gauge("worker_redis_unreachable_seconds",
-                                   "How long the node's heartbeats have failed to reach Redis, 0 while they do",
-                                   ["node"], registry=registry).labels(node)
-        self._stalls = Counter("worker_ffmpeg_stalls", "FFmpeg runs the progress watchdog stopped",
-                               ["node"], registry=registry).labels(node)  # exported as 0 from the start
-        self._disk_full = Gauge("worker_disk_full", "1 while the node's work dir has no room for jobs",
-                                ["node"], registry=registry).labels(node)
-        self._handed_back = Counter("worker_jobs_handed_back", "Jobs the node gave back to the queue without "
-                                    "using an attempt", ["node", "reason"], registry=registry)
+        self._cpu = Gauge(
+            "worker_cpu_usage", "CPU in use on the node's machine, percent", ["node"], registry=registry
+        ).labels(node)
+        self._memory = Gauge(
+            "worker_memory_usage_ratio", "System memory in use on the node's machine, 0-1", ["node"], registry=registry
+        ).labels(node)
+        self._active = Gauge("worker_active_jobs", "Jobs the node is running", ["node"], registry=registry).labels(node)
+        Gauge("worker_concurrency", "Jobs the node runs at once, at most", ["node"], registry=registry).labels(
+            node
+        ).set(concurrency)
+        self._duration = Histogram(
+            "worker_job_duration_seconds",
+            "Wall time of finished jobs",
+            ["node", "format", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._queue_wait = Histogram(
+            "worker_job_queue_wait_seconds",
+            "Time from enqueue to start of a job",
+            ["node"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        ).labels(node)
+        self._processed = Counter(
+            "workers_jobs_processed", "Jobs finished by the node", ["node", "status"], registry=registry
+        )
+        self._redis_outage = Gauge(
+            "worker_redis_unreachable_seconds",
+            "How long the node's heartbeats have failed to reach Redis, 0 while they do",
+            ["node"],
+            registry=registry,
+        ).labels(node)
+        self._stalls = Counter(
+            "worker_ffmpeg_stalls", "FFmpeg runs the progress watchdog stopped", ["node"], registry=registry
+        ).labels(node)  # exported as 0 from the start
+        self._disk_full = Gauge(
+            "worker_disk_full", "1 while the node's work dir has no room for jobs", ["node"], registry=registry
+        ).labels(node)
+        self._handed_back = Counter(
+            "worker_jobs_handed_back",
+            "Jobs the node gave back to the queue without using an attempt",
+            ["node", "reason"],
+            registry=registry,
+        )
         for reason in HAND_BACK_REASONS:
             self._handed_back.labels(node, reason)
-        self._queue = Gauge("queue_jobs", "Jobs in the queue per state (the same on every node)",
-                            ["state"], registry=registry)
+        self._queue = Gauge(
+            "queue_jobs", "Jobs in the queue per state (the same on every node)", ["state"], registry=registry
+        )
         for status in JOB_STATUSES:
             self._processed.labels(node, status)  # exported as 0, so rate() works from the first job
         for state in QUEUE_STATES:
@@ -175,7 +207,7 @@ class NodeMetrics:
                 await asyncio.wait_for(self.on_scrape(), SCRAPE_REFRESH_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - serve the last numbers rather than nothing
+            except Exception as exc:  # serve the last numbers rather than nothing
                 log.debug("node %s: refreshing metrics before a scrape failed: %r", self.node, exc)
         return self.render(accept)
 
@@ -183,7 +215,7 @@ class NodeMetrics:
         """The HTTP status code and JSON body of ``/health``."""
         try:
             report = dict(self.health())
-        except Exception as exc:  # noqa: BLE001 - a broken health check is itself unhealthy
+        except Exception as exc:  # a broken health check is itself unhealthy
             log.exception("health check of node %s failed", self.node)
             return 503, {"status": "error", "node": self.node, "error": str(exc)}
         report.setdefault("status", "ok")
@@ -196,7 +228,7 @@ class NodeMetrics:
         if self._server is not None:
             raise RuntimeError(f"metrics server of node {self.node} is already running")
         self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES)
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -221,8 +253,13 @@ class NodeMetrics:
                 code, body, content_type = 404, b"not found: try /metrics or /health\n", "text/plain"
             writer.write(_response(code, content_type, b"" if method == "HEAD" else body, len(body)))
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
-                ConnectionError, ValueError) as exc:
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ValueError,
+        ) as exc:
             log.debug("metrics: dropped a bad or slow request: %r", exc)
         finally:
             writer.close()
@@ -268,6 +305,8 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 
 
 def _response(code: int, content_type: str, body: bytes, length: int) -> bytes:
-    head = (f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\nServer: encodeflow-node\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\nServer: encodeflow-node\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body

@@ -14,27 +14,31 @@ import random
 import time
 import uuid
 
+import redis.asyncio as aioredis
+
+from farm.domain import defaults
+from farm.domain.keyspace import Keyspace
 from farm.services.db import error_line
-from farm.services.queue import keys_prefix
 from farm.services.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
-RECONCILE_INTERVAL_S = 30.0
 JITTER = 0.2  # each wait is the interval +/- 20 %
 
 
-def lock_key(queue: str) -> str:
-    return f"{keys_prefix(queue)}reconcile:lock"
-
-
-async def take_turn(redis, queue: str, holder: str, ttl_s: float) -> bool:
+async def take_turn(redis: aioredis.Redis, queue: str, holder: str, ttl_s: float) -> bool:
     """True if this node runs the pass of this interval (no one else has in the last ``ttl_s``)."""
-    return bool(await redis.set(lock_key(queue), holder, nx=True, px=max(1, int(ttl_s * 1000))))
+    return bool(await redis.set(Keyspace(queue).reconcile_lock, holder, nx=True, px=max(1, int(ttl_s * 1000))))
 
 
-async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name: str,
-                            stopping: asyncio.Event, interval_s: float = RECONCILE_INTERVAL_S) -> None:
+async def reconcile_forever(
+    reconciler: Reconciler,
+    redis: aioredis.Redis,
+    queue: str,
+    node_name: str,
+    stopping: asyncio.Event,
+    interval_s: float = defaults.RECONCILE_INTERVAL_S,
+) -> None:
     """Run a pass about every ``interval_s`` until ``stopping`` is set; errors are logged, not fatal."""
     holder = f"{node_name}:{uuid.uuid4().hex[:8]}"
     failing_since: float | None = None  # one warning per outage, not one per pass
@@ -43,7 +47,7 @@ async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name
         try:
             await asyncio.wait_for(stopping.wait(), timeout=wait)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         try:
             # The key lives a little less than an interval, so the next turn is free on time.
@@ -63,4 +67,3 @@ async def reconcile_forever(reconciler: Reconciler, redis, queue: str, node_name
                 log.warning("reconcile pass failed: %s; trying again every interval", error_line(exc))
             else:
                 log.debug("reconcile pass failed again: %s", error_line(exc))
-

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from farm.base.errors import FarmError
+from farm.base.settings import ENV_VARS, SettingsError
 from farm.services.checks import probe_redis
 from farm.services.db.engine import Database, DatabaseError, open_database
-from farm.base.settings import ENV_VARS, SettingsError
 from farm.services.storage import RetryPolicy, Storage, StorageError, StorageUnavailable, open_storage
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 REDIS_CHECK_TIMEOUT_S = 5.0
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailable(FarmError, RuntimeError):
     """A service the node needs is down or does not answer; worth starting again later."""
 
 

@@ -35,14 +35,16 @@ import os
 import re
 import shutil
 import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from farm.domain.object_keys import sanitize_name
 from farm.base.settings import SettingsError
-from farm.services.registry import is_node_process
 from farm.base.untrusted import shown
+from farm.domain.object_keys import sanitize_name
+from farm.services.registry import is_node_process
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class WorkDir:
         self._warned: set[str] = set()
 
     @classmethod
-    def claim(cls, path: Path, node: str) -> "WorkDir":
+    def claim(cls, path: Path, node: str) -> WorkDir:
         """Create or adopt ``path`` for node ``node`` and lock it, or raise ``WorkDirError``."""
         _make(path)
         marker = path / MARKER
@@ -87,14 +89,17 @@ class WorkDir:
             names = ", ".join(shown(p.name) for p in entries(path)[:SHOWN_ENTRIES])
             raise WorkDirError(
                 f"work dir {path} is not empty (it holds {names}) and was not made by farm-node; a node "
-                "deletes what is in its work dir, so give --work-dir a new or empty folder")
+                "deletes what is in its work dir, so give --work-dir a new or empty folder"
+            )
         fd = _open_marker(marker)
         try:
             if not _lock(fd, marker):
                 holder = _read_marker(fd)
-                raise WorkDirError(f"work dir {path} is in use by node {holder.get('node', '?')} "
-                                   f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}); give each "
-                                   "node its own --work-dir")
+                raise WorkDirError(
+                    f"work dir {path} is in use by node {holder.get('node', '?')} "
+                    f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}); give each "
+                    "node its own --work-dir"
+                )
             _write_marker(fd, {"node": node, "host": socket.gethostname(), "pid": os.getpid()})
         except BaseException:
             os.close(fd)
@@ -119,8 +124,12 @@ class WorkDir:
         new = [name for name in foreign if name not in self._warned]
         if new:
             self._warned.update(new)
-            log.warning("work dir %s holds %d thing(s) farm-node did not make, left as they are: %s",
-                        self.path, len(foreign), ", ".join(shown(n) for n in foreign[:SHOWN_ENTRIES]))
+            log.warning(
+                "work dir %s holds %d thing(s) farm-node did not make, left as they are: %s",
+                self.path,
+                len(foreign),
+                ", ".join(shown(n) for n in foreign[:SHOWN_ENTRIES]),
+            )
 
     def stop_orphans(self) -> list[int]:
         """Kill FFmpeg processes that work in this work dir and have no live node above them.
@@ -148,8 +157,12 @@ class WorkDir:
                 continue
         if killed:
             psutil.wait_procs(killed, timeout=5)
-            log.warning("killed %d FFmpeg process(es) left running in %s by an earlier run of this node: pid %s",
-                        len(killed), self.path, ", ".join(str(p.pid) for p in killed))
+            log.warning(
+                "killed %d FFmpeg process(es) left running in %s by an earlier run of this node: pid %s",
+                len(killed),
+                self.path,
+                ", ".join(str(p.pid) for p in killed),
+            )
         return [p.pid for p in killed]
 
 
@@ -167,8 +180,9 @@ def _make(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WorkDirError(f"cannot create work dir {path}: {exc.strerror or exc}; "
-                           "give --work-dir a folder this user can write to") from None
+        raise WorkDirError(
+            f"cannot create work dir {path}: {exc.strerror or exc}; give --work-dir a folder this user can write to"
+        ) from None
 
 
 def _open_marker(marker: Path) -> int:
@@ -176,14 +190,16 @@ def _open_marker(marker: Path) -> int:
         # Never through a symlink: a planted one would have the node truncate the file it points at.
         return os.open(marker, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
-        raise WorkDirError(f"cannot write in work dir {marker.parent}: {exc.strerror or exc}; "
-                           "give --work-dir a folder this user can write to") from None
+        raise WorkDirError(
+            f"cannot write in work dir {marker.parent}: {exc.strerror or exc}; "
+            "give --work-dir a folder this user can write to"
+        ) from None
 
 
 def _lock(fd: int, marker: Path) -> bool:
     """Take the work dir's lock without waiting: False if another process holds it."""
     try:
-        if os.name == "nt":
+        if sys.platform == "win32":
             import msvcrt
 
             os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
@@ -198,12 +214,11 @@ def _lock(fd: int, marker: Path) -> bool:
             return False
         # Some network file systems cannot lock at all; the node-name claim still keeps a second
         # node of the same name out.
-        log.warning("cannot lock work dir %s (%s); make sure no other node uses it", marker.parent,
-                    exc.strerror or exc)
+        log.warning("cannot lock work dir %s (%s); make sure no other node uses it", marker.parent, exc.strerror or exc)
         return True
 
 
-def _read_marker(fd: int) -> dict:
+def _read_marker(fd: int) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
         os.lseek(fd, 0, os.SEEK_SET)
         data = json.loads(os.read(fd, 4096))
@@ -212,7 +227,7 @@ def _read_marker(fd: int) -> dict:
     return {}
 
 
-def _write_marker(fd: int, data: dict) -> None:
+def _write_marker(fd: int, data: dict[str, Any]) -> None:
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(data).encode() + b"\n")

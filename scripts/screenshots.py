@@ -22,10 +22,34 @@ OUT = ROOT / "docs" / "screenshots"
 def make_clip(path: Path, size: str, seconds: float) -> Path:
     from farm.domain.media import find_ffmpeg
 
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size={size}:rate=25:duration={seconds}", "-f", "lavfi", "-i",
-                    f"sine=frequency=330:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)], check=True)
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate=25:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=330:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -42,16 +66,18 @@ def main() -> int:
     from app.main_window import RESOURCES, MainWindow
     from app.runner import BackgroundRunner
     from app.services import AppServices
+    from farm.base.settings import Settings
     from farm.domain.jobspec import OutputConfig
     from farm.services.local_nodes import LocalFarm
-    from farm.base.settings import Settings
 
     app.setStyleSheet((RESOURCES / "style.qss").read_text())
     settings = Settings.load()
     clips = data / "clips"
     clips.mkdir()
-    short = [make_clip(clips / f"{name}.mp4", size, 3) for name, size in
-             (("interview_cam_a", "1280x720"), ("broll_street", "960x540"), ("phone_vertical", "540x960"))]
+    short = [
+        make_clip(clips / f"{name}.mp4", size, 3)
+        for name, size in (("interview_cam_a", "1280x720"), ("broll_street", "960x540"), ("phone_vertical", "540x960"))
+    ]
     long_clip = make_clip(clips / "keynote_full.mp4", "1920x1080", 40)
     (clips / "edit_notes.mp4").write_text("these are my notes, not a video\n")
 

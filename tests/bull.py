@@ -10,10 +10,10 @@ import uuid
 
 from bullmq import Queue, Worker
 
-from farm.services.db import repo
 from farm.domain.jobspec import OutputConfig
 from farm.domain.object_keys import input_key
-from farm.domain.payload import JobPayload
+from farm.domain.payload import queue_payload
+from farm.services.db import repo
 from farm.services.queue import QueueClient
 
 CONFIG = OutputConfig(resolution="360p", format="mp4")
@@ -25,15 +25,28 @@ def record_job(db, storage, clip, *, upload: bool = True, priority: int = 0) -> 
     key = input_key(video_id, clip.name)
     if upload:
         storage.upload_file(clip, key)
-    repo.create_video(db, id=video_id, name=clip.name, key=key, size=clip.stat().st_size, duration=2.0,
-                      width=320, height=240, video_codec="h264", container="mov,mp4,m4a,3gp,3g2,mj2")
+    repo.create_video(
+        db,
+        id=video_id,
+        name=clip.name,
+        key=key,
+        size=clip.stat().st_size,
+        duration=2.0,
+        width=320,
+        height=240,
+        video_codec="h264",
+        container="mov,mp4,m4a,3gp,3g2,mj2",
+    )
     job = repo.create_job(db, video_id, CONFIG.to_payload(), priority=priority)
-    return job.id, JobPayload.build(job.id, key, clip.name, CONFIG, videoId=video_id)
+    return job.id, queue_payload(job.id, key, clip.name, CONFIG, video_id=video_id)
 
 
 def worker(settings, processor, **opts) -> Worker:
-    return Worker(settings.queue, processor, {"connection": settings.redis_url, "autorun": False,
-                                              "lockDuration": 1000, "stalledInterval": 300, **opts})
+    return Worker(
+        settings.queue,
+        processor,
+        {"connection": settings.redis_url, "autorun": False, "lockDuration": 1000, "stalledInterval": 300, **opts},
+    )
 
 
 async def take_and_die(settings, db, job_id: str, node: str) -> None:

@@ -55,7 +55,7 @@ def _video_tkhd(data: bytearray) -> int:
                 continue
             children = {k: (p, e) for k, p, e in _boxes(data, trak_payload, trak_end)}
             handler = {k: p for k, p, _ in _boxes(data, *children[b"mdia"])}[b"hdlr"]
-            if data[handler + 8:handler + 12] == b"vide":  # version/flags, pre_defined, handler type
+            if data[handler + 8 : handler + 12] == b"vide":  # version/flags, pre_defined, handler type
                 return children[b"tkhd"][0]
     raise ValueError("no video track in this MP4")
 
@@ -65,8 +65,10 @@ def ffmpeg_claiming(folder: Path, version: str) -> Path:
     distribution's build does) and runs the bundled FFmpeg for everything else."""
     folder.mkdir(parents=True, exist_ok=True)
     fake = folder / "ffmpeg"
-    fake.write_text(f'#!/bin/sh\ncase " $* " in *" -version "*) echo "ffmpeg version {version} Copyright"; '
-                    f'exit 0;; esac\nexec "{imageio_ffmpeg.get_ffmpeg_exe()}" "$@"\n')
+    fake.write_text(
+        f'#!/bin/sh\ncase " $* " in *" -version "*) echo "ffmpeg version {version} Copyright"; '
+        f'exit 0;; esac\nexec "{imageio_ffmpeg.get_ffmpeg_exe()}" "$@"\n'
+    )
     fake.chmod(0o755)
     return fake
 

@@ -9,6 +9,7 @@ and the FFmpeg binary the node itself would use.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ import hypothesis
 import pytest
 
 from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
+from tests.files import run_folder
 from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 - fixtures for every test
 
 # Hypothesis' "too slow" health check and its per-example deadline time the machine, not the code:
@@ -24,8 +26,48 @@ from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 -
 # running one example can take seconds, and the property tests then failed at random. None of
 # them is about speed, so neither timer applies; the checks on the strategies themselves do.
 hypothesis.settings.register_profile(
-    "encodeflow", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+    "encodeflow", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
 hypothesis.settings.load_profile("encodeflow")
+
+# A run started in the background (`pytest &`, nohup) ignores Ctrl-C, and so would every program
+# the tests start: `encodeflow up` would never see the SIGINT its tests send it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Tests run in parallel (pytest-xdist, ``-n auto`` in pyproject.toml). Most of the long ones wait
+# on processes, Redis and FFmpeg rather than compute, so more workers than cores finish sooner:
+# on 2 cores, 6 workers ran the suite faster than 4.
+WORKERS_PER_CORE = 3
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """How many workers ``-n auto`` starts; PYTEST_XDIST_AUTO_NUM_WORKERS overrides it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest first, so that no worker starts a long test while the others are nearly done: one
+    test of the node bundle (which builds it), the tests marked slow, the rest of e2e and the
+    whole-farm checks beside it (secrets, packaging), the panel's, the others; last, the rest of
+    the bundle's tests, which by then find it built."""
+    bundle = [item for item in items if item.path.name == "test_bundle.py"]
+
+    def rank(item) -> int:
+        if item in bundle:
+            return 0 if item is bundle[0] else 5
+        if item.get_closest_marker("slow"):
+            return 1
+        if "/tests/e2e/" in item.path.as_posix() or item.path.parent.name == "tests":
+            return 2
+        if "/tests/app/" in item.path.as_posix():
+            return 3
+        return 4
+
+    items.sort(key=rank)  # stable: within a rank, the order of collection
+
 
 TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -171,8 +213,9 @@ def s3_link(s3_url, s3_server, monkeypatch):
 
     ``s3_link.admin`` is a client that goes straight to the server (to look behind a cut link).
     """
-    import boto3
     from urllib.parse import urlsplit
+
+    import boto3
 
     from tests.faults import FaultyLink
 
@@ -194,31 +237,54 @@ def _ffmpeg() -> str:
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("clips")
+    """One folder of clips for the whole run: a clip one pytest-xdist worker made is there for the others."""
+    folder = run_folder(tmp_path_factory) / "clips"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def make_clip(clip_dir):
     """make_clip(width=320, height=240, seconds=2.0, audio=True, name=None) -> Path of an MP4.
 
-    Clips are generated once per session with FFmpeg's test sources and cached by their parameters.
+    Clips are generated once per run with FFmpeg's test sources and cached by their parameters
+    (or their name). A clip is written beside its final name and renamed into place, so a worker
+    never reads one that another is still writing; two that make the same clip at once both
+    make the same bytes.
     """
 
-    def make(width: int = 320, height: int = 240, seconds: float = 2.0, audio: bool = True,
-             name: str | None = None, fps: int = 25) -> Path:
+    def make(
+        width: int = 320,
+        height: int = 240,
+        seconds: float = 2.0,
+        audio: bool = True,
+        name: str | None = None,
+        fps: int = 25,
+    ) -> Path:
         name = name or f"clip_{width}x{height}_{seconds}s_{'a' if audio else 'na'}_{fps}.mp4"
         path = clip_dir / name
         if path.exists():
             return path
-        cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}"]
+        cmd = [
+            _ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={width}x{height}:rate={fps}:duration={seconds}",
+        ]
         if audio:
             cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
         cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
         if audio:
             cmd += ["-c:a", "aac", "-shortest"]
-        cmd.append(str(path))
+        partial = path.with_name(f".{os.getpid()}.{path.name}")
+        cmd.append(str(partial))
         subprocess.run(cmd, check=True)
+        os.replace(partial, path)
         return path
 
     return make

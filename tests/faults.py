@@ -27,8 +27,8 @@ from pathlib import Path
 
 import redis
 
-from farm.services.embedded import find_redis_server
 from farm.base.ports import free_port
+from farm.services.embedded import find_redis_server
 
 _CHUNK = 64 * 1024
 
@@ -47,7 +47,7 @@ class FaultyLink:
         self._accept_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "FaultyLink":
+    def start(self) -> FaultyLink:
         self._listen()
         return self
 
@@ -56,7 +56,7 @@ class FaultyLink:
         self._close_listener()
         self._drop_all()
 
-    def __enter__(self) -> "FaultyLink":
+    def __enter__(self) -> FaultyLink:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -91,8 +91,9 @@ class FaultyLink:
         sock.listen(64)
         self.port = sock.getsockname()[1]
         self._listener = sock
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(sock,), daemon=True,
-                                               name=f"faulty-link-{self.port}")
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(sock,), daemon=True, name=f"faulty-link-{self.port}"
+        )
         self._accept_thread.start()
 
     def _close_listener(self) -> None:
@@ -182,10 +183,25 @@ class RestartableRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--maxmemory-policy", "noeviction"],
-            stdout=(self.directory / "redis.log").open("a"), stderr=subprocess.STDOUT,
+            [
+                find_redis_server(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=(self.directory / "redis.log").open("a"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while not self._answers():

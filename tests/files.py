@@ -1,9 +1,13 @@
-"""Files of random bytes for storage tests, written a MiB at a time (never all in memory)."""
+"""Files for tests: random bytes for storage tests, written a MiB at a time (never all in memory),
+and the run's shared temporary folder, for what is made once and used by every pytest-xdist worker."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -25,3 +29,21 @@ def sha256(path: Path) -> str:
         while chunk := fh.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """The temporary folder of the whole run: under pytest-xdist each worker's is inside it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def one_at_a_time(lock: Path) -> Iterator[None]:
+    """Held by one process at a time (an exclusive flock on ``lock``): the first worker to need a
+    shared thing makes it, the others wait for it and then find it made."""
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

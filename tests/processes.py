@@ -26,18 +26,39 @@ def slow_ffmpeg(output: Path) -> list[str]:
     """An FFmpeg that writes ``output`` (named as the node names files: a ``file:`` URL) for a
     minute at almost no CPU cost: a tiny test pattern read at its real rate."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    return [find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
-            "-i", "testsrc=size=32x32:rate=2", "-t", "60", "-y", f"file:{output}"]
+    return [
+        find_ffmpeg(),
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=32x32:rate=2",
+        "-t",
+        "60",
+        "-y",
+        f"file:{output}",
+    ]
 
 
 def orphaned(cmd: list[str]) -> psutil.Process:
     """Start ``cmd`` in its own session from a parent that exits at once, as a node killed with
     SIGKILL leaves its FFmpeg: running, adopted by init (or a subreaper)."""
     launcher = subprocess.run(
-        [sys.executable, "-c", "import subprocess, sys; "
-         f"print(subprocess.Popen({cmd!r}, start_new_session=True, stdin=subprocess.DEVNULL, "
-         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)"],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; "
+            f"print(subprocess.Popen({cmd!r}, start_new_session=True, stdin=subprocess.DEVNULL, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     proc = psutil.Process(int(launcher.stdout))
     deadline = time.monotonic() + 10
     while "ffmpeg" not in " ".join(proc.cmdline()) and time.monotonic() < deadline:

@@ -17,8 +17,8 @@ import time
 import urllib.request
 
 import pytest
-from farm.base.ports import free_port
 
+from farm.base.ports import free_port
 
 
 def required_binary(name: str, package: str) -> str:
@@ -45,17 +45,27 @@ def prometheus_server(tmp_path):
     def start(targets: list[str], *, rule_files: list[str] = (), interval: str = "1s") -> str:
         port = free_port()
         config = tmp_path / f"prometheus-{port}.yml"
-        config.write_text(json.dumps({  # JSON is YAML: no YAML library needed
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": list(rule_files),
-            # The job name of every config in packaging/prometheus: alerts.yml selects nodes by it.
-            "scrape_configs": [{"job_name": "farm-nodes", "static_configs": [{"targets": targets}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML: no YAML library needed
+                    "global": {"scrape_interval": interval, "evaluation_interval": interval},
+                    "rule_files": list(rule_files),
+                    # The job name of every config in packaging/prometheus: alerts.yml selects nodes by it.
+                    "scrape_configs": [{"job_name": "farm-nodes", "static_configs": [{"targets": targets}]}],
+                }
+            )
+        )
         log = (tmp_path / f"prometheus-{port}.log").open("w")
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / f'tsdb-{port}'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / f'tsdb-{port}'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -67,7 +77,8 @@ def prometheus_server(tmp_path):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start: {(tmp_path / f'prometheus-{port}.log').read_text()[-2000:]}")
+                log_text = (tmp_path / f"prometheus-{port}.log").read_text()
+                raise RuntimeError(f"prometheus did not start: {log_text[-2000:]}")
             time.sleep(0.2)
 
     yield start

@@ -12,9 +12,14 @@ def test_the_link_forwards_cuts_stalls_and_restores(redis_server_url):
     host = target.connection_pool.connection_kwargs["host"]
     port = target.connection_pool.connection_kwargs["port"]
     with FaultyLink(host, port) as link:
-        client = redis.Redis(host="127.0.0.1", port=link.port, socket_timeout=1,
-                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0),
-                             password=target.connection_pool.connection_kwargs.get("password"))
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=link.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+            password=target.connection_pool.connection_kwargs.get("password"),
+        )
         assert client.ping()
         first_port = link.port
 
@@ -36,7 +41,12 @@ def test_the_link_forwards_cuts_stalls_and_restores(redis_server_url):
         except (redis.TimeoutError, redis.ConnectionError):
             pass
         link.restore()
-        fresh = redis.Redis(host="127.0.0.1", port=link.port, socket_timeout=2, retry=Retry(NoBackoff(), 0),
-                            password=target.connection_pool.connection_kwargs.get("password"))
+        fresh = redis.Redis(
+            host="127.0.0.1",
+            port=link.port,
+            socket_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+            password=target.connection_pool.connection_kwargs.get("password"),
+        )
         assert fresh.ping()
         assert link.accepted >= 3

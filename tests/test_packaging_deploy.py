@@ -105,8 +105,13 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
     # verify also checks that ExecStart's program exists, so point it at this checkout's farm-node.
     for unit in (UNIT, TEMPLATE):
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_FARM_NODE, str(FARM_NODE)))
-    result = subprocess.run(["systemd-analyze", "verify", "farm-node.service", "farm-node@9465.service"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "farm-node.service", "farm-node@9465.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # An unknown key or a bad value is only a warning (exit 0): any output at all is a mistake.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -120,8 +125,12 @@ def test_the_unit_drains_on_stop_and_only_farm_node_gets_the_sigterm():
     assert unit_value(service, "Service", "Restart") == "on-failure"
     assert unit_value(service, "Service", "RestartPreventExitStatus") == "2"  # farm-node's usage/settings error
     assert unit_value(service, "Service", "User") not in ("root", "0")
-    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes")):
+    for key, value in (
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ):
         assert unit_value(service, "Service", key) == value
     assert "/mnt/encodeflow" in unit_value(service, "Service", "ReadWritePaths")
     # GPU encoders need /dev/dri and /dev/nvidia*.
@@ -131,14 +140,17 @@ def test_the_unit_drains_on_stop_and_only_farm_node_gets_the_sigterm():
 def test_the_template_unit_differs_from_the_unit_only_in_naming_the_node():
     def comparable(path):
         entries = unit_entries(path)
-        return {section: [(k, v) for k, v in pairs if k not in ("Description", "ExecStart", "EnvironmentFile")]
-                for section, pairs in entries.items()}
+        return {
+            section: [(k, v) for k, v in pairs if k not in ("Description", "ExecStart", "EnvironmentFile")]
+            for section, pairs in entries.items()
+        }
 
     assert comparable(TEMPLATE) == comparable(UNIT)
     single = exec_start_argv(UNIT, C="/var/cache")
     several = exec_start_argv(TEMPLATE, C="/var/cache", H="host", i="9465")
-    assert [a for a in several if a not in ("--name", "host-9465", "--metrics-port", "9465")] == \
-        [a.replace("/work", "/work-9465") for a in single]
+    assert [a for a in several if a not in ("--name", "host-9465", "--metrics-port", "9465")] == [
+        a.replace("/work", "/work-9465") for a in single
+    ]
 
 
 def test_the_env_file_is_settings_the_node_accepts():
@@ -156,13 +168,18 @@ def test_the_template_units_command_line_starts_a_node_that_drains_on_sigterm(tm
     cache = tmp_path / "cache"
     argv = exec_start_argv(TEMPLATE, C=str(cache), H="unit-test", i=port)
     argv[0] = str(FARM_NODE)
-    env = dict(os.environ, **{ENV_VARS["data_dir"]: str(tmp_path / "state" / "encodeflow"),
-                              ENV_VARS["storage_url"]: (tmp_path / "storage").as_uri()})
+    env = dict(
+        os.environ,
+        **{
+            ENV_VARS["data_dir"]: str(tmp_path / "state" / "encodeflow"),
+            ENV_VARS["storage_url"]: (tmp_path / "storage").as_uri(),
+        },
+    )
     log = tmp_path / "node.log"
     with log.open("w") as out:
-        node = subprocess.Popen([*argv, "--metrics-host", "127.0.0.1"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        node = subprocess.Popen([*argv, "--metrics-host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
+
         def health():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
@@ -208,8 +225,9 @@ LAUNCHD_WRAPPER = PACKAGING / "launchd" / "farm-node-launchd"
 def test_under_launchd_a_configuration_error_stays_stopped_and_an_outage_is_retried():
     """launchd restarts any non-zero exit; the wrapper hands it 0 for farm-node's exit 2 only."""
     node = [sys.executable, "-m", "farm_node", "--name", "launchd-test", "--no-metrics"]
-    bad_flag = subprocess.run([str(LAUNCHD_WRAPPER), *node, "--concurrency", "lots"], capture_output=True,
-                              text=True, timeout=60)
+    bad_flag = subprocess.run(
+        [str(LAUNCHD_WRAPPER), *node, "--concurrency", "lots"], capture_output=True, text=True, timeout=60
+    )
     assert bad_flag.returncode == 0 and "--concurrency" in bad_flag.stderr
     env = {**os.environ, ENV_VARS["redis_url"]: f"redis://127.0.0.1:{free_port()}/0"}  # nobody listens
     outage = subprocess.run([str(LAUNCHD_WRAPPER), *node], capture_output=True, text=True, timeout=60, env=env)
@@ -218,11 +236,16 @@ def test_under_launchd_a_configuration_error_stays_stopped_and_an_outage_is_retr
 
 def test_under_launchd_sigterm_reaches_the_node_which_drains(redis_url, tmp_path):
     log = tmp_path / "node.log"
-    wrapper = subprocess.Popen([str(LAUNCHD_WRAPPER), sys.executable, "-m", "farm_node", "--name", "launchd-test",
-                                "--no-metrics"], stderr=log.open("w"))
+    wrapper = subprocess.Popen(
+        [str(LAUNCHD_WRAPPER), sys.executable, "-m", "farm_node", "--name", "launchd-test", "--no-metrics"],
+        stderr=log.open("w"),
+    )
     try:
-        wait_for(lambda: "node launchd-test up" in log.read_text() or wrapper.poll() is not None, timeout=60,
-                 what="the node to start")
+        wait_for(
+            lambda: "node launchd-test up" in log.read_text() or wrapper.poll() is not None,
+            timeout=60,
+            what="the node to start",
+        )
         wrapper.send_signal(signal.SIGTERM)  # what `launchctl bootout` sends
         assert wrapper.wait(60) == 0
     finally:
@@ -239,9 +262,13 @@ def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPro
     if env_file is not None:
         command += ["--env-file", str(env_file)]
     secrets = set(env_file_values(DOCKER / ".env.example"))  # only the env file may set them
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items()
-                               if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in secrets})
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in secrets},
+    )
 
 
 @pytest.fixture
@@ -268,8 +295,11 @@ def test_the_compose_stack_is_configured_for_a_farm():
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     redis_args = services["redis"]["command"]
-    for option, value in (("--appendonly", "yes"), ("--maxmemory-policy", "noeviction"),
-                          ("--requirepass", "change-me-redis")):
+    for option, value in (
+        ("--appendonly", "yes"),
+        ("--maxmemory-policy", "noeviction"),
+        ("--requirepass", "change-me-redis"),
+    ):
         assert redis_args[redis_args.index(option) + 1] == value
     node = services["node"]
     assert node["stop_signal"] == "SIGTERM"
@@ -291,13 +321,31 @@ def test_the_stacks_prometheus_config_and_its_rules_pass_promtool(promtool, tmp_
     alerts = PACKAGING / "prometheus" / "alerts.yml"  # the rules docker-compose.yml mounts next to it
     assert alerts.exists(), f"{alerts.relative_to(ROOT)} is missing: the stack's Prometheus loads it"
     shutil.copy(alerts, tmp_path / "alerts.yml")
-    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-DOCKERFILE_INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
-                           "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+DOCKERFILE_INSTRUCTIONS = {
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+}
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -323,8 +371,11 @@ def test_the_node_dockerfile_copies_only_what_exists_and_runs_a_draining_non_roo
     unknown = [word for word, _ in instructions if word.upper() not in DOCKERFILE_INSTRUCTIONS or word != word.upper()]
     assert unknown == []
     assert instructions[0][0] == "FROM"
-    ignore = [line for line in (DOCKER / "Dockerfile.node.dockerignore").read_text().splitlines()
-              if line and not line.startswith("#")]
+    ignore = [
+        line
+        for line in (DOCKER / "Dockerfile.node.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     sent = {line[1:] for line in ignore if line.startswith("!")}  # the context is "*" minus these
     for word, args in instructions:
         if word == "COPY":

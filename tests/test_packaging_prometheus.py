@@ -46,8 +46,11 @@ def test_the_configs_scrape_nodes_under_the_job_the_alerts_use(config):
 
 
 def test_the_studio_config_discovers_nodes_from_files_in_the_example_format():
-    job = next(job for job in yaml.safe_load((PROMETHEUS / "prometheus-studio.yml").read_text())["scrape_configs"]
-               if job["job_name"] == NODE_JOB)
+    job = next(
+        job
+        for job in yaml.safe_load((PROMETHEUS / "prometheus-studio.yml").read_text())["scrape_configs"]
+        if job["job_name"] == NODE_JOB
+    )
     pattern = job["file_sd_configs"][0]["files"][0]
     assert pattern.endswith("*.yml")
     groups = yaml.safe_load((PROMETHEUS / "targets" / "nodes.example.yml").read_text())
@@ -62,10 +65,18 @@ def test_the_studio_config_discovers_nodes_from_files_in_the_example_format():
 def test_the_alert_rules_pass_promtool(promtool):
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    names = [rule["alert"] for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-             for rule in group["rules"]]
-    for needed in ("EncodeFlowNodeDown", "EncodeFlowQueueBacklogGrowing", "EncodeFlowFailureRateHigh",
-                   "EncodeFlowNodeDiskAlmostFull", "EncodeFlowNoNodeUp"):
+    names = [
+        rule["alert"]
+        for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    for needed in (
+        "EncodeFlowNodeDown",
+        "EncodeFlowQueueBacklogGrowing",
+        "EncodeFlowFailureRateHigh",
+        "EncodeFlowNodeDiskAlmostFull",
+        "EncodeFlowNoNodeUp",
+    ):
         assert needed in names
 
 
@@ -76,8 +87,11 @@ def test_every_alert_is_unit_tested_firing_and_the_tests_pass(promtool):
     checks = [check for test in tests for check in test.get("alert_rule_test", [])]
     fired = {check["alertname"] for check in checks if check["exp_alerts"]}
     quiet = {check["alertname"] for check in checks if not check["exp_alerts"]}
-    alerts = {rule["alert"] for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-              for rule in group["rules"]}
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
     assert fired == alerts, f"alerts never shown firing: {alerts - fired}"
     assert quiet == alerts, f"alerts never shown staying quiet: {alerts - quiet}"
 

@@ -27,9 +27,9 @@ import redis
 import sqlalchemy as sa
 
 from farm.base import redact
+from farm.base.settings import ENV_VARS, Settings, SettingsError
 from farm.services.checks import check_database, check_redis, check_storage
 from farm.services.db.engine import DatabaseError, open_database
-from farm.base.settings import ENV_VARS, Settings, SettingsError, redact_url
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 from tests.farm.test_redis_tls import NodeRun, PrivateRedis, free_port
 
@@ -44,18 +44,27 @@ def leaks(text: str, *secret_values: str) -> list[str]:
 # -- the filter and the URL rules ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("redis://:s3cret-pw@h:6379/0", "redis://:***@h:6379/0"),
-    ("rediss://user:s3cret-pw@h:6380/0?ssl_cert_reqs=none", "rediss://user:***@h:6380/0?ssl_cert_reqs=none"),
-    ("redis://:ab/cd#ef@h:6379/0", "redis://:***@h:6379/0"),  # unencoded "/" and "#" in the password
-    ("postgresql+psycopg://u:p@ss@db/x", "postgresql+psycopg://u:***@db/x"),  # unencoded "@"
-    ("redis://h:6379/0", "redis://h:6379/0"),
-    ("postgresql://postgres@db/x", "postgresql://postgres@db/x"),
-    ("file:///srv/me@work/clips", "file:///srv/me@work/clips"),
-    ("s3://bucket/inputs/a@2x.mp4", "s3://bucket/inputs/a@2x.mp4"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:s3cret-pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:s3cret-pw@h:6380/0?ssl_cert_reqs=none", "rediss://user:***@h:6380/0?ssl_cert_reqs=none"),
+        ("redis://:ab/cd#ef@h:6379/0", "redis://:***@h:6379/0"),  # unencoded "/" and "#" in the password
+        ("postgresql+psycopg://u:p@ss@db/x", "postgresql+psycopg://u:***@db/x"),  # unencoded "@"
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("postgresql://postgres@db/x", "postgresql://postgres@db/x"),
+        ("file:///srv/me@work/clips", "file:///srv/me@work/clips"),
+        ("s3://bucket/inputs/a@2x.mp4", "s3://bucket/inputs/a@2x.mp4"),
+    ],
+)
 def test_redact_url(url, shown):
-    assert redact_url(url) == shown
+    assert redact.redact_url(url) == shown
+
+
+def test_a_drivers_words_lose_the_password_as_written_and_as_decoded():
+    said = "auth failed for p%40ss/x (p@ss/x) at db"
+    assert redact.mask_password(said, "p%40ss/x") == "auth failed for *** (***) at db"
+    assert redact.mask_password(said, None) == said
 
 
 def test_the_log_filter_masks_url_credentials_and_known_secrets(monkeypatch):
@@ -92,31 +101,40 @@ class _Stream:
         pass
 
 
-@pytest.mark.parametrize("var, url, secret_part", [
-    ("ENCODEFLOW_REDIS_URL", "redis://:half/other-half@127.0.0.1:6379/0", "other-half"),
-    ("ENCODEFLOW_REDIS_URL", "redis://:before#after-hash@127.0.0.1:6379/0", "after-hash"),
-    ("ENCODEFLOW_DATABASE_URL", "postgresql+psycopg://u:first@second-part@127.0.0.1/db", "second-part"),
-])
-def test_a_password_that_was_not_percent_encoded_is_refused_without_quoting_it(var, url, secret_part, monkeypatch,
-                                                                              tmp_path):
+@pytest.mark.parametrize(
+    "var, url, secret_part",
+    [
+        ("ENCODEFLOW_REDIS_URL", "redis://:half/other-half@127.0.0.1:6379/0", "other-half"),
+        ("ENCODEFLOW_REDIS_URL", "redis://:before#after-hash@127.0.0.1:6379/0", "after-hash"),
+        ("ENCODEFLOW_DATABASE_URL", "postgresql+psycopg://u:first@second-part@127.0.0.1/db", "second-part"),
+    ],
+)
+def test_a_password_that_was_not_percent_encoded_is_refused_without_quoting_it(
+    var, url, secret_part, monkeypatch, tmp_path
+):
     """Left to the drivers, such a URL fails later with their words, which quote part of the
     password ("Port could not be cast to integer value as 'half'")."""
     monkeypatch.setenv(var, url)
     with pytest.raises(SettingsError) as caught:
         Settings.load()
     assert "percent-encode" in str(caught.value) and leaks(str(caught.value), secret_part, "half", "first") == []
-    for command in ([sys.executable, "-m", "farm", "jobs"],
-                    [sys.executable, "-m", "farm_node", "--no-metrics", "--work-dir", str(tmp_path / "w")]):
+    for command in (
+        [sys.executable, "-m", "farm", "jobs"],
+        [sys.executable, "-m", "farm_node", "--no-metrics", "--work-dir", str(tmp_path / "w")],
+    ):
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "percent-encode" in result.stderr
         assert leaks(result.stderr + result.stdout, secret_part, "half", "first") == []
 
 
-@pytest.mark.parametrize("check, url, secret_part", [
-    (check_redis, "redis://:half/other-half@127.0.0.1:6379/0", "half"),
-    (check_database, "postgresql+psycopg://u:first@second-part@127.0.0.1/db", "second-part"),
-])
+@pytest.mark.parametrize(
+    "check, url, secret_part",
+    [
+        (check_redis, "redis://:half/other-half@127.0.0.1:6379/0", "half"),
+        (check_database, "postgresql+psycopg://u:first@second-part@127.0.0.1/db", "second-part"),
+    ],
+)
 def test_the_connection_checks_do_not_quote_a_misread_password(check, url, secret_part):
     result = check(url)
     assert not result.ok and leaks(result.message, secret_part) == []
@@ -140,17 +158,31 @@ class AuthS3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")  # the three IAM calls below
         self.log = (directory / "moto.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         wait_for(self._answers, timeout=60, interval=0.2, what="moto's server")
         import boto3
 
-        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",
+        )
         iam.create_user(UserName="farm")
         key = iam.create_access_key(UserName="farm")["AccessKey"]
-        iam.put_user_policy(UserName="farm", PolicyName="s3", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="farm",
+            PolicyName="s3",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+            ),
+        )
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
 
     def _answers(self) -> bool:
@@ -164,8 +196,13 @@ class AuthS3:
         import boto3
 
         name = f"ef-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id=self.key_id,
-                     aws_secret_access_key=self.secret).create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
+        ).create_bucket(Bucket=name)
         return name
 
     def stop(self) -> None:
@@ -183,9 +220,13 @@ def auth_s3(tmp_path_factory):
 
 def use_s3(monkeypatch, server: AuthS3, secret: str) -> str:
     bucket = server.bucket()
-    for var, value in (("AWS_ENDPOINT_URL", server.endpoint), ("AWS_ACCESS_KEY_ID", server.key_id),
-                       ("AWS_SECRET_ACCESS_KEY", secret), ("AWS_DEFAULT_REGION", "us-east-1"),
-                       (ENV_VARS["storage_url"], f"s3://{bucket}/farm")):
+    for var, value in (
+        ("AWS_ENDPOINT_URL", server.endpoint),
+        ("AWS_ACCESS_KEY_ID", server.key_id),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        (ENV_VARS["storage_url"], f"s3://{bucket}/farm"),
+    ):
         monkeypatch.setenv(var, value)
     return bucket
 
@@ -195,8 +236,12 @@ def test_a_wrong_s3_secret_is_named_and_never_shown(auth_s3, redis_url, clip, mo
     use_s3(monkeypatch, auth_s3, wrong)
 
     result = run_cli("-v", "submit", str(clip))
-    node = subprocess.run([sys.executable, "-m", "farm_node", "--name", "s3-node", "--no-metrics",
-                           "--log-level", "DEBUG"], capture_output=True, text=True, timeout=120)
+    node = subprocess.run(
+        [sys.executable, "-m", "farm_node", "--name", "s3-node", "--no-metrics", "--log-level", "DEBUG"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert result.returncode == 1, result.stderr
     assert "rejected the credentials (SignatureDoesNotMatch)" in result.stderr.splitlines()[-1]
@@ -237,8 +282,12 @@ def test_wrong_and_unreachable_redis_passwords_are_never_shown(password_redis, c
         assert listed.returncode == 1
         shown += submitted.stderr + jobs.stdout + listed.stdout + listed.stderr
     monkeypatch.setenv(ENV_VARS["redis_url"], wrong)
-    node = subprocess.run([sys.executable, "-m", "farm_node", "--name", "pw-node", "--no-metrics",
-                           "--log-level", "DEBUG"], capture_output=True, text=True, timeout=120)
+    node = subprocess.run(
+        [sys.executable, "-m", "farm_node", "--name", "pw-node", "--no-metrics", "--log-level", "DEBUG"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert node.returncode == 2 and "invalid username-password pair" in node.stderr
     shown += node.stdout + node.stderr
     assert leaks(shown, wrong_pw, password_redis.password) == []
@@ -283,8 +332,23 @@ def test_postgres_ssl_options_reach_the_driver_and_the_password_stays_hidden(pg_
 
     monkeypatch.setenv(ENV_VARS["database_url"], required)
     cli = run_cli("-v", "jobs")
-    node = subprocess.run([sys.executable, "-m", "farm_node", "--name", "pg-node", "--no-metrics", "--log-level",
-                           "DEBUG", "--work-dir", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    node = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "farm_node",
+            "--name",
+            "pg-node",
+            "--no-metrics",
+            "--log-level",
+            "DEBUG",
+            "--work-dir",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 1 and "SSL was required" in cli.stderr.splitlines()[-1]
     assert node.returncode == 1 and "SSL was required" in node.stderr
     shown = str(caught.value) + check_database(required).message + cli.stderr + node.stdout + node.stderr
@@ -317,8 +381,9 @@ def redis_contents(url: str) -> str:
 
 
 @pytest.mark.postgres
-def test_a_farm_configured_with_secrets_shows_none_of_them(password_redis, auth_s3, pg_with_password, clip,
-                                                           monkeypatch, tmp_path):
+def test_a_farm_configured_with_secrets_shows_none_of_them(
+    password_redis, auth_s3, pg_with_password, clip, monkeypatch, tmp_path
+):
     pg_url, pg_password = pg_with_password
     use_s3(monkeypatch, auth_s3, auth_s3.secret)
     monkeypatch.setenv(ENV_VARS["redis_url"], password_redis.url)
@@ -334,13 +399,27 @@ def test_a_farm_configured_with_secrets_shows_none_of_them(password_redis, auth_
         assert submitted.returncode == 0, submitted.stderr
         (job,) = json_lines(submitted.stdout)
         assert job["status"] == "completed"
-        outputs = [run_cli("-v", *args) for args in (("show", job["id"], "--json"), ("jobs", "--json"),
-                                                     ("nodes", "--json"), ("download", job["id"], str(tmp_path)))]
+        outputs = [
+            run_cli("-v", *args)
+            for args in (
+                ("show", job["id"], "--json"),
+                ("jobs", "--json"),
+                ("nodes", "--json"),
+                ("download", job["id"], str(tmp_path)),
+            )
+        ]
         assert all(result.returncode == 0 for result in outputs), [r.stderr for r in outputs]
     finally:
         assert node.stop() == 0
-    seen = "\n".join([submitted.stdout, submitted.stderr, node.log.read_text(), redis_contents(password_redis.url),
-                      *(r.stdout + r.stderr for r in outputs)])
+    seen = "\n".join(
+        [
+            submitted.stdout,
+            submitted.stderr,
+            node.log.read_text(),
+            redis_contents(password_redis.url),
+            *(r.stdout + r.stderr for r in outputs),
+        ]
+    )
     assert "secret-node" in seen and job["id"] in seen  # the grep reads real output
     assert leaks(seen, password_redis.password, auth_s3.secret, auth_s3.key_id, pg_password) == []
 
@@ -388,8 +467,9 @@ def _cells(model, parent, Qt) -> list[str]:
 
 @pytest.mark.postgres
 @pytest.mark.skipif(importlib.util.find_spec("PySide6") is None, reason="the panel is not installed")
-def test_the_settings_and_storage_pages_show_no_secret_after_failed_tests(qtbot, auth_s3, pg_with_password,
-                                                                          monkeypatch, tmp_path, data_dir):
+def test_the_settings_and_storage_pages_show_no_secret_after_failed_tests(
+    qtbot, auth_s3, pg_with_password, monkeypatch, tmp_path, data_dir
+):
     from PySide6.QtCore import QSettings, Qt
 
     from app.pages.settings_page import SettingsPage
@@ -405,13 +485,16 @@ def test_the_settings_and_storage_pages_show_no_secret_after_failed_tests(qtbot,
     services = AppServices(Settings.load())
     services.open()
     runner = BackgroundRunner()
-    page = SettingsPage(services, runner, None,
-                        preferences=Preferences(QSettings(str(tmp_path / "p.ini"), QSettings.IniFormat)))
+    page = SettingsPage(
+        services, runner, None, preferences=Preferences(QSettings(str(tmp_path / "p.ini"), QSettings.IniFormat))
+    )
     qtbot.addWidget(page)
     qtbot.waitUntil(lambda: page.preset_combo.count() > 1)
-    typed = {"redis": f"redis://:{redis_pw}@127.0.0.1:{free_port()}/0",
-             "database": pg_url + "?sslmode=require&connect_timeout=3",
-             "storage": f"s3://{bucket}/farm"}
+    typed = {
+        "redis": f"redis://:{redis_pw}@127.0.0.1:{free_port()}/0",
+        "database": pg_url + "?sslmode=require&connect_timeout=3",
+        "storage": f"s3://{bucket}/farm",
+    }
     for service, url in typed.items():
         page.url_edits[service].setText(url)
         page.url_edits[service].editingFinished.emit()  # the user moves on to the next field

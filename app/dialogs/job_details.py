@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFontDatabase, QGuiApplication
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QLabel, QPlainTextEdit, QPushButton,
-                               QVBoxLayout)
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout
 
-from app.models.jobs_model import format_config, parse_time, short_id
+from app.models.job_query import parse_time, short_id
+from app.models.jobs_model import format_config
 
 NO_ERROR = "No error was recorded for this job."
 NO_LOG = "No FFmpeg log was recorded for this job (it has not run, or stopped before FFmpeg started)."
@@ -64,8 +64,12 @@ class JobDetailsDialog(QDialog):
         return [
             ("Job", job["id"]),
             ("File", video.get("name") or "–"),
-            ("Status", f"{job['status']}, after {attempts} attempt{'' if attempts == 1 else 's'}"
-                       if attempts else job["status"]),
+            (
+                "Status",
+                f"{job['status']}, after {attempts} attempt{'' if attempts == 1 else 's'}"
+                if attempts
+                else job["status"],
+            ),
             ("Output", format_config(job.get("config")) + (f" → {output['key']}" if output.get("key") else "")),
             ("Node", job.get("node") or "–"),
             ("Created / started / finished", f"{when('created_at')} / {when('started_at')} / {when('finished_at')}"),
@@ -83,8 +87,9 @@ class JobDetailsDialog(QDialog):
     def _text_box(text: str, placeholder: str, *, monospace: bool) -> QPlainTextEdit:
         box = QPlainTextEdit()
         box.setReadOnly(True)
-        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse
-                                    | Qt.TextInteractionFlag.TextSelectableByKeyboard)
+        box.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse | Qt.TextInteractionFlag.TextSelectableByKeyboard
+        )
         box.setPlaceholderText(placeholder)
         box.setPlainText(text)
         if monospace:
@@ -94,7 +99,10 @@ class JobDetailsDialog(QDialog):
 
     def copy_all(self) -> None:
         job = self.job
-        parts = [f"Job {job['id']} ({job['status']})",
-                 f"Error: {job.get('error') or '(none)'}",
-                 "FFmpeg log:", job.get("log_tail") or "(none)"]
+        parts = [
+            f"Job {job['id']} ({job['status']})",
+            f"Error: {job.get('error') or '(none)'}",
+            "FFmpeg log:",
+            job.get("log_tail") or "(none)",
+        ]
         QGuiApplication.clipboard().setText("\n".join(parts))

@@ -1,1 +1,1 @@
-"""Qt item models: the tables and lists the pages show, fed from the hub and the background runner."""
+"""The panel's models: Qt item models for the tables and lists, and the plain-Python state behind them."""

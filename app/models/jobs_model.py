@@ -6,30 +6,36 @@ asks for the next page with ``fetch_requested``. Live changes arrive one job at 
 ``set_progress`` moves one bar (one cell changes), ``apply_job`` puts a re-read job in place, or
 where it belongs in the current order, or drops it once it no longer matches the filter.
 
-Rows are the job dicts of ``farm.services.db.repo.job_to_dict`` (without the log tail, which can be long).
+Rows are the jobs' JSON (``farm.domain.job.Job.to_json(log_tail=False)``: the log tail can be long).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 
-from farm.services.db.repo import order_key
+from app.models.job_query import JobQuery, parse_time, short_id
+from farm.domain.job import order_key
 
 COLUMNS = ("Job", "File", "Status", "Progress", "Format", "Node", "Created", "Finished", "Error")
-(COL_JOB, COL_FILE, COL_STATUS, COL_PROGRESS, COL_FORMAT, COL_NODE, COL_CREATED, COL_FINISHED,
- COL_ERROR) = range(len(COLUMNS))
+(COL_JOB, COL_FILE, COL_STATUS, COL_PROGRESS, COL_FORMAT, COL_NODE, COL_CREATED, COL_FINISHED, COL_ERROR) = range(
+    len(COLUMNS)
+)
 
 # Columns the database can sort by, and the ``list_jobs(order_by=...)`` field for each.
-SORT_FIELDS = {COL_FILE: "name", COL_STATUS: "status", COL_PROGRESS: "progress",
-               COL_CREATED: "created_at", COL_FINISHED: "finished_at"}
+SORT_FIELDS = {
+    COL_FILE: "name",
+    COL_STATUS: "status",
+    COL_PROGRESS: "progress",
+    COL_CREATED: "created_at",
+    COL_FINISHED: "finished_at",
+}
 # The first click on a date or progress header shows the newest/most first.
 _FIRST_DESCENDING = {COL_PROGRESS, COL_CREATED, COL_FINISHED}
 
+_NO_PARENT = QModelIndex()  # the root: a table's rows have no parent
 JOB_ROLE = Qt.ItemDataRole.UserRole + 1  # the row's job dict
 PROGRESS_ROLE = Qt.ItemDataRole.UserRole + 2  # float 0-100 for the progress delegate; None: no bar
 BAR_ENABLED_ROLE = Qt.ItemDataRole.UserRole + 3  # False: the bar is drawn greyed (the run did not succeed)
@@ -42,39 +48,6 @@ STATUS_COLOURS = {
     "cancelled": ("#4b5563", "#eff0f2"),
 }
 _BRUSHES = {status: (QBrush(QColor(fg)), QBrush(QColor(bg))) for status, (fg, bg) in STATUS_COLOURS.items()}
-
-
-@dataclass(frozen=True)
-class JobQuery:
-    """What the table shows: the filters and the order, as ``repo.list_jobs`` takes them."""
-
-    status: str | None = None
-    text: str = ""
-    since: datetime | None = None
-    order_by: str = "created_at"
-    descending: bool = True
-
-    def filters(self) -> dict[str, Any]:
-        """Keyword arguments for ``repo.count_jobs`` (and, with ``ordering()``, ``list_jobs``)."""
-        return {"status": self.status, "text": self.text or None, "since": self.since}
-
-    def ordering(self) -> dict[str, Any]:
-        return {"order_by": self.order_by, "descending": self.descending}
-
-    def matches(self, job: dict) -> bool:
-        """The same test as the database's filters, for one job re-read after an event."""
-        if self.status is not None and job["status"] != self.status:
-            return False
-        if self.text:
-            needle = self.text.lower()
-            name = ((job.get("video") or {}).get("name") or "").lower()
-            if needle not in name and needle not in job["id"].lower():
-                return False
-        if self.since is not None:
-            created = parse_time(job.get("created_at"))
-            if created is None or created < self.since:
-                return False
-        return True
 
 
 class JobsModel(QAbstractTableModel):
@@ -91,10 +64,10 @@ class JobsModel(QAbstractTableModel):
         self._key = order_key(self.query.order_by)
 
     # -- Qt's table interface ---------------------------------------------------------------
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> int:
         return 0 if parent.isValid() else len(self._jobs)
 
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> int:
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
@@ -109,7 +82,7 @@ class JobsModel(QAbstractTableModel):
             return f"{COLUMNS[section]} (not sortable)"
         return None
 
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid() or index.row() >= len(self._jobs):
             return None
         job = self._jobs[index.row()]
@@ -131,10 +104,10 @@ class JobsModel(QAbstractTableModel):
                 return brushes[0] if role == Qt.ItemDataRole.ForegroundRole else brushes[1]
         return None
 
-    def canFetchMore(self, parent: QModelIndex = QModelIndex()) -> bool:
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> bool:
         return not parent.isValid() and not self._fetching and len(self._jobs) < self.total
 
-    def fetchMore(self, parent: QModelIndex = QModelIndex()) -> None:
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> None:
         if self.canFetchMore(parent):
             self._fetching = True
             self.fetch_requested.emit(len(self._jobs))
@@ -318,9 +291,6 @@ class JobsModel(QAbstractTableModel):
 
 # -- formatting (plain functions, so the dialog and tests use the same words) ----------------------
 
-def short_id(job_id: str) -> str:
-    return job_id[:8]
-
 
 def first_line(text: str | None) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
@@ -333,15 +303,6 @@ def format_config(config: dict | None) -> str:
     if config.get("includeAudio") is False:
         text += " · no audio"
     return text
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def format_time(value: str | None, now: datetime | None = None) -> str:

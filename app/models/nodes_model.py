@@ -8,13 +8,14 @@ called once a second with the registry's list; rows are inserted, removed and ch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 
-from farm.services.registry import NodeStatus
+from farm.domain.nodes import NodeStatus
 
 # Status -> badge colour; shared with the node cards.
 STATUS_COLORS = {
@@ -28,6 +29,7 @@ STATUS_COLORS = {
 OFFLINE_TEXT = "#8a8f98"
 
 NodeRole = Qt.ItemDataRole.UserRole + 1  # the row's NodeStatus
+_NO_PARENT = QModelIndex()  # the root: a table's rows have no parent
 SortRole = Qt.ItemDataRole.UserRole + 2  # a value that sorts (numbers for numbers)
 
 COLUMNS = (
@@ -47,6 +49,7 @@ NUMERIC = {"cpu", "memory"}
 
 
 # -- text, shared with the cards (no Qt in these) ------------------------------------------------
+
 
 def format_ago(seconds: float) -> str:
     """``just now``, ``5 s ago``, ``3 min ago``, ``2 h ago``, ``4 d ago``."""
@@ -90,6 +93,7 @@ def percent_text(node: NodeStatus, key: str) -> str:
 
 # -- the model -------------------------------------------------------------------------------------
 
+
 class NodesModel(QAbstractTableModel):
     def __init__(self, parent=None, clock: Callable[[], float] = time.time):
         super().__init__(parent)
@@ -125,15 +129,23 @@ class NodesModel(QAbstractTableModel):
         # (host, encoders, tags, version), so the offline row still tells which machine it is.
         if node.online or before is None:
             return node
-        return replace(before, status=node.status, last_seen=node.last_seen or before.last_seen,
-                       cpu=0.0, memory=0.0, rss=0, running=[])
+        return replace(
+            before,
+            status=node.status,
+            last_seen=node.last_seen or before.last_seen,
+            cpu=0.0,
+            memory=0.0,
+            rss=0,
+            running=[],
+        )
 
     def refresh_times(self) -> None:
         """The "last seen" texts move with the clock even when no node changed."""
         if self._nodes:
             column = COLUMN["last_seen"]
-            self.dataChanged.emit(self.index(0, column), self.index(len(self._nodes) - 1, column),
-                                  [Qt.ItemDataRole.DisplayRole])
+            self.dataChanged.emit(
+                self.index(0, column), self.index(len(self._nodes) - 1, column), [Qt.ItemDataRole.DisplayRole]
+            )
 
     # -- reading ---------------------------------------------------------------------------------
     def nodes(self) -> list[NodeStatus]:
@@ -155,10 +167,10 @@ class NodesModel(QAbstractTableModel):
         return format_ago(self._clock() - node.last_seen)
 
     # -- QAbstractTableModel -------------------------------------------------------------------
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> int:
         return 0 if parent.isValid() else len(self._nodes)
 
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> int:
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -223,8 +235,9 @@ class NodesModel(QAbstractTableModel):
         if key == "encoders" and node.encoders:
             return ", ".join(node.encoders)
         if key == "jobs" and node.running:
-            return "\n".join(f"{job_label(j)} ({j.get('jobId')}): {float(j.get('progress') or 0):.0f} %"
-                             for j in node.running)
+            return "\n".join(
+                f"{job_label(j)} ({j.get('jobId')}): {float(j.get('progress') or 0):.0f} %" for j in node.running
+            )
         if key == "status" and not node.online:
             return "No heartbeat: the node stopped, or cannot reach Redis."
         if key == "version" and node.ffmpeg_version:

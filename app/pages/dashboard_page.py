@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import (QFrame, QGridLayout, QLabel, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget, QHeaderView, QAbstractItemView)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFrame,
+    QGridLayout,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from farm.services.db import repo
+from farm.client import FarmSummary
+from farm.domain.job import isoformat
 
 RECENT_ROWS = 10
 REFRESH_MS = 5000  # the database summary; live parts come from the hub
@@ -30,16 +38,6 @@ class StatCard(QFrame):
         self.value.setText(str(value))
 
 
-def summarize(db) -> dict:
-    """Everything the dashboard shows from the database, in one background call."""
-    since = datetime.now(timezone.utc) - timedelta(hours=1)
-    return {
-        "by_status": repo.count_by_status(db),
-        "last_hour": repo.finished_since(db, since),
-        "recent": [repo.job_to_dict(job, video) for job, video in repo.list_jobs(db, limit=RECENT_ROWS)],
-    }
-
-
 class DashboardPage(QWidget):
     title = "Dashboard"
 
@@ -55,9 +53,16 @@ class DashboardPage(QWidget):
 
         grid = QGridLayout()
         self.cards = {}
-        stats = [("queued", "Queued"), ("active", "Running"), ("completed", "Completed"), ("failed", "Failed"),
-                 ("nodes_online", "Nodes online"), ("nodes_busy", "Nodes busy"),
-                 ("hour_completed", "Finished in the last hour"), ("hour_failed", "Failed in the last hour")]
+        stats = [
+            ("queued", "Queued"),
+            ("active", "Running"),
+            ("completed", "Completed"),
+            ("failed", "Failed"),
+            ("nodes_online", "Nodes online"),
+            ("nodes_busy", "Nodes busy"),
+            ("hour_completed", "Finished in the last hour"),
+            ("hour_failed", "Failed in the last hour"),
+        ]
         for index, (key, label) in enumerate(stats):
             self.cards[key] = StatCard(label)
             grid.addWidget(self.cards[key], index // 4, index % 4)
@@ -69,12 +74,12 @@ class DashboardPage(QWidget):
         self.recent = QTableWidget(0, 5)  # ten rows of text: a widget table is the simple thing here
         self.recent.setHorizontalHeaderLabels(["File", "Status", "Progress", "Node", "Created"])
         header = self.recent.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.recent.setWordWrap(False)
         self.recent.verticalHeader().setVisible(False)
-        self.recent.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.recent.setSelectionMode(QAbstractItemView.NoSelection)
+        self.recent.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.recent.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         layout.addWidget(self.recent, 1)
         self.error = QLabel()
         self.error.setObjectName("notice")
@@ -83,7 +88,8 @@ class DashboardPage(QWidget):
 
         hub.nodes_updated.connect(self._show_nodes)
         hub.job_event.connect(self._on_event)
-        self.timer = QTimer(self, interval=REFRESH_MS, timeout=self.refresh)
+        self.timer = QTimer(self, interval=REFRESH_MS)
+        self.timer.timeout.connect(self.refresh)
         self.timer.start()
         self._show_nodes(hub.nodes)
         self.refresh()
@@ -92,30 +98,29 @@ class DashboardPage(QWidget):
         if self._loading:
             return
         self._loading = True
-        self.runner.run(lambda: summarize(self.services.farm.db), self._show, self._failed)
+        self.runner.run(lambda: self.services.farm.summary(recent=RECENT_ROWS), self._show, self._failed)
 
     def _on_event(self, event) -> None:
         if event.event in ("completed", "failed", "active", "added", "removed"):
             QTimer.singleShot(300, self.refresh)  # coalesces a burst into one query
 
-    def _show(self, summary: dict) -> None:
+    def _show(self, summary: FarmSummary) -> None:
         self._loading = False
         self.error.hide()
-        counts = summary["by_status"]
+        counts = summary.by_status
         for key in ("queued", "active", "completed", "failed"):
             self.cards[key].set(counts.get(key, 0))
-        self.cards["hour_completed"].set(summary["last_hour"].get("completed", 0))
-        self.cards["hour_failed"].set(summary["last_hour"].get("failed", 0))
-        rows = summary["recent"]
+        self.cards["hour_completed"].set(summary.last_hour.get("completed", 0))
+        self.cards["hour_failed"].set(summary.last_hour.get("failed", 0))
+        rows = summary.recent
         self.recent.setRowCount(len(rows))
         for row, job in enumerate(rows):
-            created = job["created_at"][:19].replace("T", " ") if job.get("created_at") else ""
-            values = [job["video"]["name"] if job.get("video") else job["id"], job["status"],
-                      f"{job['progress']:.0f}%", job.get("node") or "", created]
+            created = (isoformat(job.created_at) or "")[:19].replace("T", " ")
+            values = [job.video.name, job.status, f"{job.progress:.0f}%", job.node or "", created]
             for col, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 if col == 2:
-                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.recent.setItem(row, col, item)
 
     def _failed(self, exc: Exception) -> None:

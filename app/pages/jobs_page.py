@@ -1,70 +1,86 @@
 """Jobs: every job, paged from the database, kept live by the job-event stream.
 
-Loading: the first page and the count come back from the runner together; further pages load when
-the view scrolls to the end (``fetchMore``). Sorting and filters re-query the database.
-
-Live updates are pushed by ``hub.job_event``: a ``progress`` event moves one bar in place (no
-query); an event that changes a job's state queues its id, and a short timer re-reads the queued
-ids in one background call, so a burst from many nodes costs one task. After the event stream
-reconnects, the view is reloaded (events may have been missed).
+The page is the view: filters, the table, the toolbar and what each action does. Which jobs the
+table holds, when to read another page and which jobs to re-read after an event is decided by
+``JobPages`` (``app.models.job_pages``, plain Python). Sorting and filters re-query the database;
+after the event stream reconnects, the page reloads (events may have been missed).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import shiboken6
 from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QKeySequence, QPainter
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QMenu, QStyle, QTableView, QToolBar, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QStyle,
+    QTableView,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.dialogs.job_details import JobDetailsDialog
-from app.models.jobs_model import (BAR_ENABLED_ROLE, COL_CREATED, COL_FILE, COL_FINISHED, COL_FORMAT, COL_JOB,
-                                   COL_NODE, COL_PROGRESS, COL_STATUS, PROGRESS_ROLE, SORT_FIELDS, JobQuery,
-                                   JobsModel, short_id)
+from app.models.job_pages import JobPages, describe_error
+from app.models.job_query import JobQuery, short_id
+from app.models.jobs_model import (
+    BAR_ENABLED_ROLE,
+    COL_CREATED,
+    COL_FILE,
+    COL_FINISHED,
+    COL_FORMAT,
+    COL_JOB,
+    COL_NODE,
+    COL_PROGRESS,
+    COL_STATUS,
+    PROGRESS_ROLE,
+    SORT_FIELDS,
+    JobsModel,
+)
+from app.widgets.message_bar import MessageBar
 from app.widgets.progress_delegate import ProgressDelegate
-from farm.services.db import repo
+from farm.client import Farm
 from farm.domain.object_keys import sanitize_name
 
-PAGE_SIZE = 200
 TEXT_DEBOUNCE_MS = 300
 REFETCH_DELAY_MS = 100  # events for the same jobs within this window cost one database read
 INFO_MESSAGE_MS = 10_000
-# Events after which a job's row may differ from the database's (progress is handled apart).
-STATE_EVENTS = frozenset({"added", "waiting", "active", "completed", "failed", "removed", "delayed", "stalled"})
 STATUS_CHOICES = ("All", "queued", "active", "completed", "failed", "cancelled")
 DATE_CHOICES = ("Any time", "Last hour", "Today", "Last 7 days")
 # Fits 1100 px with room for the error (the last column takes what is left).
-COLUMN_WIDTHS = {COL_JOB: 78, COL_FILE: 200, COL_STATUS: 82, COL_PROGRESS: 104, COL_FORMAT: 104,
-                 COL_NODE: 100, COL_CREATED: 116, COL_FINISHED: 116}
+COLUMN_WIDTHS = {
+    COL_JOB: 78,
+    COL_FILE: 200,
+    COL_STATUS: 82,
+    COL_PROGRESS: 104,
+    COL_FORMAT: 104,
+    COL_NODE: 100,
+    COL_CREATED: 116,
+    COL_FINISHED: 116,
+}
 
 
 def created_since(choice: str, now: datetime | None = None) -> datetime | None:
     """The start of a date filter choice, in UTC ("Today" starts at local midnight)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if choice == "Last hour":
         return now - timedelta(hours=1)
     if choice == "Today":
         local = now.astimezone()
-        return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
     if choice == "Last 7 days":
         return now - timedelta(days=7)
     return None
-
-
-def _job_row(job, video) -> dict:
-    """A table row: the job's JSON without its log tail (up to 16 kB each, read when asked for)."""
-    row = repo.job_to_dict(job, video)
-    row.pop("log_tail", None)
-    return row
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text if text else type(exc).__name__
 
 
 class _JobsTable(QTableView):
@@ -79,9 +95,11 @@ class _JobsTable(QTableView):
         if self.placeholder and self.model() is not None and self.model().rowCount() == 0:
             painter = QPainter(self.viewport())
             painter.setPen(self.palette().placeholderText().color())
-            painter.drawText(self.viewport().rect().adjusted(16, 16, -16, -16),
-                             Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
-                             self.placeholder)
+            painter.drawText(
+                self.viewport().rect().adjusted(16, 16, -16, -16),
+                Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap,
+                self.placeholder,
+            )
 
 
 class JobsPage(QWidget):
@@ -93,15 +111,12 @@ class JobsPage(QWidget):
         self.setObjectName("page")
         self.services, self.runner, self.hub = services, runner, hub
         self.model = JobsModel(self)
-        self.model.fetch_requested.connect(self._fetch_page)
-        self._loading = False  # a first page is on its way
-        self._loaded_once = False
-        self._load_error: str | None = None
-        self._pending_ids: set[str] = set()  # jobs to re-read at the next refetch tick
-        self._refetching = False
-        self._touched_while_loading: dict[str, float | None] = {}  # id -> latest progress seen
-        self._probed: set[str] = set()  # running jobs without a row, read once per load to place them
-        self._wanted: str | None = None  # select_job's target, until it is loaded and selected
+        self._refetch_timer = QTimer(self, singleShot=True, interval=REFETCH_DELAY_MS)
+        self._text_timer = QTimer(self, singleShot=True, interval=TEXT_DEBOUNCE_MS)
+        self._text_timer.timeout.connect(self.reload)
+        self.pages = JobPages(self.model, self, self._farm, self._run, self._refetch_timer.start)
+        self.model.fetch_requested.connect(self.pages.fetch_page)
+        self._refetch_timer.timeout.connect(self.pages.refetch)
         self.details_dialog: JobDetailsDialog | None = None
         self.context_menu: QMenu | None = None
         # Seams for what talks to the desktop (tests replace them; the app keeps these).
@@ -110,14 +125,7 @@ class JobsPage(QWidget):
         self.ask_directory = self._ask_directory
 
         self._build()
-        self._refetch_timer = QTimer(self, singleShot=True, interval=REFETCH_DELAY_MS)
-        self._refetch_timer.timeout.connect(self._refetch)
-        self._text_timer = QTimer(self, singleShot=True, interval=TEXT_DEBOUNCE_MS)
-        self._text_timer.timeout.connect(self.reload)
-        self._message_timer = QTimer(self, singleShot=True, interval=INFO_MESSAGE_MS)
-        self._message_timer.timeout.connect(self.clear_message)
-
-        hub.job_event.connect(self._on_job_event)
+        hub.job_event.connect(self.pages.on_job_event)
         hub.events_reconnected.connect(self.reload)
 
     # -- building ------------------------------------------------------------------------------
@@ -158,36 +166,32 @@ class JobsPage(QWidget):
         self._build_actions()
         self.toolbar = QToolBar("Job actions")
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for action in (self.act_cancel, self.act_retry, None, self.act_details, self.act_open,
-                       self.act_download, self.act_copy_link, None, self.act_refresh):
+        for action in (
+            self.act_cancel,
+            self.act_retry,
+            None,
+            self.act_details,
+            self.act_open,
+            self.act_download,
+            self.act_copy_link,
+            None,
+            self.act_refresh,
+        ):
             if action is None:
                 self.toolbar.addSeparator()
             else:
                 self.toolbar.addAction(action)
         layout.addWidget(self.toolbar)
 
-        self.message_bar = QFrame()
-        bar_layout = QHBoxLayout(self.message_bar)
-        bar_layout.setContentsMargins(0, 0, 0, 0)
-        self.message_label = QLabel()
-        self.message_label.setTextFormat(Qt.TextFormat.PlainText)  # messages quote names from users and the queue
-        self.message_label.setObjectName("notice")
-        self.message_label.setWordWrap(True)
-        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
-        close.setText("✕")
-        close.setToolTip("Dismiss")
-        close.setAutoRaise(True)
-        close.clicked.connect(self.clear_message)
-        bar_layout.addWidget(self.message_label, 1)
-        bar_layout.addWidget(close)
-        self.message_bar.hide()
+        self.message_bar = MessageBar(timeout_ms=INFO_MESSAGE_MS)
+        self.message_bar.shown.connect(self.message_shown)
         layout.addWidget(self.message_bar)
 
         table = self.table = _JobsTable()
         table.setModel(self.model)
-        table.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(PROGRESS_ROLE, table,
-                                                                      enabled_role=BAR_ENABLED_ROLE))
+        table.setItemDelegateForColumn(
+            COL_PROGRESS, ProgressDelegate(PROGRESS_ROLE, table, enabled_role=BAR_ENABLED_ROLE)
+        )
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         table.setAlternatingRowColors(True)
@@ -240,30 +244,60 @@ class JobsPage(QWidget):
             self.addAction(act)
             return act
 
-        self.act_cancel = action("Cancel", pixmaps.SP_BrowserStop, self.cancel_selected,
-                                 "Cancel the selected queued or running jobs", "Delete")
-        self.act_retry = action("Retry", pixmaps.SP_MediaPlay, self.retry_selected,
-                                "Put the selected failed or cancelled jobs back in the queue", "Ctrl+R")
-        self.act_details = action("Show error and log…", pixmaps.SP_FileDialogDetailedView, self.show_details,
-                                  "The job's error and the end of its FFmpeg log", "Ctrl+I")
-        self.act_open = action("Open output", pixmaps.SP_DialogOpenButton, self.open_output,
-                               "Download the output to the cache and open it with the default application")
-        self.act_download = action("Download…", pixmaps.SP_DialogSaveButton, self.download_selected,
-                                   "Save the outputs of the selected completed jobs", "Ctrl+S")
-        self.act_copy_link = action("Copy link", pixmaps.SP_FileLinkIcon, self.copy_links,
-                                    "Copy a link to the output (on S3 it works for one hour)", "Ctrl+Shift+C")
-        self.act_refresh = action("Refresh", pixmaps.SP_BrowserReload, self.reload,
-                                  "Read the list again from the database", "F5")
+        self.act_cancel = action(
+            "Cancel",
+            pixmaps.SP_BrowserStop,
+            self.cancel_selected,
+            "Cancel the selected queued or running jobs",
+            "Delete",
+        )
+        self.act_retry = action(
+            "Retry",
+            pixmaps.SP_MediaPlay,
+            self.retry_selected,
+            "Put the selected failed or cancelled jobs back in the queue",
+            "Ctrl+R",
+        )
+        self.act_details = action(
+            "Show error and log…",
+            pixmaps.SP_FileDialogDetailedView,
+            self.show_details,
+            "The job's error and the end of its FFmpeg log",
+            "Ctrl+I",
+        )
+        self.act_open = action(
+            "Open output",
+            pixmaps.SP_DialogOpenButton,
+            self.open_output,
+            "Download the output to the cache and open it with the default application",
+        )
+        self.act_download = action(
+            "Download…",
+            pixmaps.SP_DialogSaveButton,
+            self.download_selected,
+            "Save the outputs of the selected completed jobs",
+            "Ctrl+S",
+        )
+        self.act_copy_link = action(
+            "Copy link",
+            pixmaps.SP_FileLinkIcon,
+            self.copy_links,
+            "Copy a link to the output (on S3 it works for one hour)",
+            "Ctrl+Shift+C",
+        )
+        self.act_refresh = action(
+            "Refresh", pixmaps.SP_BrowserReload, self.reload, "Read the list again from the database", "F5"
+        )
 
-    # -- loading -------------------------------------------------------------------------------
+    # -- loading (what to read is ``JobPages``'s; the page shows how it went) -----------------------
     def refresh(self) -> None:
         """Called when the page is shown: load once; later, live events keep the rows current."""
-        if (not self._loaded_once and not self._loading) or self._load_error:
+        if self.pages.needs_load:
             self.reload()
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if not self._loaded_once and not self._loading:
+        if not self.pages.loaded_once and not self.pages.loading:
             self.reload()
 
     def query(self) -> JobQuery:
@@ -279,73 +313,21 @@ class JobsPage(QWidget):
 
     def reload(self) -> None:
         """Re-read the first page for the current filters and order (the rows stay until it lands)."""
-        self._text_timer.stop()
-        query = self.query()
-        generation = self.model.begin_load(query)
-        self._loading = True
-        self._touched_while_loading = {}
-        self._probed = set()
+        self.pages.reload()
+
+    def load_started(self) -> None:
+        self._text_timer.stop()  # this load reads the search text as typed so far
         if self.model.rowCount() == 0:
             self.table.placeholder = "Loading jobs…"
             self.table.viewport().update()
-        farm_of = self._farm
 
-        def load():
-            db = farm_of().db
-            rows = repo.list_jobs(db, **query.filters(), **query.ordering(), limit=PAGE_SIZE, offset=0)
-            return [_job_row(job, video) for job, video in rows], repo.count_jobs(db, **query.filters())
-
-        self._run(load, lambda result: self._loaded(generation, *result),
-                  lambda exc: self._load_failed(generation, exc))
-
-    def _loaded(self, generation: int, jobs: list[dict], total: int) -> None:
-        if not self.model.set_jobs(jobs, total, generation):
-            return  # a newer load is on its way
-        self._loading = False
-        self._loaded_once = True
-        if self._load_error:
-            self._load_error = None
-            self.clear_message()
-        self.table.placeholder = self._empty_text()
-        self._update_count()
-        # Events that arrived while the page was in flight may be newer than what it read.
-        touched, self._touched_while_loading = self._touched_while_loading, {}
-        for job_id, progress in touched.items():
-            if progress is not None:
-                self.model.set_progress(job_id, progress)
-            self._schedule_refetch(job_id)
-        self._seek_wanted()
-
-    def _load_failed(self, generation: int, exc: Exception) -> None:
-        if generation != self.model.generation:
-            return
-        self._loading = False
-        self._load_error = _describe(exc)
-        self.table.placeholder = "The jobs could not be loaded."
-        self.table.viewport().update()
-        self.show_message(f"Could not load the jobs: {self._load_error}. Check the database in Settings, "
-                          "then press Refresh.", error=True)
-
-    def _fetch_page(self, offset: int) -> None:
-        query, generation = self.model.query, self.model.generation
-        farm_of = self._farm
-
-        def load():
-            rows = repo.list_jobs(farm_of().db, **query.filters(), **query.ordering(), limit=PAGE_SIZE, offset=offset)
-            return [_job_row(job, video) for job, video in rows]
-
-        def loaded(jobs):
-            if self.model.append_page(jobs, generation, PAGE_SIZE):
-                self._seek_wanted()
-
-        def failed(exc):
-            self.model.fetch_failed(generation)
-            if generation == self.model.generation:
-                self._wanted = None
-                self.show_message(f"Could not load more jobs: {_describe(exc)}. Scroll down again to retry.",
-                                  error=True)
-
-        self._run(load, loaded, failed)
+    def load_finished(self) -> None:
+        if self.pages.load_error:
+            self.table.placeholder = "The jobs could not be loaded."
+            self.table.viewport().update()
+        else:
+            self.table.placeholder = self._empty_text()
+            self._update_count()
 
     def _on_sort_changed(self, column: int, order: Qt.SortOrder) -> None:
         if column not in SORT_FIELDS:  # not a database column: keep the order we have
@@ -366,139 +348,30 @@ class JobsPage(QWidget):
 
     def _update_count(self, *_args) -> None:
         shown, total = self.model.rowCount(), self.model.total
-        if not self._loaded_once:
+        if not self.pages.loaded_once:
             self.count_label.setText("")
         elif shown >= total:
             self.count_label.setText(f"{shown:,} job{'s' if shown != 1 else ''}")
         else:
             self.count_label.setText(f"Showing {shown:,} of {total:,} jobs")
-        if shown == 0 and self._loaded_once:
+        if shown == 0 and self.pages.loaded_once:
             self.table.placeholder = self._empty_text()
-
-    # -- live updates ------------------------------------------------------------------------
-    def _on_job_event(self, event) -> None:
-        job_id = event.job_id
-        if not job_id:
-            return
-        if event.event == "progress":
-            percent = event.progress
-            if percent is None:
-                return
-            if self._loading:
-                self._touched_while_loading[job_id] = percent
-            if self.model.row_of(job_id) is None:
-                # Its "active" may have been read before the node recorded it; read it once more,
-                # so that a running job missing from an "active" filter shows up.
-                if job_id not in self._probed and self.model.query.status in (None, "active"):
-                    self._probed.add(job_id)
-                    self._schedule_refetch(job_id)
-            elif self.model.set_progress(job_id, percent):
-                self._schedule_refetch(job_id)  # it started: read its node too
-        elif event.event in STATE_EVENTS:
-            if self._loading:
-                self._touched_while_loading.setdefault(job_id, None)
-            self._schedule_refetch(job_id)
-
-    def _schedule_refetch(self, job_id: str) -> None:
-        self._pending_ids.add(job_id)
-        if not self._refetching and not self._refetch_timer.isActive():
-            self._refetch_timer.start()
-
-    def _refetch(self) -> None:
-        if not self._pending_ids:
-            return
-        ids, self._pending_ids = sorted(self._pending_ids), set()
-        self._refetching = True
-        farm_of = self._farm
-
-        def read():
-            db = farm_of().db
-            found = {}
-            for job_id in ids:
-                pair = repo.get_job_with_video(db, job_id)
-                found[job_id] = _job_row(*pair) if pair else None
-            return found
-
-        def done(found: dict) -> None:
-            self._refetching = False
-            for job_id, job in found.items():
-                if job is None:
-                    self.model.remove_job(job_id)
-                else:
-                    self.model.apply_job(job)
-            self._seek_wanted()
-            if self._pending_ids:
-                self._refetch_timer.start()
-
-        def failed(exc: Exception) -> None:
-            self._refetching = False
-            self.show_message(f"Could not update {len(ids)} job(s) from the database: {_describe(exc)}. "
-                              "Press Refresh to try again.", error=True)
-            if self._pending_ids:
-                self._refetch_timer.start()
-
-        self._run(read, done, failed)
 
     # -- selecting -----------------------------------------------------------------------------
     def select_job(self, job_id: str) -> None:
         """Select the job's row and scroll to it, loading it first if needed (the tray's
         "open job" and the Upload page call this). Filters that hide it are cleared."""
-        if self.model.row_of(job_id) is not None and not self._loading:
-            self._select_row(self.model.row_of(job_id))
-            return
-        self._wanted = job_id
-        farm_of = self._farm
+        self.pages.select_job(job_id)
 
-        def read():
-            pair = repo.get_job_with_video(farm_of().db, job_id)
-            return _job_row(*pair) if pair else None
-
-        def found(job):
-            if self._wanted != job_id:
-                return
-            if job is None:
-                self._wanted = None
-                self.show_message(f"Job {short_id(job_id)} is not in the database any more.", error=True)
-                return
-            if not self.query().matches(job):
-                self._clear_filters()  # reloads; the seek continues when the first page lands
-                return
-            if not self._loaded_once and not self._loading:
-                self.reload()
-                return
-            if not self._loading:
-                self.model.apply_job(job)  # a job made a moment ago may not have its row yet
-            self._seek_wanted()
-
-        def failed(exc):
-            if self._wanted == job_id:
-                self._wanted = None
-            self.show_message(f"Could not find job {short_id(job_id)}: {_describe(exc)}", error=True)
-
-        self._run(read, found, failed)
-
-    def _seek_wanted(self) -> None:
-        job_id = self._wanted
-        if job_id is None or self._loading:
-            return
-        row = self.model.row_of(job_id)
-        if row is not None:
-            self._wanted = None
-            self._select_row(row)
-        elif self.model.canFetchMore():
-            self.model.fetchMore()  # the next page may hold it; its arrival calls us again
-        elif not self.model.fetching:
-            self._wanted = None
-            self.show_message(f"Job {short_id(job_id)} is not in this list.", error=True)
-
-    def _select_row(self, row: int) -> None:
+    def select_row(self, row: int) -> None:
         index = self.model.index(row, COL_FILE)
         self.table.selectionModel().setCurrentIndex(
-            index, self.table.selectionModel().SelectionFlag.ClearAndSelect
-            | self.table.selectionModel().SelectionFlag.Rows)
+            index,
+            self.table.selectionModel().SelectionFlag.ClearAndSelect | self.table.selectionModel().SelectionFlag.Rows,
+        )
         self.table.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
 
-    def _clear_filters(self) -> None:
+    def clear_filters(self) -> None:
         for widget in (self.status_filter, self.search, self.date_filter):
             widget.blockSignals(True)
         self.status_filter.setCurrentIndex(0)
@@ -517,8 +390,9 @@ class JobsPage(QWidget):
         # Only a status change can change what applies; progress ticks must stay cheap.
         if top_left.column() <= COL_STATUS <= bottom_right.column():
             selection = self.table.selectionModel()
-            if any(selection.isRowSelected(row, QModelIndex())
-                   for row in range(top_left.row(), bottom_right.row() + 1)):
+            if any(
+                selection.isRowSelected(row, QModelIndex()) for row in range(top_left.row(), bottom_right.row() + 1)
+            ):
                 self._update_actions()
 
     def _update_actions(self, *_args) -> None:
@@ -534,11 +408,18 @@ class JobsPage(QWidget):
     def _show_context_menu(self, pos: QPoint) -> None:
         index = self.table.indexAt(pos)
         if index.isValid() and not self.table.selectionModel().isRowSelected(index.row(), QModelIndex()):
-            self._select_row(index.row())
+            self.select_row(index.row())
         self._update_actions()
         menu = QMenu(self)
-        for action in (self.act_cancel, self.act_retry, None, self.act_details, self.act_open,
-                       self.act_download, self.act_copy_link):
+        for action in (
+            self.act_cancel,
+            self.act_retry,
+            None,
+            self.act_details,
+            self.act_open,
+            self.act_download,
+            self.act_copy_link,
+        ):
             if action is None:
                 menu.addSeparator()
             else:
@@ -550,33 +431,43 @@ class JobsPage(QWidget):
 
     def cancel_selected(self) -> None:
         ids = [job["id"] for job in self.selected_jobs() if job["status"] in ("queued", "active")]
-        self._act_on(ids, "cancel", lambda farm, job_id: farm.cancel(job_id), {
-            "removed": "Job {id} cancelled",
-            "absent": "Job {id} cancelled",
-            "cancelled": "Job {id} cancelled; its node stopped FFmpeg",
-            "requested": "Cancelling job {id}: its node is stopping FFmpeg",
-        })
+        self._act_on(
+            ids,
+            "cancel",
+            lambda farm, job_id: farm.cancel(job_id),
+            {
+                "removed": "Job {id} cancelled",
+                "absent": "Job {id} cancelled",
+                "cancelled": "Job {id} cancelled; its node stopped FFmpeg",
+                "requested": "Cancelling job {id}: its node is stopping FFmpeg",
+            },
+        )
 
     def retry_selected(self) -> None:
         ids = [job["id"] for job in self.selected_jobs() if job["status"] in ("failed", "cancelled")]
-        self._act_on(ids, "retry", lambda farm, job_id: farm.retry(job_id), {
-            "retried": "Job {id} requeued",
-            "requeued": "Job {id} requeued",
-        })
+        self._act_on(
+            ids,
+            "retry",
+            lambda farm, job_id: farm.retry(job_id),
+            {
+                "retried": "Job {id} requeued",
+                "requeued": "Job {id} requeued",
+            },
+        )
 
     def _act_on(self, ids: list[str], verb: str, call, messages: dict[str, str]) -> None:
         if not ids:
             return
         farm_of = self._farm
 
-        def work():
+        def work() -> list[tuple[str, str | None, str | None]]:
             farm = farm_of()
-            results = []
+            results: list[tuple[str, str | None, str | None]] = []
             for job_id in ids:
                 try:
                     results.append((job_id, call(farm, job_id), None))
                 except Exception as exc:  # reported per job: one failure must not hide the others
-                    results.append((job_id, None, _describe(exc)))
+                    results.append((job_id, None, describe_error(exc)))
             return results
 
         def done(results):
@@ -586,10 +477,10 @@ class JobsPage(QWidget):
                     lines.append(f"Could not {verb} job {short_id(job_id)}: {error}")
                 else:
                     lines.append(messages.get(outcome, "Job {id}: " + str(outcome)).format(id=short_id(job_id)))
-                self._schedule_refetch(job_id)
+                self.pages.schedule_refetch(job_id)
             self.show_message("\n".join(lines), error=any(error for _, _, error in results))
 
-        self._run(work, done, lambda exc: self.show_message(f"Could not {verb}: {_describe(exc)}", error=True))
+        self._run(work, done, lambda exc: self.show_message(f"Could not {verb}: {describe_error(exc)}", error=True))
 
     def show_details(self) -> None:
         jobs = self.selected_jobs()
@@ -605,9 +496,11 @@ class JobsPage(QWidget):
             self.details_dialog = JobDetailsDialog(job, self)
             self.details_dialog.show()
 
-        self._run(lambda: farm_of().show(job_id), opened,
-                  lambda exc: self.show_message(f"Could not read job {short_id(job_id)}: {_describe(exc)}",
-                                                error=True))
+        self._run(
+            lambda: farm_of().show(job_id).to_json(),
+            opened,
+            lambda exc: self.show_message(f"Could not read job {short_id(job_id)}: {describe_error(exc)}", error=True),
+        )
 
     def open_output(self) -> None:
         jobs = [job for job in self.selected_jobs() if _has_output(job)]
@@ -630,12 +523,20 @@ class JobsPage(QWidget):
             if self.open_url(QUrl.fromLocalFile(str(path))):
                 self.show_message(f"Opened the output of job {short_id(job['id'])} ({path.name})")
             else:
-                self.show_message(f"The output of job {short_id(job['id'])} is at {path}, but no application "
-                                  "opened it; open it from your file manager.", error=True)
+                self.show_message(
+                    f"The output of job {short_id(job['id'])} is at {path}, but no application "
+                    "opened it; open it from your file manager.",
+                    error=True,
+                )
 
         self.show_message(f"Downloading the output of job {short_id(job['id'])}…", sticky=True)
-        self._run(fetch, fetched, lambda exc: self.show_message(
-            f"Could not open the output of job {short_id(job['id'])}: {_describe(exc)}", error=True))
+        self._run(
+            fetch,
+            fetched,
+            lambda exc: self.show_message(
+                f"Could not open the output of job {short_id(job['id'])}: {describe_error(exc)}", error=True
+            ),
+        )
 
     def download_selected(self) -> None:
         jobs = [job for job in self.selected_jobs() if _has_output(job)]
@@ -654,23 +555,27 @@ class JobsPage(QWidget):
             targets = [(job["id"], Path(folder)) for job in jobs]
         farm_of = self._farm
 
-        def work():
+        def work() -> list[tuple[str, Path | None, str | None]]:
             farm = farm_of()
-            results = []
+            results: list[tuple[str, Path | None, str | None]] = []
             for job_id, dest in targets:
                 try:
                     results.append((job_id, farm.download(job_id, dest), None))
                 except Exception as exc:
-                    results.append((job_id, None, _describe(exc)))
+                    results.append((job_id, None, describe_error(exc)))
             return results
 
         def done(results):
-            lines = [f"Saved the output of job {short_id(job_id)} to {path}" if error is None
-                     else f"Could not download job {short_id(job_id)}: {error}" for job_id, path, error in results]
+            lines = [
+                f"Saved the output of job {short_id(job_id)} to {path}"
+                if error is None
+                else f"Could not download job {short_id(job_id)}: {error}"
+                for job_id, path, error in results
+            ]
             self.show_message("\n".join(lines), error=any(error for *_, error in results))
 
         self.show_message(f"Downloading {len(targets)} output(s)…", sticky=True)
-        self._run(work, done, lambda exc: self.show_message(f"Could not download: {_describe(exc)}", error=True))
+        self._run(work, done, lambda exc: self.show_message(f"Could not download: {describe_error(exc)}", error=True))
 
     def copy_links(self) -> None:
         jobs = [job for job in self.selected_jobs() if _has_output(job)]
@@ -684,9 +589,13 @@ class JobsPage(QWidget):
             what = f"job {short_id(jobs[0]['id'])}" if len(jobs) == 1 else f"{len(jobs)} jobs"
             self.show_message(f"Copied the link to the output of {what} to the clipboard")
 
-        self._run(lambda: [farm_of().storage.presigned_url(key) for key in keys], copied,
-                  lambda exc: self.show_message(f"Could not make a link: {_describe(exc)}. Check the storage "
-                                                "settings.", error=True))
+        self._run(
+            lambda: [farm_of().link(key) for key in keys],
+            copied,
+            lambda exc: self.show_message(
+                f"Could not make a link: {describe_error(exc)}. Check the storage settings.", error=True
+            ),
+        )
 
     def _ask_save_path(self, suggested: str) -> str:
         path, _filter = QFileDialog.getSaveFileName(self, "Save the output", str(Path.home() / suggested))
@@ -698,28 +607,17 @@ class JobsPage(QWidget):
     # -- the message line ---------------------------------------------------------------------
     def show_message(self, text: str, *, error: bool = False, sticky: bool = False) -> None:
         """Say what happened under the toolbar; errors and ``sticky`` notes stay until replaced."""
-        self.message_label.setText(text)
-        self.message_label.setProperty("error", error)
-        self.message_label.setStyleSheet(
-            "QLabel#notice { background: #fdecea; border: 1px solid #f1b7b1; border-radius: 6px;"
-            " padding: 6px 10px; color: #8a1c12; }" if error else "")
-        self.message_bar.show()
-        if error or sticky:
-            self._message_timer.stop()
-        else:
-            self._message_timer.start()
-        self.message_shown.emit(text, error)
+        self.message_bar.show_message(text, error=error, sticky=sticky)
 
     def clear_message(self) -> None:
-        self.message_label.clear()
-        self.message_bar.hide()
+        self.message_bar.clear()
 
     @property
     def message(self) -> str:
-        return self.message_label.text() if self.message_bar.isVisibleTo(self) else ""
+        return self.message_bar.text
 
     # -- plumbing --------------------------------------------------------------------------------
-    def _farm(self):
+    def _farm(self) -> Farm:
         """The farm client at call time (Settings may replace it); read on the pool thread."""
         return self.services.farm
 
@@ -730,6 +628,7 @@ class JobsPage(QWidget):
             def call(value):
                 if shiboken6.isValid(self):
                     callback(value)
+
             return call
 
         self.runner.run(fn, alive(on_done), alive(on_error))

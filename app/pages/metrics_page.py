@@ -1,4 +1,7 @@
-"""Metrics: the whole fleet's CPU and memory (one curve per node), queue depth, and jobs per minute.
+"""Metrics: the whole fleet's CPU and memory, queue depth, and jobs per minute.
+
+The CPU and memory charts draw a curve per node up to 12 nodes; past that, every node in one grey
+curve plus the fleet's average (``FLEET``, see ``LiveChart``), which keeps a tick cheap with many nodes.
 
 Everything is live from the hub: node samples (``samples_added``), queue counts
 (``counts_updated``, once a second) and job events (``job_event``: completed and failed, counted
@@ -13,35 +16,28 @@ every minute while shown. The live charts keep filling meanwhile, so switching b
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from app.hub import FarmHub
+from app.rates import MINUTE, MinuteRates, minute_start, stream_id_time
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.live_chart import LiveChart
-from farm.services.prometheus import MAX_POINTS, History, PrometheusClient
-from app.rates import MINUTE, MinuteRates, minute_start, stream_id_time
 from farm.base.redact import redact_url
-from farm.services.registry import MAX_SAMPLES
+from farm.domain.nodes import MAX_SAMPLES
+from farm.services.prometheus import MAX_POINTS, History, PrometheusClient
 
 RATE_WINDOW_MINUTES = 60
 QUEUE_SERIES = (("waiting", "Waiting", "#d9822b"), ("active", "Active", "#2f6fdb"))
 RATE_SERIES = (("completed", "Completed", "#2e9e5b"), ("failed", "Failed", "#d62728"))
 HISTORY_HOURS = 24
 # More nodes than this: one grey curve for all of them and their average (see LiveChart).
-FLEET = dict(max_curves=12, group_label="nodes")
+FLEET: dict[str, Any] = dict(max_curves=12, group_label="nodes")
 HISTORY_REFRESH_MS = 60_000
-
-
-def load_fleet_samples(services: AppServices) -> dict[str, list[dict]]:
-    """Every known node's stored samples, oldest first (blocking: run it through the runner)."""
-    registry = services.registry()
-    try:
-        return {node.name: registry.samples(node.name) for node in registry.nodes()}
-    finally:
-        registry.redis.close()
 
 
 class MetricsPage(QWidget):
@@ -76,13 +72,20 @@ class MetricsPage(QWidget):
         self.error.setWordWrap(True)
         self.error.hide()
 
-        self.cpu_chart = LiveChart("CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES,
-                                   **FLEET)
-        self.mem_chart = LiveChart("Memory in use per node (% of the machine)", "%", y_range=(0, 100),
-                                   capacity=MAX_SAMPLES, **FLEET)
+        self.cpu_chart = LiveChart(
+            "CPU per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES, **FLEET
+        )
+        self.mem_chart = LiveChart(
+            "Memory in use per node (% of the machine)", "%", y_range=(0, 100), capacity=MAX_SAMPLES, **FLEET
+        )
         self.queue_chart = LiveChart("Queue depth (jobs)", "jobs", y_range=None, capacity=MAX_SAMPLES)
-        self.rate_chart = LiveChart("Jobs finished per minute (last hour)", "jobs / min", y_range=None,
-                                    window_s=RATE_WINDOW_MINUTES * MINUTE, capacity=RATE_WINDOW_MINUTES + 1)
+        self.rate_chart = LiveChart(
+            "Jobs finished per minute (last hour)",
+            "jobs / min",
+            y_range=None,
+            window_s=RATE_WINDOW_MINUTES * MINUTE,
+            capacity=RATE_WINDOW_MINUTES + 1,
+        )
         for key, label, color in QUEUE_SERIES:
             self.queue_chart.add_series(key, label, color)
         for key, label, color in RATE_SERIES:
@@ -121,7 +124,7 @@ class MetricsPage(QWidget):
         if self._history != "not loaded":
             return
         self._history = "loading"
-        self.runner.run(lambda: load_fleet_samples(self.services), self._history_loaded, self._history_failed)
+        self.runner.run(lambda: self.services.farm.node_history(), self._history_loaded, self._history_failed)
 
     # -- feeding -------------------------------------------------------------------------------------
     def add_samples(self, fresh: dict) -> None:
@@ -169,7 +172,8 @@ class MetricsPage(QWidget):
         self.summary.setText(
             f"{online} of {len(nodes)} node{'s' if len(nodes) != 1 else ''} online · "
             f"{counts.get('waiting', 0)} waiting, {counts.get('active', 0)} running · last hour: "
-            f"{self.rates.total('completed')} completed, {self.rates.total('failed')} failed")
+            f"{self.rates.total('completed')} completed, {self.rates.total('failed')} failed"
+        )
 
     def _history_loaded(self, history: dict[str, list[dict]]) -> None:
         self._history = "loaded"
@@ -185,8 +189,10 @@ class MetricsPage(QWidget):
 
     def _history_failed(self, exc: Exception) -> None:
         self._history = "not loaded"  # the next visit tries again
-        self.error.setText(f"Could not load the nodes' last 10 minutes from Redis ({exc}). The charts fill "
-                           "from now on; check the Redis connection in the status bar.")
+        self.error.setText(
+            f"Could not load the nodes' last 10 minutes from Redis ({exc}). The charts fill "
+            "from now on; check the Redis connection in the status bar."
+        )
         self.error.show()
 
     # -- the last 24 hours from Prometheus -------------------------------------------------------------
@@ -195,13 +201,16 @@ class MetricsPage(QWidget):
         return self.services.settings.prometheus_url
 
     def _offer_history(self) -> None:
-        item = self.range_combo.model().item(1)
-        item.setEnabled(bool(self.prometheus_url))
+        model = self.range_combo.model()
+        assert isinstance(model, QStandardItemModel)  # what a QComboBox keeps its items in
+        model.item(1).setEnabled(bool(self.prometheus_url))
         if self.prometheus_url:
             self.range_combo.setToolTip(f"History from Prometheus at {redact_url(self.prometheus_url)}")
             return
-        self.range_combo.setToolTip("Set a Prometheus URL (Settings, or ENCODEFLOW_PROMETHEUS_URL) to see the "
-                                    f"last {HISTORY_HOURS} hours; without it the charts show Redis' last 10 minutes")
+        self.range_combo.setToolTip(
+            "Set a Prometheus URL (Settings, or ENCODEFLOW_PROMETHEUS_URL) to see the "
+            f"last {HISTORY_HOURS} hours; without it the charts show Redis' last 10 minutes"
+        )
         if self.showing_history():
             self.range_combo.setCurrentIndex(0)
 
@@ -236,15 +245,18 @@ class MetricsPage(QWidget):
         if self.history_charts:
             return
         window = HISTORY_HOURS * 3600
-        options = dict(window_s=window, min_span_s=window, capacity=MAX_POINTS + 10)
+        options: dict[str, Any] = dict(window_s=window, min_span_s=window, capacity=MAX_POINTS + 10)
         self.history_charts = {
-            "cpu": LiveChart(f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100),
-                             **options, **FLEET),
-            "memory": LiveChart(f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100),
-                                **options, **FLEET),
+            "cpu": LiveChart(
+                f"CPU per node, last {HISTORY_HOURS} h (% of the machine)", "%", y_range=(0, 100), **options, **FLEET
+            ),
+            "memory": LiveChart(
+                f"Memory in use per node, last {HISTORY_HOURS} h (%)", "%", y_range=(0, 100), **options, **FLEET
+            ),
             "queue": LiveChart(f"Queue depth, last {HISTORY_HOURS} h (jobs)", "jobs", y_range=None, **options),
-            "finished": LiveChart(f"Jobs finished per minute, last {HISTORY_HOURS} h", "jobs / min", y_range=None,
-                                  **options),
+            "finished": LiveChart(
+                f"Jobs finished per minute, last {HISTORY_HOURS} h", "jobs / min", y_range=None, **options
+            ),
         }
         for key, label, color in QUEUE_SERIES:
             self.history_charts["queue"].add_series(key, label, color)
@@ -257,8 +269,9 @@ class MetricsPage(QWidget):
             return
         self._prometheus_busy = True
         url = self.prometheus_url
-        self.runner.run(lambda: PrometheusClient(url).fleet_history(HISTORY_HOURS), self._prometheus_loaded,
-                        self._prometheus_failed)
+        self.runner.run(
+            lambda: PrometheusClient(url).fleet_history(HISTORY_HOURS), self._prometheus_loaded, self._prometheus_failed
+        )
 
     def _prometheus_loaded(self, history: History) -> None:
         self._prometheus_busy = False
@@ -272,9 +285,10 @@ class MetricsPage(QWidget):
             chart.flush()
         nodes = len(history.series.get("cpu", {}))
         self.history_status.setText(
-            f"From Prometheus at {redact_url(self.prometheus_url)}: {nodes} node{'s' if nodes != 1 else ''}, "
+            f"From Prometheus at {redact_url(self.prometheus_url or '')}: {nodes} node{'s' if nodes != 1 else ''}, "
             f"one point every {_span(history.step)}; updated {time.strftime('%H:%M', time.localtime(history.end))}, "
-            "every minute while shown.")
+            "every minute while shown."
+        )
         self.history_status.setStyleSheet("")
 
     def _prometheus_failed(self, exc: Exception) -> None:

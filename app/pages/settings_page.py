@@ -16,15 +16,29 @@ import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout,
-                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
-                               QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app import credentials
 from app.preferences import Preferences
 from app.widgets.url_edit import UrlEdit
-from farm.services.checks import CheckResult, check_database, check_prometheus, check_redis, check_storage
 from farm.base.settings import DEFAULT_QUEUE, ENV_VARS, Settings, SettingsError, default_config_path
+from farm.services.checks import CheckResult, check_database, check_prometheus, check_redis, check_storage
 
 OK_STYLE = "color: #1e7d32;"
 ERROR_STYLE = "color: #b3261e;"
@@ -67,8 +81,8 @@ class SettingsPage(QWidget):
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         body = QWidget()
         body.setObjectName("page")
         grid = QGridLayout(body)
@@ -109,7 +123,7 @@ class SettingsPage(QWidget):
             result = QLabel()
             result.setObjectName(f"{service}Result")
             result.setWordWrap(True)
-            result.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             result.hide()
             self.url_edits[service], self.test_buttons[service], self.results[service] = edit, button, result
             optional = " (optional)" if service == "prometheus" else ""
@@ -162,7 +176,7 @@ class SettingsPage(QWidget):
         self.key_id_edit.setObjectName("accessKeyId")
         self.secret_edit = QLineEdit()
         self.secret_edit.setObjectName("secretAccessKey")
-        self.secret_edit.setEchoMode(QLineEdit.Password)
+        self.secret_edit.setEchoMode(QLineEdit.EchoMode.Password)
         for edit in (self.key_id_edit, self.secret_edit):
             edit.setEnabled(False)
             edit.textEdited.connect(lambda _text: self._mark_dirty())
@@ -186,8 +200,13 @@ class SettingsPage(QWidget):
         for check in (self.notify_completed_check, self.notify_failed_check):
             check.setStyleSheet("margin-left: 20px;")
         self.notifications_check.toggled.connect(self._master_toggled)
-        for check in (self.notifications_check, self.notify_completed_check, self.notify_failed_check,
-                      self.close_to_tray_check, self.keep_farm_check):
+        for check in (
+            self.notifications_check,
+            self.notify_completed_check,
+            self.notify_failed_check,
+            self.close_to_tray_check,
+            self.keep_farm_check,
+        ):
             check.toggled.connect(lambda _on: self._mark_dirty())
             layout.addWidget(check)
         layout.addStretch(1)
@@ -208,8 +227,8 @@ class SettingsPage(QWidget):
         self.status = QLabel()
         self.status.setObjectName("saveStatus")
         self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.status.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.revert_button = QPushButton("Revert")
         self.revert_button.setToolTip("Show the settings in use again, dropping unsaved changes")
         self.revert_button.clicked.connect(self.revert)
@@ -230,11 +249,12 @@ class SettingsPage(QWidget):
         self.url_edits["storage"].set_url(settings.storage_url)
         self.url_edits["prometheus"].set_url(settings.prometheus_url)
         self.url_edits["prometheus"].setPlaceholderText(
-            "empty: no history beyond Redis' 10 minutes (e.g. http://prometheus:9090 for the last 24 hours)")
+            "empty: no history beyond Redis' 10 minutes (e.g. http://prometheus:9090 for the last 24 hours)"
+        )
         self.url_edits["redis"].setPlaceholderText(
-            "empty: the local farm's embedded Redis, started by this app (e.g. redis://host:6379/0 for a shared farm)")
-        self.url_edits["database"].setPlaceholderText(
-            f"empty: SQLite file {settings.data_dir / 'encodeflow.db'}")
+            "empty: the local farm's embedded Redis, started by this app (e.g. redis://host:6379/0 for a shared farm)"
+        )
+        self.url_edits["database"].setPlaceholderText(f"empty: SQLite file {settings.data_dir / 'encodeflow.db'}")
         self.url_edits["storage"].setPlaceholderText(f"empty: the folder {settings.data_dir / 'storage'}")
         self.queue_edit.setText("" if settings.queue == DEFAULT_QUEUE else settings.queue)
         self.notifications_check.setChecked(settings.notifications)
@@ -243,15 +263,19 @@ class SettingsPage(QWidget):
         self.notify_failed_check.setChecked(self.preferences.notify_failed)
         self.close_to_tray_check.setChecked(self.preferences.close_to_tray)
         self._master_toggled(settings.notifications)
-        self._fill_presets([self.preset_combo.itemData(i) for i in range(1, self.preset_combo.count())],
-                           settings.default_preset)
-        overridden = [var for name, var in ENV_VARS.items()
-                      if name in ("redis_url", "database_url", "storage_url", "prometheus_url", "queue")
-                      and os.environ.get(var)]
+        self._fill_presets(
+            [self.preset_combo.itemData(i) for i in range(1, self.preset_combo.count())], settings.default_preset
+        )
+        overridden = [
+            var
+            for name, var in ENV_VARS.items()
+            if name in ("redis_url", "database_url", "storage_url", "prometheus_url", "queue") and os.environ.get(var)
+        ]
         if overridden:
             self.env_notice.setText(
                 f"Set in the environment, and stronger than the config file: {', '.join(overridden)}. "
-                "What you save here for these applies only where they are not set.")
+                "What you save here for these applies only where they are not set."
+            )
         self.env_notice.setVisible(bool(overridden))
         for service in SERVICES:
             set_result(self.results[service], None)
@@ -285,7 +309,9 @@ class SettingsPage(QWidget):
             self._stored_credentials = stored
             self.key_id_edit.setText(stored.access_key_id if stored else "")
             self.secret_edit.setText(stored.secret if stored else "")
-        current = self.preset_combo.currentData() if self.preset_combo.count() else self.services.settings.default_preset
+        current = (
+            self.preset_combo.currentData() if self.preset_combo.count() else self.services.settings.default_preset
+        )
         self._fill_presets(preset_names, current)
 
     def _show_read_error(self, exc: Exception) -> None:
@@ -376,8 +402,10 @@ class SettingsPage(QWidget):
         except SettingsError as exc:
             self._show_status(f"Not saved: {exc}", ok=False)
             return
-        checks = {service: self._check_call(service, getattr(settings, f"{service}_url"), settings.data_dir)
-                  for service in SERVICES}
+        checks = {
+            service: self._check_call(service, getattr(settings, f"{service}_url"), settings.data_dir)
+            for service in SERVICES
+        }
         new_credentials = self._credentials_to_store()
 
         def task():
@@ -472,4 +500,3 @@ def _check_embedded_redis(services) -> CheckResult:
         return CheckResult(True, "the embedded Redis, started with the local farm (not running now)")
     result = check_redis(url)
     return CheckResult(result.ok, f"embedded: {result.message}")
-

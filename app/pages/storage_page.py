@@ -1,7 +1,7 @@
 """Storage: browse the bucket or folder (inputs/, outputs/ → job folders → files), download,
 delete with confirmation, copy a presigned link.
 
-The listing is one ``storage.list("")`` in the background runner, turned into a tree of folders
+The listing is one ``farm.stored_objects("")`` in the background runner, turned into a tree of folders
 (``build_tree``, plain Python) and shown on a ``QStandardItemModel``. Folders show the total size
 and the latest change of what they hold; deleting a folder deletes its whole prefix.
 """
@@ -15,15 +15,28 @@ from pathlib import Path
 
 from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QGuiApplication, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMenu,
-                               QMessageBox, QProgressBar, QPushButton, QStyle, QTreeView, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStyle,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
 
-from farm.services.storage import StoredObject, TransferCancelled
+from farm.base.units import format_size
+from farm.client import StoredObject, TransferCancelled
 
-KEY_ROLE = Qt.UserRole + 1  # the object's key, or the folder's prefix
-FOLDER_ROLE = Qt.UserRole + 2
-SORT_ROLE = Qt.UserRole + 3
+KEY_ROLE = Qt.ItemDataRole.UserRole + 1  # the object's key, or the folder's prefix
+FOLDER_ROLE = Qt.ItemDataRole.UserRole + 2
+SORT_ROLE = Qt.ItemDataRole.UserRole + 3
 LINK_EXPIRES_S = 3600
 PROGRESS_TICK_MS = 100
 REFRESH_AFTER_JOB_MS = 1500  # a finished job's output appears without a click, a moment later
@@ -38,7 +51,7 @@ MUTED_STYLE = "color: #5b6475;"
 @dataclass
 class Folder:
     prefix: str  # "" for the root, "outputs", "outputs/<job id>"
-    folders: dict[str, "Folder"] = field(default_factory=dict)
+    folders: dict[str, Folder] = field(default_factory=dict)
     files: list[StoredObject] = field(default_factory=list)
     size: int = 0
     count: int = 0
@@ -71,15 +84,6 @@ def build_tree(objects) -> Folder:
             if folder.modified is None or obj.modified > folder.modified:
                 folder.modified = obj.modified
     return root
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def local_time(moment: datetime | None) -> str:
@@ -131,28 +135,30 @@ class StoragePage(QWidget):
         layout.addWidget(heading)
 
         bar = QHBoxLayout()
-        self.refresh_button = self._button("Refresh", QStyle.SP_BrowserReload, self.refresh, "F5")
-        self.download_button = self._button("Download…", QStyle.SP_DialogSaveButton, self.download)
-        self.delete_button = self._button("Delete…", QStyle.SP_TrashIcon, self.delete, "Del")
-        self.link_button = self._button("Copy link", QStyle.SP_FileLinkIcon, self.copy_link)
-        self.link_button.setToolTip(f"Copy a link that reads the file without credentials, valid for "
-                                    f"{LINK_EXPIRES_S // 3600} hour")
+        self.refresh_button = self._button("Refresh", QStyle.StandardPixmap.SP_BrowserReload, self.refresh, "F5")
+        self.download_button = self._button("Download…", QStyle.StandardPixmap.SP_DialogSaveButton, self.download)
+        self.delete_button = self._button("Delete…", QStyle.StandardPixmap.SP_TrashIcon, self.delete, "Del")
+        self.link_button = self._button("Copy link", QStyle.StandardPixmap.SP_FileLinkIcon, self.copy_link)
+        self.link_button.setToolTip(
+            f"Copy a link that reads the file without credentials, valid for {LINK_EXPIRES_S // 3600} hour"
+        )
         for button in (self.refresh_button, self.download_button, self.delete_button, self.link_button):
             bar.addWidget(button)
         bar.addStretch(1)
         self.summary = QLabel()
         self.summary.setObjectName("storageSummary")
         self.summary.setStyleSheet(MUTED_STYLE)
-        self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         bar.addWidget(self.summary)
         layout.addLayout(bar)
 
         self.error = QLabel()
         self.error.setObjectName("storageError")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet(f"{ERROR_STYLE} background: #fdecea; border: 1px solid #f3b8b2; "
-                                 "border-radius: 6px; padding: 6px 10px;")
-        self.error.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.error.setStyleSheet(
+            f"{ERROR_STYLE} background: #fdecea; border: 1px solid #f3b8b2; border-radius: 6px; padding: 6px 10px;"
+        )
+        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error.hide()
         layout.addWidget(self.error)
 
@@ -164,17 +170,17 @@ class StoragePage(QWidget):
         self.view.setModel(self.model)
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
-        self.view.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.view.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.view.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.setSortingEnabled(True)
-        self.view.sortByColumn(0, Qt.AscendingOrder)
+        self.view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         header = self.view.header()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeToContents)
-        self.view.setContextMenuPolicy(Qt.CustomContextMenu)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.view.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
         self.view.doubleClicked.connect(self._double_clicked)
@@ -226,11 +232,12 @@ class StoragePage(QWidget):
         self.summary.setText("Loading…")
 
         def listing():
-            storage = services.farm.storage
-            return storage.url, list(storage.list(""))
+            farm = services.farm
+            return farm.storage_url, farm.stored_objects("")
 
-        self.runner.run(listing, lambda result: self._listed(generation, *result),
-                        lambda exc: self._list_failed(generation, exc))
+        self.runner.run(
+            listing, lambda result: self._listed(generation, *result), lambda exc: self._list_failed(generation, exc)
+        )
 
     def _listed(self, generation: int, url: str, objects: list[StoredObject]) -> None:
         if generation != self._generation:
@@ -246,7 +253,7 @@ class StoragePage(QWidget):
         self._restore(expanded, selected)
         self._loaded_once = True
         if objects:
-            self.summary.setText(f"{url} — {plural(len(objects), 'object')}, {human_size(self.tree_data.size)}")
+            self.summary.setText(f"{url} — {plural(len(objects), 'object')}, {format_size(self.tree_data.size)}")
         else:
             self.summary.setText(f"{url} — empty: uploaded videos appear under inputs/, results under outputs/")
         self._update_actions()
@@ -256,13 +263,15 @@ class StoragePage(QWidget):
             return
         self.refresh_button.setEnabled(True)
         self.summary.setText("")
-        self._show_error(f"Cannot list the storage: {exc}. Check the Storage URL on the Settings page "
-                         "(its Test button says what is wrong), then press Refresh.")
+        self._show_error(
+            f"Cannot list the storage: {exc}. Check the Storage URL on the Settings page "
+            "(its Test button says what is wrong), then press Refresh."
+        )
 
     def _add_folder(self, parent: QStandardItem, folder: Folder) -> None:
         icons = self.style()
-        folder_icon = icons.standardIcon(QStyle.SP_DirIcon)
-        file_icon = icons.standardIcon(QStyle.SP_FileIcon)
+        folder_icon = icons.standardIcon(QStyle.StandardPixmap.SP_DirIcon)
+        file_icon = icons.standardIcon(QStyle.StandardPixmap.SP_FileIcon)
         for name, child in folder.folders.items():
             row = self._row(f"{name}/", child.prefix, True, child.size, child.modified, folder_icon)
             row[0].setToolTip(f"{child.prefix}/ — {plural(child.count, 'object')}")
@@ -279,10 +288,10 @@ class StoragePage(QWidget):
         name_item = QStandardItem(icon, name)
         # Folders sort before files whichever way the column is sorted by name.
         name_item.setData(f"{0 if is_folder else 1}{name.lower()}", SORT_ROLE)
-        size_item = QStandardItem(human_size(size))
+        size_item = QStandardItem(format_size(size))
         size_item.setData(size, SORT_ROLE)
-        size_item.setData(f"{size:,} bytes", Qt.ToolTipRole)
-        size_item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        size_item.setData(f"{size:,} bytes", Qt.ItemDataRole.ToolTipRole)
+        size_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         time_item = QStandardItem(local_time(modified))
         time_item.setData(modified.timestamp() if modified else 0.0, SORT_ROLE)
         for item in (name_item, size_item, time_item):
@@ -326,7 +335,8 @@ class StoragePage(QWidget):
         targets = [(index.data(KEY_ROLE), bool(index.data(FOLDER_ROLE))) for index in rows]
         folders = [key for key, is_folder in targets if is_folder]
         return sorted(
-            (key, is_folder) for key, is_folder in targets
+            (key, is_folder)
+            for key, is_folder in targets
             if not any(key != folder and key.startswith(folder + "/") for folder in folders)
         )
 
@@ -343,7 +353,7 @@ class StoragePage(QWidget):
             parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
             for obj in by_key.values():
                 if obj.key.startswith(key + "/"):
-                    found.append((obj, obj.key[len(parent):]))
+                    found.append((obj, obj.key[len(parent) :]))
         return found
 
     def _update_actions(self) -> None:
@@ -373,7 +383,8 @@ class StoragePage(QWidget):
         items = self._objects_for(targets)
         if not items or self._transfer is not None:
             return
-        downloads = QStandardPaths.writableLocation(QStandardPaths.DownloadLocation) or str(Path.home())
+        location = QStandardPaths.StandardLocation.DownloadLocation
+        downloads = QStandardPaths.writableLocation(location) or str(Path.home())
         if len(targets) == 1 and not targets[0][1]:
             obj, name = items[0]
             chosen, _ = QFileDialog.getSaveFileName(self, "Download", str(Path(downloads) / name))
@@ -393,10 +404,10 @@ class StoragePage(QWidget):
         services = self.services
 
         def task():
-            storage = services.farm.storage
+            farm = services.farm
             for index, (key, dest, size) in enumerate(plan):
                 transfer.index, transfer.name, transfer.current = index + 1, key.rsplit("/", 1)[-1], 0
-                storage.download_file(key, dest, progress=_setter(transfer), cancel=transfer.cancel)
+                farm.download_object(key, dest, progress=_setter(transfer), cancel=transfer.cancel)
                 transfer.base += size
                 transfer.current = 0
             return plan
@@ -425,8 +436,9 @@ class StoragePage(QWidget):
         self.progress.setFormat(f"{done * 100 // transfer.total if transfer.total else 0} %")
         which = f" ({transfer.index} of {transfer.count})" if transfer.count > 1 else ""
         self.progress_label.setStyleSheet(MUTED_STYLE)
-        self.progress_label.setText(f"Downloading {transfer.name}{which} — "
-                                    f"{human_size(done)} of {human_size(transfer.total)}")
+        self.progress_label.setText(
+            f"Downloading {transfer.name}{which} — {format_size(done)} of {format_size(transfer.total)}"
+        )
 
     def _finish_transfer(self) -> None:
         self.progress_timer.stop()
@@ -440,7 +452,7 @@ class StoragePage(QWidget):
         self._finish_transfer()
         where = plan[0][1] if len(plan) == 1 else _common_folder([dest for _key, dest, _size in plan])
         self.progress_label.setStyleSheet(OK_STYLE)
-        self.progress_label.setText(f"Downloaded {plural(len(plan), 'file')} ({human_size(total)}) to {where}")
+        self.progress_label.setText(f"Downloaded {plural(len(plan), 'file')} ({format_size(total)}) to {where}")
 
     def _download_failed(self, exc: Exception) -> None:
         self._finish_transfer()
@@ -457,20 +469,20 @@ class StoragePage(QWidget):
         if not targets:
             return
         question = self._delete_question(targets)
-        answer = QMessageBox.question(self, "Delete from storage", question,
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
-        if answer != QMessageBox.Yes:
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(self, "Delete from storage", question, buttons.Yes | buttons.No, buttons.No)
+        if answer != QMessageBox.StandardButton.Yes:
             return
         services = self.services
 
         def task():
-            storage = services.farm.storage
+            farm = services.farm
             removed = 0
             for key, is_folder in targets:
                 if is_folder:
-                    removed += storage.delete_prefix(key)
+                    removed += farm.delete_prefix(key)
                 else:
-                    storage.delete(key)
+                    farm.delete_object(key)
                     removed += 1
             return removed
 
@@ -482,8 +494,9 @@ class StoragePage(QWidget):
         counts = {folder.prefix: folder.count for folder in _all_folders(self.tree_data)}
         names = []
         for key, is_folder in targets[:10]:
-            names.append(f"• {key}/ (the folder and its {plural(counts.get(key, 0), 'object')})"
-                         if is_folder else f"• {key}")
+            names.append(
+                f"• {key}/ (the folder and its {plural(counts.get(key, 0), 'object')})" if is_folder else f"• {key}"
+            )
         if len(targets) > 10:
             names.append(f"• … and {len(targets) - 10} more")
         what = "this" if len(targets) == 1 else f"these {len(targets)} items"
@@ -510,12 +523,13 @@ class StoragePage(QWidget):
         services = self.services
 
         def task():
-            storage = services.farm.storage
-            url = storage.presigned_url(key, expires=LINK_EXPIRES_S)
-            return url
+            return services.farm.link(key, expires=LINK_EXPIRES_S)
 
-        self.runner.run(task, lambda url: self._link_ready(key, url),
-                        lambda exc: self._show_error(f"Cannot make a link to {key}: {exc}"))
+        self.runner.run(
+            task,
+            lambda url: self._link_ready(key, url),
+            lambda exc: self._show_error(f"Cannot make a link to {key}: {exc}"),
+        )
 
     def _link_ready(self, key: str, url: str) -> None:
         QGuiApplication.clipboard().setText(url)
@@ -544,6 +558,7 @@ class StoragePage(QWidget):
 def _setter(transfer: _Transfer):
     def progress(done: int) -> None:
         transfer.current = done  # one int assignment: safe to read from the GUI thread
+
     return progress
 
 

@@ -17,16 +17,7 @@ from app.models.nodes_model import STATUS_COLORS, format_ago, running_text
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.live_chart import LiveChart
-from farm.services.registry import MAX_SAMPLES, NodeStatus
-
-
-def load_samples(services: AppServices, name: str) -> list[dict]:
-    """The node's stored samples, oldest first (blocking: run it through the runner)."""
-    registry = services.registry()
-    try:
-        return registry.samples(name)
-    finally:
-        registry.redis.close()
+from farm.domain.nodes import MAX_SAMPLES, NodeStatus
 
 
 class WorkerDetail(QWidget):
@@ -75,7 +66,7 @@ class WorkerDetail(QWidget):
         hub.samples_added.connect(self._on_samples)
         hub.nodes_updated.connect(self._on_nodes)
         self._on_nodes(hub.nodes)
-        runner.run(lambda: load_samples(services, name), self._seeded, self._seed_failed)
+        runner.run(lambda: services.farm.node_samples(name), self._seeded, self._seed_failed)
 
     @property
     def is_closed(self) -> bool:
@@ -109,8 +100,10 @@ class WorkerDetail(QWidget):
     def _seed_failed(self, exc: Exception) -> None:
         if self._closed:
             return
-        self.error.setText(f"Could not load {self.name}'s last 10 minutes from Redis ({exc}). "
-                           "The charts fill from now on; check the Redis connection in the status bar.")
+        self.error.setText(
+            f"Could not load {self.name}'s last 10 minutes from Redis ({exc}). "
+            "The charts fill from now on; check the Redis connection in the status bar."
+        )
         self.error.show()
 
     def _on_nodes(self, nodes: list[NodeStatus]) -> None:
@@ -121,14 +114,19 @@ class WorkerDetail(QWidget):
             return
         color = STATUS_COLORS.get(node.status, STATUS_COLORS["offline"])
         self.badge.setText(node.status)
-        self.badge.setStyleSheet(f"background: {color}; color: #ffffff; border-radius: 9px; "
-                                 "padding: 2px 10px; font-weight: 600;")
+        self.badge.setStyleSheet(
+            f"background: {color}; color: #ffffff; border-radius: 9px; padding: 2px 10px; font-weight: 600;"
+        )
         if node.online:
-            parts = [node.host or "unknown host", f"CPU {node.cpu:.0f} %", f"memory {node.memory * 100:.0f} %",
-                     f"running: {running_text(node)}"]
+            parts = [
+                node.host or "unknown host",
+                f"CPU {node.cpu:.0f} %",
+                f"memory {node.memory * 100:.0f} %",
+                f"running: {running_text(node)}",
+            ]
         else:
-            parts = [node.host or "unknown host",
-                     f"no heartbeat since {format_ago(time.time() - node.last_seen)}" if node.last_seen else "never seen"]
+            last = f"no heartbeat since {format_ago(time.time() - node.last_seen)}" if node.last_seen else "never seen"
+            parts = [node.host or "unknown host", last]
         self.summary.setText(" · ".join(parts))
 
     # -- closing ----------------------------------------------------------------------------------

@@ -11,9 +11,22 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import QSortFilterProxyModel, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QButtonGroup, QGridLayout, QHBoxLayout, QHeaderView,
-                               QLabel, QMenu, QMessageBox, QPushButton, QScrollArea, QStackedWidget,
-                               QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QStackedWidget,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.hub import FarmHub
 from app.models.nodes_model import COLUMN, NodesModel, SortRole
@@ -21,21 +34,12 @@ from app.pages.worker_detail import WorkerDetail
 from app.runner import BackgroundRunner
 from app.services import AppServices
 from app.widgets.node_card import CARD_WIDTH, NodeCard, enabled_actions
-from farm.services.registry import NodeStatus
+from farm.domain.nodes import NodeStatus
 
 # A request is done once the node reports one of these statuses.
 _REACHED = {"pause": {"paused"}, "run": {"idle", "busy"}, "drain": {"draining", "offline"}}
 _ASKED = {"pause": "Pause requested…", "run": "Resume requested…", "drain": "Drain requested…"}
 _VERB = {"pause": "pause", "run": "resume", "drain": "drain"}
-
-
-def set_node_state(services: AppServices, name: str, state: str) -> None:
-    """Blocking: ask node ``name`` to ``pause``, ``run`` or ``drain`` (run it through the runner)."""
-    registry = services.registry()
-    try:
-        registry.set_desired_state(name, state)
-    finally:
-        registry.redis.close()
 
 
 CARD_BATCH = 8  # new cards made per turn of the event loop
@@ -122,9 +126,11 @@ class WorkersPage(QWidget):
         self.error.setWordWrap(True)
         self.error.hide()
 
-        self.empty = QLabel("No node has reported yet. The local farm's node appears here a few seconds "
-                            "after the app starts; on another machine, start one with `farm-node` pointed "
-                            "at this farm's Redis.")
+        self.empty = QLabel(
+            "No node has reported yet. The local farm's node appears here a few seconds "
+            "after the app starts; on another machine, start one with `farm-node` pointed "
+            "at this farm's Redis."
+        )
         self.empty.setObjectName("statLabel")
         self.empty.setWordWrap(True)
         self.empty.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
@@ -136,13 +142,15 @@ class WorkersPage(QWidget):
         card_layout.addWidget(self.empty)
         card_layout.addWidget(self.card_grid)
         card_layout.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.scroll.setWidget(card_page)
+        self.card_scroll = QScrollArea()
+        self.card_scroll.setWidgetResizable(True)
+        self.card_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.card_scroll.setWidget(card_page)
         # The cards sit on the page's own background, not on a box of another grey.
-        self.scroll.setStyleSheet("QScrollArea { background: transparent; } QWidget#cardPage { background: transparent; }")
-        self.scroll.viewport().setAutoFillBackground(False)
+        self.card_scroll.setStyleSheet(
+            "QScrollArea { background: transparent; } QWidget#cardPage { background: transparent; }"
+        )
+        self.card_scroll.viewport().setAutoFillBackground(False)
 
         self.proxy = QSortFilterProxyModel(self)
         self.proxy.setSourceModel(self.model)
@@ -161,15 +169,24 @@ class WorkersPage(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(COLUMN["jobs"], QHeaderView.ResizeMode.Stretch)
-        for key, width in (("name", 150), ("host", 120), ("status", 90), ("cpu", 60), ("memory", 70),
-                           ("last_seen", 110), ("encoders", 160), ("tags", 90), ("version", 70)):
+        for key, width in (
+            ("name", 150),
+            ("host", 120),
+            ("status", 90),
+            ("cpu", 60),
+            ("memory", 70),
+            ("last_seen", 110),
+            ("encoders", 160),
+            ("tags", 90),
+            ("version", 70),
+        ):
             self.table.setColumnWidth(COLUMN[key], width)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.table.customContextMenuRequested.connect(self._table_menu_requested)
         self.table.doubleClicked.connect(lambda index: self.open_detail(self._name_at(index.row())))
 
         self.stack = QStackedWidget()
-        self.stack.addWidget(self.scroll)
+        self.stack.addWidget(self.card_scroll)
         self.stack.addWidget(self.table)
 
         layout = QVBoxLayout(self)
@@ -196,15 +213,15 @@ class WorkersPage(QWidget):
     def set_view(self, view: str) -> None:
         """``"cards"`` or ``"table"``."""
         table = view == "table"
-        self.stack.setCurrentWidget(self.table if table else self.scroll)
+        self.stack.setCurrentWidget(self.table if table else self.card_scroll)
         (self.table_button if table else self.cards_button).setChecked(True)
-        if not table and self._cards_stale and self.scroll.isVisible():
+        if not table and self._cards_stale and self.card_scroll.isVisible():
             self._update_cards()
 
     # -- nodes -------------------------------------------------------------------------------------
     def show_nodes(self, nodes: list[NodeStatus]) -> None:
         self.model.set_nodes(nodes)
-        if not self.scroll.isVisible():
+        if not self.card_scroll.isVisible():
             # Cards of 64 nodes cost the GUI thread tens of ms a second while nobody sees them (page
             # hidden, or the table shown instead); they catch up when shown (showEvent, set_view).
             self._cards_stale = True
@@ -214,7 +231,7 @@ class WorkersPage(QWidget):
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if self._cards_stale and self.scroll.isVisible():
+        if self._cards_stale and self.card_scroll.isVisible():
             self._update_cards()
 
     def _update_cards(self, only_new: bool = False) -> None:
@@ -223,7 +240,9 @@ class WorkersPage(QWidget):
         turns that follow make only the missing ones (``only_new``)."""
         self._cards_stale = False
         now = time.time()
-        names, new, more = set(), [], False
+        names: set[str] = set()
+        new: list[NodeCard] = []
+        more = False
         for node in self.model.nodes():
             names.add(node.name)
             card = self.cards.get(node.name)
@@ -252,7 +271,7 @@ class WorkersPage(QWidget):
 
     def _more_cards(self) -> None:
         self._batch_pending = False
-        if self.scroll.isVisible():
+        if self.card_scroll.isVisible():
             self._update_cards(only_new=True)
         else:
             self._cards_stale = True  # made when the cards are seen again
@@ -285,15 +304,21 @@ class WorkersPage(QWidget):
         self._pending[name] = state
         if card is not None:
             card.set_note(_ASKED[state])
-        self.runner.run(lambda: set_node_state(self.services, name, state),
-                        lambda _: self._requested(name, state),
-                        lambda exc: self._request_failed(name, state, exc))
+        self.runner.run(
+            lambda: self.services.farm.control_node(name, state),
+            lambda _: self._requested(name, state),
+            lambda exc: self._request_failed(name, state, exc),
+        )
 
     def confirm_drain(self, name: str) -> bool:
-        box = QMessageBox(QMessageBox.Icon.Question, "Drain node",
-                          f"Drain {name}?\n\nIt finishes the job(s) it is running, takes no new ones, and "
-                          "then stops. To use it again, start its farm-node again.",
-                          QMessageBox.StandardButton.Cancel, self)
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Drain node",
+            f"Drain {name}?\n\nIt finishes the job(s) it is running, takes no new ones, and "
+            "then stops. To use it again, start its farm-node again.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
         drain = box.addButton("Drain", QMessageBox.ButtonRole.AcceptRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
         box.exec()
@@ -311,8 +336,9 @@ class WorkersPage(QWidget):
     def _request_failed(self, name: str, state: str, exc: Exception) -> None:
         if self._pending.get(name) == state:
             del self._pending[name]
-        message = (f"Could not {_VERB[state]} {name}: {exc}. Check that Redis is reachable "
-                   "(see the status bar) and try again.")
+        message = (
+            f"Could not {_VERB[state]} {name}: {exc}. Check that Redis is reachable (see the status bar) and try again."
+        )
         self.error.setText(message)
         self.error.show()
         card = self.cards.get(name)

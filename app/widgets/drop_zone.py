@@ -46,7 +46,7 @@ class DropZone(QFrame):
         self.setProperty("dragActive", False)
         self.setStyleSheet(
             "#dropZone { border: 2px dashed palette(mid); border-radius: 10px; }"
-            "#dropZone[dragActive=\"true\"] { border-color: palette(highlight); background: palette(alternate-base); }"
+            '#dropZone[dragActive="true"] { border-color: palette(highlight); background: palette(alternate-base); }'
         )
 
         icon = QLabel()

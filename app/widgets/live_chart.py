@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyqtgraph as pg
@@ -19,8 +19,18 @@ from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 # Distinct on light and dark backgrounds, in the order series appear.
-SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                 "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+SERIES_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+)
 
 
 class RingBuffer:
@@ -59,15 +69,15 @@ class RingBuffer:
         self._v[end] = value
 
     def extend(self, times: Iterable[float], values: Iterable[float]) -> None:
-        for t, value in zip(times, values):
+        for t, value in zip(times, values, strict=False):
             self.append(t, value)
 
-    def replace(self, times: Sequence[float], values: Sequence[float]) -> None:
+    def replace(self, times: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray) -> None:
         """Hold exactly the last ``capacity`` of these points."""
-        times = np.asarray(times, dtype=float)[-self.capacity:]
-        values = np.asarray(values, dtype=float)[-self.capacity:]
-        n = len(times)
-        self._t[:n], self._v[:n] = times, values
+        kept_t = np.asarray(times, dtype=float)[-self.capacity :]
+        kept_v = np.asarray(values, dtype=float)[-self.capacity :]
+        n = len(kept_t)
+        self._t[:n], self._v[:n] = kept_t, kept_v
         self._start, self._size = 0, n
 
     def clear(self) -> None:
@@ -111,8 +121,7 @@ class CountAxis(pg.AxisItem):
     """A y axis for counts: ticks only at whole numbers (no "0.5 jobs")."""
 
     def tickValues(self, minVal, maxVal, size):
-        levels = [(spacing, values) for spacing, values in super().tickValues(minVal, maxVal, size)
-                  if spacing >= 1]
+        levels = [(spacing, values) for spacing, values in super().tickValues(minVal, maxVal, size) if spacing >= 1]
         return levels or [(1.0, list(np.arange(math.ceil(minVal), math.floor(maxVal) + 1)))]
 
 
@@ -120,14 +129,26 @@ class LiveChart(QWidget):
     """One plot of several live series against clock time, the last ``window_s`` seconds.
 
     ``y_range`` fixes the y axis (``(0, 100)`` for percentages); ``None`` scales it to the data
-    (never below zero, at least ``0..min_count_range``) with whole-number ticks, for counts. Series are added with :meth:`add_series` (or on their first point) and
-    fed with :meth:`append`, :meth:`merge` (history, in any order) or :meth:`set_data`.
+    (never below zero, at least ``0..min_count_range``) with whole-number ticks, for counts. Series
+    are added with :meth:`add_series` (or on their first point) and fed with :meth:`append`,
+    :meth:`merge` (history, in any order) or :meth:`set_data`.
     """
 
-    def __init__(self, title: str = "", y_label: str = "", *, y_range: tuple[float, float] | None = (0, 100),
-                 window_s: float = 600.0, min_span_s: float = 60.0, min_count_range: float = 4,
-                 capacity: int = 600, max_curves: int | None = None, group_label: str = "series",
-                 interval_ms: int = 500, parent=None):
+    def __init__(
+        self,
+        title: str = "",
+        y_label: str = "",
+        *,
+        y_range: tuple[float, float] | None = (0, 100),
+        window_s: float = 600.0,
+        min_span_s: float = 60.0,
+        min_count_range: float = 4,
+        capacity: int = 600,
+        max_curves: int | None = None,
+        group_label: str = "series",
+        interval_ms: int = 500,
+        parent=None,
+    ):
         super().__init__(parent)
         # Past ``max_curves`` series the chart draws them all as one thin curve plus their average
         # (see _become_fleet): 64 curves of 600 points took ~100 ms a tick, one curve ~30 ms, and 64
@@ -186,8 +207,9 @@ class LiveChart(QWidget):
         self.timer.start()
 
     # -- series -------------------------------------------------------------------------------
-    def add_series(self, key: str, label: str | None = None, color: str | None = None, *,
-                   step: bool = False, fill: bool = False) -> pg.PlotDataItem:
+    def add_series(
+        self, key: str, label: str | None = None, color: str | None = None, *, step: bool = False, fill: bool = False
+    ) -> pg.PlotDataItem:
         """Create the series' curve (once; later calls return the same curve)."""
         if key in self._curves:
             return self._curves[key]
@@ -199,13 +221,13 @@ class LiveChart(QWidget):
             self._labels[key] = label or key
             self._dirty.add(key)
             return self._fleet[0]
-        color = QColor(color or SERIES_COLORS[len(self._curves) % len(SERIES_COLORS)])
+        pen_color = QColor(color or SERIES_COLORS[len(self._curves) % len(SERIES_COLORS)])
         # A 1 px cosmetic pen: thicker lines made one tick of a 64-node chart ~4x slower to draw.
-        options = {"pen": pg.mkPen(color, width=1)}
+        options = {"pen": pg.mkPen(pen_color, width=1)}
         if step:
             options["stepMode"] = "left"
         if fill:
-            shade = QColor(color)
+            shade = QColor(pen_color)
             shade.setAlpha(70)
             options.update(fillLevel=0, brush=shade)
         curve = self.plot.getPlotItem().plot([], [], **options)
@@ -268,7 +290,7 @@ class LiveChart(QWidget):
         """Push the changed series to their curves now (the tick does this while visible)."""
         if self._fleet is not None:
             if self._dirty:
-                self._draw_fleet()
+                self._draw_fleet(*self._fleet)
         else:
             for key in self._dirty:
                 self._curves[key].setData(*self._buffers[key].data())
@@ -282,22 +304,23 @@ class LiveChart(QWidget):
         item = self.plot.getPlotItem()
         for curve in self._curves.values():
             item.removeItem(curve)
-        self._ensure_legend().clear()
-        self._legend.setColumnCount(1)
+        legend = self._ensure_legend()
+        legend.clear()
+        legend.setColumnCount(1)
         every = item.plot([], [], pen=pg.mkPen(QColor(128, 134, 145, 110), width=1), connect="finite")
         mean = item.plot([], [], pen=pg.mkPen(QColor(SERIES_COLORS[0]), width=2))
         self._fleet = (every, mean)
         self._curves = dict.fromkeys(self._curves)
         self._dirty.update(self._buffers)
 
-    def _draw_fleet(self) -> None:
-        every, mean = self._fleet
-        times, values = [], []
+    def _draw_fleet(self, every: pg.PlotDataItem, mean: pg.PlotDataItem) -> None:
+        times: list[np.ndarray] = []
+        values: list[np.ndarray] = []
         for buffer in self._buffers.values():
             t, v = buffer.data()
             if len(t):
-                times += [t, [np.nan]]
-                values += [v, [np.nan]]
+                times += [t, np.array([np.nan])]
+                values += [v, np.array([np.nan])]
         if not times:
             every.setData([], [])
             mean.setData([], [])
@@ -314,9 +337,10 @@ class LiveChart(QWidget):
         n = len(self._buffers)
         if n != self._fleet_size:  # relabel only when a series joined
             self._fleet_size = n
-            self._legend.clear()
-            self._legend.addItem(every, f"each of {n} {self.group_label}")
-            self._legend.addItem(mean, f"average of {n}")
+            legend = self._ensure_legend()
+            legend.clear()
+            legend.addItem(every, f"each of {n} {self.group_label}")
+            legend.addItem(mean, f"average of {n}")
 
     # -- internals ----------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -334,8 +358,8 @@ class LiveChart(QWidget):
         right = time.time()
         oldest = None
         for buffer in self._buffers.values():
-            if len(buffer):
-                first, last = buffer.oldest_time, buffer.last_time
+            first, last = buffer.oldest_time, buffer.last_time
+            if first is not None and last is not None:
                 right = max(right, last)
                 oldest = first if oldest is None else min(oldest, first)
         span = self.window_s if oldest is None else min(self.window_s, max(self.min_span_s, right - oldest))
@@ -345,18 +369,20 @@ class LiveChart(QWidget):
         if self._legend is None:
             base = self.palette().color(QPalette.ColorRole.Base)
             base.setAlpha(210)  # curves stay visible under it, labels stay readable
-            self._legend = self.plot.getPlotItem().addLegend(offset=(8, 8), labelTextSize="8pt", brush=base,
-                                                             pen=pg.mkPen("#d5d9e0"))
+            self._legend = self.plot.getPlotItem().addLegend(
+                offset=(8, 8), labelTextSize="8pt", brush=base, pen=pg.mkPen("#d5d9e0")
+            )
             self._legend.setLabelTextColor(self.palette().color(QPalette.ColorRole.Text))
         return self._legend
 
     def _update_legend(self, key: str) -> None:
         if len(self._curves) < 2 or self._fleet is not None:
             return
-        if self._legend is None:
-            self._ensure_legend()
+        new = self._legend is None
+        legend = self._ensure_legend()
+        if new:
             for existing in self._curves:
                 if existing != key:
-                    self._legend.addItem(self._curves[existing], self._labels[existing])
-        self._legend.addItem(self._curves[key], self._labels[key])
-        self._legend.setColumnCount(max(1, math.ceil(len(self._curves) / 8)))
+                    legend.addItem(self._curves[existing], self._labels[existing])
+        legend.addItem(self._curves[key], self._labels[key])
+        legend.setColumnCount(max(1, math.ceil(len(self._curves) / 8)))

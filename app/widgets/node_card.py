@@ -11,11 +11,20 @@ import time
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QMouseEvent
-from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                               QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
-from app.models.nodes_model import (STATUS_COLORS, format_ago, job_label, short_list)
-from farm.services.registry import NodeStatus
+from app.models.nodes_model import STATUS_COLORS, format_ago, job_label, short_list
+from farm.domain.nodes import NodeStatus
 
 CARD_WIDTH = 330
 
@@ -159,10 +168,9 @@ class NodeCard(QFrame):
         online = node.online
         self._set_status(node.status)
         self._set_offline(not online)
-        self.meta.setText(" · ".join(part for part in (node.host or "unknown host",
-                                                        f"v{node.version}" if node.version else "",
-                                                        f"{node.concurrency} slot{'s' if node.concurrency != 1 else ''}")
-                                     if part))
+        slots = f"{node.concurrency} slot{'s' if node.concurrency != 1 else ''}"
+        meta = (node.host or "unknown host", f"v{node.version}" if node.version else "", slots)
+        self.meta.setText(" · ".join(part for part in meta if part))
         self.cpu_bar.setValue(round(node.cpu) if online else 0)
         self.mem_bar.setValue(round(node.memory * 100) if online else 0)
         self.cpu_bar.setFormat("%p %" if online else "–")
@@ -212,8 +220,9 @@ class NodeCard(QFrame):
         self._status = status
         color = STATUS_COLORS.get(status, STATUS_COLORS["offline"])
         self.badge.setText(status)
-        self.badge.setStyleSheet(f"background: {color}; color: #ffffff; border-radius: 9px; "
-                                 "padding: 2px 10px; font-weight: 600;")
+        self.badge.setStyleSheet(
+            f"background: {color}; color: #ffffff; border-radius: 9px; padding: 2px 10px; font-weight: 600;"
+        )
 
     def _set_offline(self, offline: bool) -> None:
         if offline == self._offline:

@@ -54,16 +54,19 @@ class OutputForm(QGroupBox):
         self.resolution_combo = QComboBox()
         for name, lines in RESOLUTIONS.items():
             self.resolution_combo.addItem(name, name)
-            self.resolution_combo.setItemData(self.resolution_combo.count() - 1,
-                                              f"The short side of the frame becomes {lines} pixels",
-                                              Qt.ItemDataRole.ToolTipRole)
+            self.resolution_combo.setItemData(
+                self.resolution_combo.count() - 1,
+                f"The short side of the frame becomes {lines} pixels",
+                Qt.ItemDataRole.ToolTipRole,
+            )
         self.format_combo = QComboBox()
         for name in FORMATS:
             self.format_combo.addItem(FORMAT_LABELS.get(name, name), name)
         self.audio_check = QCheckBox("Include audio")
         self.upscale_check = QCheckBox("Allow upscale")
-        self.upscale_check.setToolTip("Scale sources smaller than the chosen resolution up to it "
-                                      "(off: they keep their own size)")
+        self.upscale_check.setToolTip(
+            "Scale sources smaller than the chosen resolution up to it (off: they keep their own size)"
+        )
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -121,20 +124,26 @@ class OutputForm(QGroupBox):
     def reload_presets(self, select: str | None = None) -> None:
         """Read the presets (built-in and ``presets.toml``) in the background and list them."""
         store = self.services.presets
-        wanted = select or self.preset_name() or None
-        self.runner.run(store.all, lambda presets: self._presets_loaded(presets, wanted),
-                        lambda exc: self._presets_failed(store.path, exc))
+        self.runner.run(
+            store.all,
+            lambda presets: self._presets_loaded(presets, select),
+            lambda exc: self._presets_failed(store.path, exc),
+        )
 
     def _presets_loaded(self, presets: dict[str, OutputConfig], select: str | None) -> None:
         self._presets = presets
-        self._fill_combo(select)
+        # The preset chosen when they land, not when they were asked for: fields the user changed
+        # meanwhile stay as they are.
+        self._fill_combo(select or self.preset_name())
 
     def _presets_failed(self, path, exc: Exception) -> None:
         self._presets = dict(BUILTIN_PRESETS)
         self._fill_combo(self.preset_name())
-        self.show_message(f"Your presets could not be read from {path}: {exc}. "
-                          "The built-in presets are listed; fix or delete that file to get yours back.",
-                          error=True)
+        self.show_message(
+            f"Your presets could not be read from {path}: {exc}. "
+            "The built-in presets are listed; fix or delete that file to get yours back.",
+            error=True,
+        )
 
     def _default_preset(self) -> str:
         return self.services.settings.default_preset or FALLBACK_PRESET
@@ -219,8 +228,11 @@ class OutputForm(QGroupBox):
             self._presets_loaded({**self._presets, name: config}, name)
             self.preset_saved.emit(name)
 
-        self.runner.run(lambda: store.save(name, config), saved,
-                        lambda exc: self.show_message(f"Could not save preset “{name}”: {exc}", error=True))
+        self.runner.run(
+            lambda: store.save(name, config),
+            saved,
+            lambda exc: self.show_message(f"Could not save preset “{name}”: {exc}", error=True),
+        )
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.message.setText(text)

@@ -50,4 +50,4 @@ def _hidden_part(url: str | None) -> str | None:
         return None
     start = shown.index(MASK)
     tail = len(shown) - start - len(MASK)
-    return url[start:len(url) - tail]
+    return url[start : len(url) - tail]

@@ -38,8 +38,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ctypes
 
 LINUX, SETPRIV, WINDOWS, LIFELINE = "pdeathsig", "setpriv", "job-object", "lifeline"
 
@@ -89,7 +93,7 @@ class ChildGuard:
 
         return {"preexec_fn": die_with_parent}
 
-    def watch(self, pid: int) -> "Watch":
+    def watch(self, pid: int) -> Watch:
         """Tie the started child ``pid`` (a group leader for ``LIFELINE``) to this process."""
         if self.kind == WINDOWS:
             _windows_job().assign(pid)
@@ -109,16 +113,20 @@ class _Lifeline(Watch):
     def __init__(self, pid: int, sig: int):
         self._proc = subprocess.Popen(
             ["/bin/sh", "-c", _LIFELINE_SCRIPT, _LIFELINE_NAME, str(pid), str(int(sig))],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # the console's Ctrl-C must not end the watchdog first
         )  # its pipe's write end is not inheritable (PEP 446): only this process holds it
 
     def release(self) -> None:
         if self._proc.returncode is not None:
             return
+        stdin = self._proc.stdin
+        assert stdin is not None  # started with stdin=PIPE
         try:
-            self._proc.stdin.write(b"done\n")
-            self._proc.stdin.close()
+            stdin.write(b"done\n")
+            stdin.close()
         except OSError:
             pass  # it is gone already
         self._proc.wait(5)  # it exits on reading the line: a few milliseconds
@@ -140,7 +148,7 @@ def _setpriv() -> str | None:
     return path if "--pdeathsig" in shown else None
 
 
-def _libc_prctl():
+def _libc_prctl() -> Callable[..., int]:
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True).prctl
@@ -148,32 +156,43 @@ def _libc_prctl():
 
 # -- Windows ---------------------------------------------------------------------------------
 
-_JOB: "_WindowsJob | None" = None
+_JOB: _WindowsJob | None = None
 
 
-def _windows_job() -> "_WindowsJob":
+def _windows_job() -> _WindowsJob:
     global _JOB
     if _JOB is None:
         _JOB = _WindowsJob()
     return _JOB
 
 
-def _job_limit_struct():
+def _job_limit_struct() -> type[ctypes.Structure]:
     """JOBOBJECT_EXTENDED_LIMIT_INFORMATION, built from portable ctypes types (so its layout can be
     checked anywhere: 144 bytes on 64-bit Windows)."""
     import ctypes
 
     class Basic(ctypes.Structure):
-        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
-                    ("LimitFlags", ctypes.c_uint32), ("MinimumWorkingSetSize", ctypes.c_size_t),
-                    ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", ctypes.c_uint32),
-                    ("Affinity", ctypes.c_size_t), ("PriorityClass", ctypes.c_uint32),
-                    ("SchedulingClass", ctypes.c_uint32)]
+        _fields_ = [
+            ("PerProcessUserTimeLimit", ctypes.c_int64),
+            ("PerJobUserTimeLimit", ctypes.c_int64),
+            ("LimitFlags", ctypes.c_uint32),
+            ("MinimumWorkingSetSize", ctypes.c_size_t),
+            ("MaximumWorkingSetSize", ctypes.c_size_t),
+            ("ActiveProcessLimit", ctypes.c_uint32),
+            ("Affinity", ctypes.c_size_t),
+            ("PriorityClass", ctypes.c_uint32),
+            ("SchedulingClass", ctypes.c_uint32),
+        ]
 
     class Extended(ctypes.Structure):
-        _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", ctypes.c_uint64 * 6),
-                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
-                    ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+        _fields_ = [
+            ("BasicLimitInformation", Basic),
+            ("IoInfo", ctypes.c_uint64 * 6),
+            ("ProcessMemoryLimit", ctypes.c_size_t),
+            ("JobMemoryLimit", ctypes.c_size_t),
+            ("PeakProcessMemoryUsed", ctypes.c_size_t),
+            ("PeakJobMemoryUsed", ctypes.c_size_t),
+        ]
 
     return Extended
 
@@ -185,7 +204,7 @@ class _WindowsJob:
     _EXTENDED_LIMIT_INFORMATION = 9
     _PROCESS_SET_QUOTA_AND_TERMINATE = 0x0100 | 0x0001
 
-    def __init__(self):
+    def __init__(self) -> None:
         import ctypes
 
         self._kernel32 = kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
@@ -195,8 +214,9 @@ class _WindowsJob:
             raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
         limits = _job_limit_struct()()
         limits.BasicLimitInformation.LimitFlags = self._KILL_ON_JOB_CLOSE
-        if not kernel32.SetInformationJobObject(ctypes.c_void_p(self._handle), self._EXTENDED_LIMIT_INFORMATION,
-                                                ctypes.byref(limits), ctypes.sizeof(limits)):
+        if not kernel32.SetInformationJobObject(
+            ctypes.c_void_p(self._handle), self._EXTENDED_LIMIT_INFORMATION, ctypes.byref(limits), ctypes.sizeof(limits)
+        ):
             raise ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
 
     def assign(self, pid: int) -> None:

@@ -15,7 +15,8 @@ import functools
 import os
 import signal
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -24,7 +25,7 @@ EXIT_CLOSED_PIPE = 128 + 13  # where there is no SIGPIPE (Windows): the status a
 
 def quiet_on_closed_pipe(main: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(main)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             try:
                 return main(*args, **kwargs)
@@ -38,7 +39,7 @@ def quiet_on_closed_pipe(main: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _end_like_a_unix_tool() -> None:
+def _end_like_a_unix_tool() -> NoReturn:
     # Nothing more may reach the closed pipe, not even the interpreter's flush at exit.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())

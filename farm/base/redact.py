@@ -49,10 +49,10 @@ def redact_url(url: str) -> str:
     return _CREDENTIALS.sub(_mask_userinfo, url)
 
 
-def _mask_userinfo(match: re.Match) -> str:
+def _mask_userinfo(match: re.Match[str]) -> str:
     user, colon, _password = match.group("userinfo").partition(":")
     if not colon:  # no password: a user name, or an "@" further on in a path or key
-        return match.group(0)
+        return match.group()
     if not _USERNAME.fullmatch(user):  # the "user" is part of a password that was not encoded
         return f"{match.group('scheme')}{MASK}@"
     return f"{match.group('scheme')}{user}:{MASK}@"
@@ -66,6 +66,17 @@ def url_password(url: str | None) -> str | None:
     if not match or ":" not in match.group("userinfo"):
         return None
     return match.group("userinfo").partition(":")[2] or None
+
+
+def mask_password(text: str, password: str | None) -> str:
+    """``text`` with ``password`` (as written in its URL and percent-decoded) replaced by ``***``.
+
+    For a driver's own words about the URL it was given, which may quote its password back.
+    """
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, MASK)
+    return text
 
 
 def register_secret(value: str | None) -> None:

@@ -11,14 +11,16 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import platformdirs
 import tomli_w
 
 from farm.base import redact
+from farm.base.errors import EXIT_USAGE, FarmError
 
 APP_NAME = "encodeflow"
 DEFAULT_QUEUE = "transcode"
@@ -41,8 +43,10 @@ _SECONDS = ("storage_retry_seconds", "storage_connect_timeout", "storage_read_ti
 CONFIG_ENV = "ENCODEFLOW_CONFIG"  # path of the config file, for tests and multi-farm setups
 
 
-class SettingsError(ValueError):
+class SettingsError(FarmError, ValueError):
     """A setting has a value that cannot work; the message says which and why."""
+
+    exit_code = EXIT_USAGE
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -101,7 +105,7 @@ class Settings:
         """Parent of the per-node work dirs, used when a node is given no ``--work-dir``."""
         return self.data_dir / "work"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     # -- building ------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ class Settings:
         flags: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
         config_path: Path | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Build settings from flags, environment, config file and defaults, in that order."""
         environ = os.environ if environ is None else environ
         path = config_path or default_config_path(environ)
@@ -145,7 +149,7 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
                 f"ENCODEFLOW_REDIS_URL must start with redis://, rediss:// or unix://, "
-                f"got {redact_url(self.redis_url)!r}"
+                f"got {redact.redact_url(self.redis_url)!r}"
             )
         for problem in (redis_url_problem(self.redis_url), database_url_problem(self.database_url)):
             if problem:
@@ -153,17 +157,21 @@ class Settings:
         if self.storage_url and not self.storage_url.startswith(("s3://", "file:///")):
             raise SettingsError(
                 "ENCODEFLOW_STORAGE_URL must be s3://bucket[/prefix] or file:///absolute/dir, "
-                f"got {redact_url(self.storage_url)!r}"
+                f"got {redact.redact_url(self.storage_url)!r}"
             )
         if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
-            raise SettingsError("ENCODEFLOW_PROMETHEUS_URL must be http://host:9090 or https://…, "
-                                f"got {redact_url(self.prometheus_url)!r}")
+            raise SettingsError(
+                "ENCODEFLOW_PROMETHEUS_URL must be http://host:9090 or https://…, "
+                f"got {redact.redact_url(self.prometheus_url)!r}"
+            )
         for name in _SECONDS:
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 < value <= 24 * 3600):
-                raise SettingsError(f"{ENV_VARS[name]} must be a number of seconds above 0 and at most a day, "
-                                    f"got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 24 * 3600
+            ):
+                raise SettingsError(
+                    f"{ENV_VARS[name]} must be a number of seconds above 0 and at most a day, got {value!r}"
+                )
         if not self.queue or any(c in self.queue for c in ": \t\n"):
             raise SettingsError(f"ENCODEFLOW_QUEUE must be a plain name without ':' or spaces, got {self.queue!r}")
 
@@ -203,12 +211,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def redact_url(url: str) -> str:
-    """Hide the password in a URL (``redis://:secret@host`` -> ``redis://:***@host``), even in one
-    that is malformed because a password character was not percent-encoded."""
-    return redact.redact_url(url)
-
-
 _ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a password (as %2F, %3F, %23 and %40)"
 
 
@@ -231,8 +233,10 @@ def redis_url_problem(url: str | None) -> str | None:
         readable = False
     if readable:
         return None
-    return (f"ENCODEFLOW_REDIS_URL cannot be read as redis[s]://[user:password@]host[:port][/db]: "
-            f"{redact_url(url)!r}; {_ENCODE_HINT}")
+    return (
+        f"ENCODEFLOW_REDIS_URL cannot be read as redis[s]://[user:password@]host[:port][/db]: "
+        f"{redact.redact_url(url)!r}; {_ENCODE_HINT}"
+    )
 
 
 def database_url_problem(url: str | None) -> str | None:
@@ -243,5 +247,7 @@ def database_url_problem(url: str | None) -> str | None:
     authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
     if "://" in url and authority.count("@") <= 1:
         return None
-    return (f"ENCODEFLOW_DATABASE_URL cannot be read as dialect+driver://[user:password@]host[:port]/db: "
-            f"{redact_url(url)!r}; {_ENCODE_HINT}")
+    return (
+        f"ENCODEFLOW_DATABASE_URL cannot be read as dialect+driver://[user:password@]host[:port]/db: "
+        f"{redact.redact_url(url)!r}; {_ENCODE_HINT}"
+    )

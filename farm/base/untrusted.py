@@ -34,7 +34,7 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     if len(value) <= limit and len(text) <= limit + 2:
         return text
     # An escape is up to 10 characters (\U0001f600): cut what is shown, not only what is quoted.
-    return f"{text[:limit + 1]}... ({len(value)} characters)"
+    return f"{text[: limit + 1]}... ({len(value)} characters)"
 
 
 def cut(text: str, limit: int) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import sys
 
+from farm.base.errors import FarmError
 from farm.base.pipes import quiet_on_closed_pipe
-from farm.base.settings import Settings, SettingsError
+from farm.base.settings import Settings
 from farm.base.usage import UsageError
-from farm.cli.parser import EXIT_USAGE, build_parser
-from farm.domain.jobspec import JobSpecError
+from farm.cli.parser import build_parser
 
 
 @quiet_on_closed_pipe
@@ -23,26 +23,27 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except UsageError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return exc.exit_code
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from farm.base import redact
+
     redact.install()  # no password or secret key in -v output
     from farm.cli import commands  # imported here so that --help and usage errors stay fast
 
     try:
-        settings = Settings.load(flags={k: getattr(args, k, None) for k in
-                                        ("data_dir", "redis_url", "database_url", "storage_url", "queue")})
+        settings = Settings.load(
+            flags={k: getattr(args, k, None) for k in ("data_dir", "redis_url", "database_url", "storage_url", "queue")}
+        )
         return commands.run(args, settings)
-    except (UsageError, JobSpecError, SettingsError) as exc:
-        print(f"encodeflow {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except commands.CLIError as exc:
+    except FarmError as exc:  # commands.run turns every error into one: its line and its exit code
         print(f"encodeflow {args.command}: {exc}", file=sys.stderr)
-        return exc.code
+        return exc.exit_code
 
 
 if __name__ == "__main__":

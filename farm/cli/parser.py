@@ -12,9 +12,7 @@ from pathlib import Path
 from farm import __version__
 from farm.base.usage import OneLineParser as _Parser
 from farm.domain.jobspec import FORMATS, RESOLUTIONS, OutputConfig, PresetStore
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-STATUSES = ("queued", "active", "completed", "failed", "cancelled")
+from farm.domain.status import STATUSES
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def output_config_from_args(args, presets: PresetStore, default_preset: str | None) -> OutputConfig:
-    base = presets.get(args.preset or default_preset) if (args.preset or default_preset) else OutputConfig()
+def output_config_from_args(args: argparse.Namespace, presets: PresetStore, default_preset: str | None) -> OutputConfig:
+    preset: str | None = args.preset or default_preset
+    base = presets.get(preset) if preset else OutputConfig()
     return OutputConfig(
         resolution=args.resolution or base.resolution,
         format=args.format or base.format,

@@ -1,4 +1,4 @@
-"""What a job makes: the output config (the seed's ``outputConfig``), named presets, validation.
+"""What a job makes: the output config (the queue payload's ``outputConfig``), named presets, validation.
 
 A job carries a list of outputs; today each job has one video rendition, but every place that
 stores or reports outputs (queue payload, ``Job.outputs`` in the database, job JSON) already uses a
@@ -12,13 +12,19 @@ is never trusted: any BullMQ client can put anything on the queue.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tomli_w
 
-from farm.base.untrusted import cut, printable, shown  # configs come from the queue too: values are quoted escaped and cut
+from farm.base.errors import EXIT_USAGE, FarmError
+from farm.base.untrusted import (  # configs come from the queue too: values are quoted escaped and cut
+    cut,
+    printable,
+    shown,
+)
 
 RESOLUTIONS = {"1080p": 1080, "720p": 720, "480p": 480, "360p": 360}
 FORMATS = {
@@ -28,11 +34,12 @@ FORMATS = {
     "hevc": ("mp4", "hevc", "aac"),
 }
 MAX_PRIORITY = 2_097_152  # BullMQ's upper bound; 1 is the highest priority, as in BullMQ
-DEFAULT_PRIORITY = 0  # 0 = no priority: plain FIFO, faster in BullMQ than a prioritized add
 
 
-class JobSpecError(ValueError):
+class JobSpecError(FarmError, ValueError):
     """An output config or preset is invalid; the message names the field and the allowed values."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,7 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
-            raise JobSpecError(
-                f"unknown resolution {shown(self.resolution)}; choose one of {', '.join(RESOLUTIONS)}"
-            )
+            raise JobSpecError(f"unknown resolution {shown(self.resolution)}; choose one of {', '.join(RESOLUTIONS)}")
         if self.format not in FORMATS:
             raise JobSpecError(f"unknown format {shown(self.format)}; choose one of {', '.join(FORMATS)}")
         for name in ("include_audio", "allow_upscale"):
@@ -75,7 +80,7 @@ class OutputConfig:
         return f"{self.resolution}-{self.format}.{self.extension}"
 
     def to_payload(self) -> dict[str, Any]:
-        """The queue/JSON form, camelCase as in the Node system's ``outputConfig``."""
+        """The queue/JSON form, camelCase as in the queue payload's ``outputConfig``."""
         data: dict[str, Any] = {
             "resolution": self.resolution,
             "format": self.format,
@@ -86,16 +91,16 @@ class OutputConfig:
         return data
 
     @classmethod
-    def from_payload(cls, data: Any) -> "OutputConfig":
+    def from_payload(cls, data: Any) -> OutputConfig:
         """Validate an untrusted ``outputConfig`` mapping (camelCase or snake_case keys)."""
         if not isinstance(data, Mapping):
             raise JobSpecError(f"outputConfig must be an object, got {type(data).__name__}")
         known = {"resolution", "format", "includeAudio", "include_audio", "allowUpscale", "allow_upscale"}
         unknown = set(data) - known
         if unknown:
+            named = ", ".join(cut(printable(name), 40) for name in sorted(map(str, unknown))[:5])
             raise JobSpecError(
-                f"unknown outputConfig field(s) {', '.join(cut(printable(name), 40) for name in sorted(map(str, unknown))[:5])}; "
-                "known: resolution, format, includeAudio, allowUpscale"
+                f"unknown outputConfig field(s) {named}; known: resolution, format, includeAudio, allowUpscale"
             )
         kwargs: dict[str, Any] = {}
         for snake in ("resolution", "format", "include_audio", "allow_upscale"):
@@ -173,9 +178,15 @@ class PresetStore:
         self.path.write_text(tomli_w.dumps(user), encoding="utf-8")
 
 
-def outputs_record(config: OutputConfig, key: str | None = None, size: int | None = None, *,
-                   width: int | None = None, height: int | None = None,
-                   duration: float | None = None) -> dict[str, Any]:
+def outputs_record(
+    config: OutputConfig,
+    key: str | None = None,
+    size: int | None = None,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    duration: float | None = None,
+) -> dict[str, Any]:
     """One entry of a job's ``outputs`` list. The output's own dimensions and length live in it, so
     whoever reads the row (a run that finds the job done by another, a client) has them too."""
     record: dict[str, Any] = {"name": config.output_name, "kind": "video", "key": key, "size": size}

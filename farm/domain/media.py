@@ -37,10 +37,13 @@ import stat
 import struct
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from farm.base.errors import EXIT_USAGE, FarmError
 from farm.base.settings import SettingsError
 from farm.base.untrusted import printable
 
@@ -64,8 +67,14 @@ anything longer is best split before it is submitted."""
 
 # Demuxer names as libavformat spells them (one demuxer may have several, e.g. "mov,mp4,m4a,...").
 ACCEPTED_DEMUXERS: tuple[str, ...] = (
-    "mov", "mp4", "m4a", "3gp", "3g2", "mj2",  # QuickTime / ISO BMFF; external data refs stay off
-    "matroska", "webm",
+    "mov",
+    "mp4",
+    "m4a",
+    "3gp",
+    "3g2",
+    "mj2",  # QuickTime / ISO BMFF; external data refs stay off
+    "matroska",
+    "webm",
     "avi",
     "mpegts",
     "mpeg",  # MPEG program stream (.mpg, .vob)
@@ -75,20 +84,56 @@ ACCEPTED_DEMUXERS: tuple[str, ...] = (
     "asf",  # .wmv / .asf
     "dv",
     "nut",
-    "h264", "hevc", "mpegvideo", "m4v", "ivf",  # raw elementary streams
+    "h264",
+    "hevc",
+    "mpegvideo",
+    "m4v",
+    "ivf",  # raw elementary streams
 )
 # Raw elementary streams carry no duration; it is measured by reading their packets.
 _RAW_STREAM_DEMUXERS = frozenset({"h264", "hevc", "mpegvideo", "m4v", "ivf"})
 
 # Only used to word a refusal: single-file demuxers that never open anything else.
 _IMAGE_DEMUXERS = (
-    "png_pipe", "jpeg_pipe", "jpegls_pipe", "jpegxl_pipe", "webp_pipe", "gif", "gif_pipe", "apng",
-    "bmp_pipe", "tiff_pipe", "qoi_pipe", "psd_pipe", "j2k_pipe", "dpx_pipe", "exr_pipe",
-    "ppm_pipe", "pgm_pipe", "pbm_pipe", "pam_pipe",
+    "png_pipe",
+    "jpeg_pipe",
+    "jpegls_pipe",
+    "jpegxl_pipe",
+    "webp_pipe",
+    "gif",
+    "gif_pipe",
+    "apng",
+    "bmp_pipe",
+    "tiff_pipe",
+    "qoi_pipe",
+    "psd_pipe",
+    "j2k_pipe",
+    "dpx_pipe",
+    "exr_pipe",
+    "ppm_pipe",
+    "pgm_pipe",
+    "pbm_pipe",
+    "pam_pipe",
 )
 _AUDIO_DEMUXERS = (
-    "mp3", "wav", "w64", "flac", "aac", "ac3", "eac3", "aiff", "caf", "amr", "dts", "truehd",
-    "wv", "ape", "tta", "au", "loas", "mlp",
+    "mp3",
+    "wav",
+    "w64",
+    "flac",
+    "aac",
+    "ac3",
+    "eac3",
+    "aiff",
+    "caf",
+    "amr",
+    "dts",
+    "truehd",
+    "wv",
+    "ape",
+    "tta",
+    "au",
+    "loas",
+    "mlp",
 )
 
 FFMPEG_INPUT_GUARD: list[str] = ["-protocol_whitelist", "file"]
@@ -105,8 +150,10 @@ class FFmpegNotFound(SettingsError):
     """No FFmpeg that EncodeFlow can use (a configuration error); ``str()`` is one line saying what to do."""
 
 
-class NotAVideoError(ValueError):
+class NotAVideoError(FarmError, ValueError):
     """The file cannot be used as a transcode input; ``str()`` is one line to show the user."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -150,7 +197,8 @@ def find_ffmpeg(configured: str | None = None) -> str:
             raise FFmpegNotFound(
                 f"FFmpeg {version} at {path} (from ENCODEFLOW_FFMPEG or settings) is older than "
                 f"{_dotted(MIN_FFMPEG_VERSION)}, the oldest EncodeFlow runs; name a newer one, or unset "
-                "it to use the bundled FFmpeg")
+                "it to use the bundled FFmpeg"
+            )
         return path
     on_path = shutil.which("ffmpeg")
     passed_over = None  # why the one on PATH is not used
@@ -166,7 +214,7 @@ def find_ffmpeg(configured: str | None = None) -> str:
     try:
         import imageio_ffmpeg
 
-        bundled = imageio_ffmpeg.get_ffmpeg_exe()
+        bundled: str = imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
         raise FFmpegNotFound(
             f"no FFmpeg {_dotted(MIN_FFMPEG_VERSION)} or newer: install one, set ENCODEFLOW_FFMPEG, "
@@ -196,8 +244,9 @@ def _new_enough(path: str, version: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _note_unknown_version(path: str, version: str) -> None:
-    log.info("FFmpeg at %s reports version %r, not a release number (a build from git?): taken as "
-             "new enough", path, version)
+    log.info(
+        "FFmpeg at %s reports version %r, not a release number (a build from git?): taken as new enough", path, version
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -211,12 +260,26 @@ def _dotted(release: tuple[int, ...]) -> str:
 
 
 INTERESTING_ENCODERS = (
-    "libx264", "libx265", "libvpx-vp9", "aac", "libopus",
-    "h264_nvenc", "hevc_nvenc", "av1_nvenc",
-    "h264_qsv", "hevc_qsv", "av1_qsv",
-    "h264_vaapi", "hevc_vaapi", "vp9_vaapi", "av1_vaapi",
-    "h264_videotoolbox", "hevc_videotoolbox",
-    "h264_amf", "hevc_amf", "av1_amf",
+    "libx264",
+    "libx265",
+    "libvpx-vp9",
+    "aac",
+    "libopus",
+    "h264_nvenc",
+    "hevc_nvenc",
+    "av1_nvenc",
+    "h264_qsv",
+    "hevc_qsv",
+    "av1_qsv",
+    "h264_vaapi",
+    "hevc_vaapi",
+    "vp9_vaapi",
+    "av1_vaapi",
+    "h264_videotoolbox",
+    "hevc_videotoolbox",
+    "h264_amf",
+    "hevc_amf",
+    "av1_amf",
 )
 
 
@@ -224,7 +287,11 @@ def _ffmpeg_output(ffmpeg: str, *args: str) -> str:
     try:
         done = subprocess.run(
             [ffmpeg, "-hide_banner", *args],
-            capture_output=True, text=True, errors="replace", timeout=30, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FFmpegNotFound(f"cannot run FFmpeg at {ffmpeg!r}: {exc}") from exc
@@ -316,8 +383,12 @@ def _clock(seconds: float) -> str:
 def _guard_options(demuxers: tuple[str, ...]) -> dict[str, str]:
     """libavformat options: read local files only, only with these demuxers, and never follow a
     movie's references to other files (mov's own options; other demuxers leave them unused)."""
-    return {"protocol_whitelist": "file", "format_whitelist": ",".join(demuxers),
-            "enable_drefs": "0", "use_absolute_path": "0"}
+    return {
+        "protocol_whitelist": "file",
+        "format_whitelist": ",".join(demuxers),
+        "enable_drefs": "0",
+        "use_absolute_path": "0",
+    }
 
 
 def _check_file(path: str | os.PathLike[str], name: str) -> int:
@@ -388,7 +459,7 @@ def _head(url: str) -> bytes:
         return b""
 
 
-def _describe(container, name: str, size: int, url: str) -> MediaInfo:
+def _describe(container: Any, name: str, size: int, url: str) -> MediaInfo:
     import av
 
     demuxer_names = set(container.format.name.split(","))
@@ -396,7 +467,8 @@ def _describe(container, name: str, size: int, url: str) -> MediaInfo:
         raise NotAVideoError(f"{name} is in a format EncodeFlow does not accept ({container.format.name})")
 
     videos = [
-        s for s in container.streams.video
+        s
+        for s in container.streams.video
         if not s.disposition & (av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails)
     ]
     if not videos:
@@ -459,8 +531,7 @@ def _rejected_frame_size(url: str) -> tuple[int, int]:
         try:
             with av.logging.Capture() as logs:
                 try:
-                    av.open(url, container_options=_guard_options(ACCEPTED_DEMUXERS),
-                            timeout=_PROBE_TIMEOUT_S).close()
+                    av.open(url, container_options=_guard_options(ACCEPTED_DEMUXERS), timeout=_PROBE_TIMEOUT_S).close()
                 except av.error.FFmpegError:
                     pass
         finally:
@@ -476,16 +547,16 @@ def _rate(rate: Fraction | None) -> float:
     return float(rate) if rate else 0.0
 
 
-def _fps(video, raw: bool) -> float:
+def _fps(video: Any, raw: bool) -> float:
     if raw:  # the raw demuxers' average_rate is their 25 fps default; the codec's timing is real
         return _rate(video.codec_context.framerate) or _rate(video.guessed_rate) or _rate(video.average_rate)
     return _rate(video.average_rate) or _rate(video.guessed_rate)
 
 
-def _duration(container, video) -> float:
+def _duration(container: Any, video: Any) -> float:
     """Seconds, 0.0 when neither the container nor the video stream knows."""
     if container.duration and container.duration > 0:
-        return container.duration / 1_000_000  # AV_TIME_BASE
+        return float(container.duration / 1_000_000)  # AV_TIME_BASE
     if video.duration and video.time_base:
         return float(video.duration * video.time_base)
     return 0.0
@@ -507,7 +578,7 @@ def _measure_raw_duration(url: str, info: MediaInfo) -> float:
     return frames / info.fps if info.fps else 0.0
 
 
-def _first_frame(container, video):
+def _first_frame(container: Any, video: Any) -> Any:
     import av
 
     for count, packet in enumerate(container.demux(video)):
@@ -551,11 +622,13 @@ def _container_problem(path: str | os.PathLike[str], size: int) -> str | None:
 
 
 def _truncated(needed: int, size: int) -> str:
-    return (f"is truncated: its structure needs {needed:,} bytes but the file has {size:,} "
-            "(an interrupted copy or upload?); submit the complete file")
+    return (
+        f"is truncated: its structure needs {needed:,} bytes but the file has {size:,} "
+        "(an interrupted copy or upload?); submit the complete file"
+    )
 
 
-def _iso_boxes(fh, start: int, end: int):
+def _iso_boxes(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """``(type, payload start, box end)`` of each box between ``start`` and ``end``."""
     pos = start
     while pos + 8 <= end:
@@ -575,17 +648,19 @@ def _iso_boxes(fh, start: int, end: int):
         pos += box_size
 
 
-def _iso_problem(fh, size: int) -> str | None:
+def _iso_problem(fh: BinaryIO, size: int) -> str | None:
     for kind, payload, end in _iso_boxes(fh, 0, size):
         if end > size:
             return _truncated(end, size)
         if kind == b"moov" and _has_external_references(fh, payload, end):
-            return ("is a reference movie: its media lives in other files, which EncodeFlow never "
-                    "opens; export a self-contained movie and submit that")
+            return (
+                "is a reference movie: its media lives in other files, which EncodeFlow never "
+                "opens; export a self-contained movie and submit that"
+            )
     return None
 
 
-def _has_external_references(fh, start: int, end: int, depth: int = 0) -> bool:
+def _has_external_references(fh: BinaryIO, start: int, end: int, depth: int = 0) -> bool:
     """Whether any track's data reference names another file or URL (``moov/trak/.../dref``)."""
     wanted = _ISO_PATH_TO_DREF[depth]
     for kind, payload, box_end in _iso_boxes(fh, start, end):
@@ -599,7 +674,7 @@ def _has_external_references(fh, start: int, end: int, depth: int = 0) -> bool:
         data = fh.read(min(box_end - payload, _MAX_DREF_BYTES))
         pos = 8  # version and flags, entry count
         while pos + 12 <= len(data):
-            entry_size, _entry_type, flags = struct.unpack(">I4sI", data[pos:pos + 12])
+            entry_size, _entry_type, flags = struct.unpack(">I4sI", data[pos : pos + 12])
             # Flag 1: "the media data is in this same file". Anything else with a body names a place.
             if not flags & 1 and entry_size > 12:
                 return True
@@ -609,7 +684,7 @@ def _has_external_references(fh, start: int, end: int, depth: int = 0) -> bool:
     return False
 
 
-def _ebml_number(fh) -> tuple[int | None, int] | None:
+def _ebml_number(fh: BinaryIO) -> tuple[int | None, int] | None:
     """An EBML variable-size number: ``(value, bytes read)``; value ``None`` means "unknown"."""
     first = fh.read(1)
     if not first or first[0] == 0:
@@ -624,7 +699,7 @@ def _ebml_number(fh) -> tuple[int | None, int] | None:
     return (None if value == (1 << (7 * length)) - 1 else value), length
 
 
-def _matroska_problem(fh, size: int) -> str | None:
+def _matroska_problem(fh: BinaryIO, size: int) -> str | None:
     fh.seek(4)
     header = _ebml_number(fh)
     if header is None or header[0] is None:

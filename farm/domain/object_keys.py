@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from farm.base.errors import FarmError
 from farm.base.untrusted import shown
 
 MAX_NAME_BYTES = 150
@@ -31,7 +32,7 @@ _WINDOWS_RESERVED = frozenset(
 )
 
 
-class InvalidKeyError(ValueError):
+class InvalidKeyError(FarmError, ValueError):
     """A storage key or id is malformed or would escape its prefix; the message says which and why."""
 
 

@@ -1,4 +1,4 @@
-"""The queue payload: built by producers, validated again by nodes (never trusted).
+"""The queue payload: built by producers (``queue_payload``), validated again by nodes (never trusted).
 
 ``{"jobId": "...", "input": {"key": "inputs/<video id>/<name>", "name": "<original name>"},
 "outputConfig": {"resolution": "720p", "format": "mp4", "includeAudio": true}}``; optional fields
@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from farm.base.errors import FarmError
+from farm.base.untrusted import shown
 from farm.domain.jobspec import MAX_PRIORITY, JobSpecError, OutputConfig, validate_priority
 from farm.domain.object_keys import MAX_ID_CHARS, InvalidKeyError, split_key, validate_id
-from farm.base.untrusted import shown
 
 MAX_NAME_CHARS = 1024  # input.name, as the Video row keeps it
 MAX_SUBMITTED_BY_CHARS = 255
 _INPUT_KEY = re.compile(rf"inputs/(?P<video>[A-Za-z0-9_-]{{1,{MAX_ID_CHARS}}})/[^/\\\x00]{{1,255}}")
 
 
-class PayloadError(ValueError):
+class PayloadError(FarmError, ValueError):
     """A payload a node refuses. ``field`` names the part that is wrong (``input.name``, ``priority``)."""
 
     def __init__(self, field: str, reason: str):
@@ -46,22 +48,45 @@ class JobPayload:
     submitted_by: str = ""
 
     @classmethod
-    def parse(cls, bull_job_id: Any, data: Any) -> "JobPayload":
+    def parse(cls, bull_job_id: Any, data: Any) -> JobPayload:
         """The payload of the BullMQ job ``bull_job_id``, or ``PayloadError`` naming a bad field."""
         data = _object(data)
         job_id = _job_id(bull_job_id, data)
         key = _input_key(data)
-        return cls(job_id, key, _input_name(data, key), _config(data), _video_id(data, key),
-                   _priority(data), _submitted_by(data))
+        return cls(
+            job_id,
+            key,
+            _input_name(data, key),
+            _config(data),
+            _video_id(data, key),
+            _priority(data),
+            _submitted_by(data),
+        )
 
-    @staticmethod
-    def build(job_id: str, input_key: str, input_name: str, config: OutputConfig, **extra: Any) -> dict:
-        return {
-            "jobId": job_id,
-            "input": {"key": input_key, "name": input_name},
-            "outputConfig": config.to_payload(),
-            **extra,
-        }
+
+def queue_payload(
+    job_id: str,
+    input_key: str,
+    input_name: str,
+    config: OutputConfig | Mapping[str, Any],
+    *,
+    video_id: str | None = None,
+) -> dict[str, Any]:
+    """The payload a producer enqueues for a recorded job (``videoId`` when ``video_id`` is given).
+
+    ``config`` is the job's ``OutputConfig`` or its stored ``outputConfig``, which is read back
+    through ``OutputConfig`` so that the queue only ever carries a complete, valid one.
+    """
+    if not isinstance(config, OutputConfig):
+        config = OutputConfig.from_payload(config)
+    payload: dict[str, Any] = {
+        "jobId": job_id,
+        "input": {"key": input_key, "name": input_name},
+        "outputConfig": config.to_payload(),
+    }
+    if video_id is not None:
+        payload["videoId"] = video_id
+    return payload
 
 
 def salvage(data: Any) -> dict[str, Any]:
@@ -88,23 +113,22 @@ def salvage(data: Any) -> dict[str, Any]:
 # -- the fields, one check each ---------------------------------------------------------------
 
 
-def _object(data: Any) -> dict:
+def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PayloadError("payload", f"must be a JSON object, got {type(data).__name__}")
     return data
 
 
-def _job_id(bull_job_id: Any, data: dict) -> str:
+def _job_id(bull_job_id: Any, data: dict[str, Any]) -> str:
     """``jobId`` may be left out (the BullMQ id is used); both must follow the id rules."""
-    job_id = data.get("jobId", bull_job_id)
-    for value in (job_id, bull_job_id):  # the BullMQ id names work dirs and log lines too
-        _id(value, "jobId")
+    job_id = _id(data.get("jobId", bull_job_id), "jobId")
+    _id(bull_job_id, "jobId")  # the BullMQ id names work dirs and log lines too
     if job_id != bull_job_id:
         raise PayloadError("jobId", f"{shown(job_id)} does not match the BullMQ job id {shown(bull_job_id)}")
     return job_id
 
 
-def _input_key(data: dict) -> str:
+def _input_key(data: dict[str, Any]) -> str:
     source = data.get("input")
     if not isinstance(source, dict):
         raise PayloadError("input", "input must be an object with key and name")
@@ -114,7 +138,7 @@ def _input_key(data: dict) -> str:
     return key
 
 
-def _input_name(data: dict, key: str) -> str:
+def _input_name(data: dict[str, Any], key: str) -> str:
     """The user's file name. Names may hold any character a file system allows except NUL (which
     PostgreSQL cannot store); whoever shows one escapes its control characters."""
     name = data["input"].get("name")
@@ -125,43 +149,47 @@ def _input_name(data: dict, key: str) -> str:
     return _text(name, "input.name", MAX_NAME_CHARS, controls=True)
 
 
-def _config(data: dict) -> OutputConfig:
+def _config(data: dict[str, Any]) -> OutputConfig:
     """Required: a missing outputConfig is a producer's mistake, not a wish for the defaults (its
     fields, though, have documented defaults)."""
     if "outputConfig" not in data:
-        raise PayloadError("outputConfig", "missing; give at least {} for the defaults "
-                                           "(resolution 720p, format mp4, includeAudio true)")
+        raise PayloadError(
+            "outputConfig",
+            "missing; give at least {} for the defaults (resolution 720p, format mp4, includeAudio true)",
+        )
     try:
         return OutputConfig.from_payload(data["outputConfig"])
     except JobSpecError as exc:
         raise PayloadError("outputConfig", str(exc)) from None
 
 
-def _video_id(data: dict, key: str) -> str:
+def _video_id(data: dict[str, Any], key: str) -> str:
     """The video is the one input.key names; a videoId that names another is refused, so a job can
     never be attached to another video's row."""
-    from_key = _INPUT_KEY.fullmatch(key).group("video")
-    given = data.get("videoId")
-    if given is None:
+    match = _INPUT_KEY.fullmatch(key)
+    assert match is not None, "a key that _input_key accepted"
+    from_key = match.group("video")
+    if data.get("videoId") is None:
         return from_key
-    _id(given, "videoId")
+    given = _id(data["videoId"], "videoId")
     if given != from_key:
         raise PayloadError("videoId", f"{shown(given)} is not the video id in input.key ({shown(from_key)})")
     return given
 
 
-def _priority(data: dict) -> int:
+def _priority(data: dict[str, Any]) -> int:
     priority = data.get("priority")
     if priority is None:
         return 0
     try:
         return validate_priority(priority)
     except JobSpecError:
-        raise PayloadError("priority", f"must be a whole number from 0 to {MAX_PRIORITY} (1 runs first), "
-                                       f"got {shown(priority)}") from None
+        raise PayloadError(
+            "priority", f"must be a whole number from 0 to {MAX_PRIORITY} (1 runs first), got {shown(priority)}"
+        ) from None
 
 
-def _submitted_by(data: dict) -> str:
+def _submitted_by(data: dict[str, Any]) -> str:
     value = data.get("submittedBy")
     return "" if value is None else _text(value, "submittedBy", MAX_SUBMITTED_BY_CHARS, controls=False)
 
@@ -169,12 +197,13 @@ def _submitted_by(data: dict) -> str:
 # -- rules shared by the fields -----------------------------------------------------------------
 
 
-def _id(value: Any, field: str) -> None:
+def _id(value: Any, field: str) -> str:
     try:
-        validate_id(value, field)
+        return validate_id(value, field)
     except InvalidKeyError:
-        raise PayloadError(field, f"must be 1 to {MAX_ID_CHARS} letters, digits, '-' or '_' (a UUID, say), "
-                                  f"got {shown(value)}") from None
+        raise PayloadError(
+            field, f"must be 1 to {MAX_ID_CHARS} letters, digits, '-' or '_' (a UUID, say), got {shown(value)}"
+        ) from None
 
 
 def _text(value: Any, field: str, max_chars: int, *, controls: bool) -> str:

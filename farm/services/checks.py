@@ -14,14 +14,19 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from farm.base.redact import mask_password, redact_url, url_password
+from farm.base.settings import database_url_problem, redis_url_problem
 from farm.services.db.engine import driver_reason, sqlite_path
-from farm.base.settings import database_url_problem, redact_url, redis_url_problem
 from farm.services.storage import LocalStorage, StorageError, open_storage
+
+if TYPE_CHECKING:
+    from farm.services.storage.s3 import S3Storage
 
 TIMEOUT_S = 3
 MIN_REDIS_VERSION = (6, 2)  # what BullMQ's scripts and the node registry rely on
@@ -54,8 +59,11 @@ async def probe_redis(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     """
     shown = redact_url(url) if isinstance(url, str) else repr(url)
     if not url or not url.startswith(("redis://", "rediss://", "unix://")):
-        return CheckResult(False, f"{shown!r} is not a Redis URL; use redis://host:6379/0, rediss://… (TLS) "
-                                  "or unix:///path", config=True)
+        return CheckResult(
+            False,
+            f"{shown!r} is not a Redis URL; use redis://host:6379/0, rediss://… (TLS) or unix:///path",
+            config=True,
+        )
     problem = redis_url_problem(url)
     if problem:  # the driver would misread it, and its error would quote part of the password
         return CheckResult(False, problem, config=True)
@@ -75,8 +83,11 @@ async def probe_redis(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     version = str(info.get("redis_version", "?"))
     found = f"Redis {version} at {_redis_location(url)}"
     if _version_tuple(version) < MIN_REDIS_VERSION:
-        return CheckResult(False, f"{found} is too old: EncodeFlow needs Redis "
-                                  f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer", config=True)
+        return CheckResult(
+            False,
+            f"{found} is too old: EncodeFlow needs Redis {'.'.join(map(str, MIN_REDIS_VERSION))} or newer",
+            config=True,
+        )
     if policy and policy != "noeviction":
         found += f" (warning: maxmemory-policy is {policy}; use noeviction, or queued jobs can vanish)"
     return CheckResult(True, found)
@@ -86,27 +97,43 @@ def redis_failure(exc: redis.RedisError, url: str, timeout: float) -> CheckResul
     """What a Redis error means for the user of ``url`` (whose commands time out after ``timeout``
     seconds): one line, no password, and whether it is a configuration error."""
     where = _redis_location(url)
-    needs_password = CheckResult(False, f"Redis at {where} needs a password; put it in the URL "
-                                        "(redis://:PASSWORD@host:port/0)", config=True)
+    needs_password = CheckResult(
+        False, f"Redis at {where} needs a password; put it in the URL (redis://:PASSWORD@host:port/0)", config=True
+    )
     if isinstance(exc, redis.AuthenticationError):
         if not _redis_url_fields(url).get("password"):
             return needs_password
-        return CheckResult(False, _scrub(
-            f"Redis at {where} refused the credentials ({str(exc).rstrip('.')}); put the right password "
-            "in the URL (redis://:PASSWORD@host:port/0)", url), config=True)
+        return CheckResult(
+            False,
+            _scrub(
+                f"Redis at {where} refused the credentials ({str(exc).rstrip('.')}); put the right password "
+                "in the URL (redis://:PASSWORD@host:port/0)",
+                url,
+            ),
+            config=True,
+        )
     if isinstance(exc, redis.TimeoutError):
-        return CheckResult(False, no_answer_from_redis(url, timeout) + "; check the host and port, and that "
-                                  "no firewall drops the connection")
+        return CheckResult(
+            False,
+            no_answer_from_redis(url, timeout) + "; check the host and port, and that no firewall drops the connection",
+        )
     if isinstance(exc, redis.ConnectionError):
-        return CheckResult(False, _scrub(
-            f"cannot connect to Redis at {where}: {_connection_reason(exc)}; check the URL and that "
-            "the server is running", url), config=_unknown_host(exc))
+        return CheckResult(
+            False,
+            _scrub(
+                f"cannot connect to Redis at {where}: {_connection_reason(exc)}; check the URL and that "
+                "the server is running",
+                url,
+            ),
+            config=_unknown_host(exc),
+        )
     if isinstance(exc, redis.ResponseError):
         if str(exc).startswith("NOAUTH"):
             return needs_password
         return CheckResult(False, _scrub(f"Redis at {where} answered with an error: {exc}", url), config=True)
-    return CheckResult(False, _scrub(
-        f"the server at {where} does not speak Redis ({exc}); check the host and port", url), config=True)
+    return CheckResult(
+        False, _scrub(f"the server at {where} does not speak Redis ({exc}); check the host and port", url), config=True
+    )
 
 
 def no_answer_from_redis(url: str, timeout: float) -> str:
@@ -124,9 +151,10 @@ def _redis_location(url: str) -> str:
     return f"{location} (db {db})" if db else location
 
 
-def _redis_url_fields(url: str) -> dict:
+def _redis_url_fields(url: str) -> dict[str, Any]:
     try:
-        return redis.connection.parse_url(url)
+        fields: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        return fields
     except ValueError:
         return {}
 
@@ -136,7 +164,7 @@ def _connection_reason(exc: Exception) -> str:
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLError):  # its errno is OpenSSL's, not the system's
         cause = None
-    if isinstance(cause, OSError) and (cause.errno or 0) > 0:
+    if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
         return os.strerror(cause.errno)
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror
@@ -166,15 +194,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 def _scrub(text: str, url: str) -> str:
     """Belt and braces: a driver's own words might quote the password back."""
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        text = text.replace(secret, "***")
-    return text
+    return mask_password(text, url_password(url))
 
 
 # -- database ----------------------------------------------------------------------------------
@@ -188,11 +208,14 @@ def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError, TypeError):
-        return CheckResult(False, "the database URL is not a valid SQLAlchemy URL; expected e.g. "
-                                  "postgresql+psycopg://user:password@host/dbname or sqlite:////path/to/encodeflow.db")
+        return CheckResult(
+            False,
+            "the database URL is not a valid SQLAlchemy URL; expected e.g. "
+            "postgresql+psycopg://user:password@host/dbname or sqlite:////path/to/encodeflow.db",
+        )
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
-    connect_args: dict = {}
+    connect_args: dict[str, Any] = {}
     if backend == "postgresql" and "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = max(1, int(timeout))
     elif backend == "mysql" and "connect_timeout" not in parsed.query:
@@ -205,13 +228,18 @@ def check_database(url: str, timeout: float = TIMEOUT_S) -> CheckResult:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                return CheckResult(False, f"cannot create the folder {path.parent} for the SQLite "
-                                          f"database: {exc.strerror or exc}; choose another path")
+                return CheckResult(
+                    False,
+                    f"cannot create the folder {path.parent} for the SQLite "
+                    f"database: {exc.strerror or exc}; choose another path",
+                )
     try:
         engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=connect_args)
     except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        return CheckResult(False, f"cannot use database {shown}: {driver_reason(exc, parsed)}; "
-                                  "install its driver or fix the URL's scheme")
+        return CheckResult(
+            False,
+            f"cannot use database {shown}: {driver_reason(exc, parsed)}; install its driver or fix the URL's scheme",
+        )
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
@@ -248,7 +276,7 @@ def check_storage(url: str, credentials: tuple[str, str] | None = None) -> Check
     try:
         storage = open_storage(url)
         if credentials and not isinstance(storage, LocalStorage):
-            storage = _with_credentials(storage, credentials)
+            storage = _with_credentials(cast("S3Storage", storage), credentials)
         storage.check()
     except StorageError as exc:
         return CheckResult(False, str(exc))
@@ -256,11 +284,12 @@ def check_storage(url: str, credentials: tuple[str, str] | None = None) -> Check
         return CheckResult(False, f"cannot use storage {shown}: {type(exc).__name__}: {exc}")
     if isinstance(storage, LocalStorage):
         return CheckResult(True, f"folder {storage.root} is readable and writable")
-    prefix = f", prefix {storage.prefix!r}" if storage.prefix else ""
-    return CheckResult(True, f"bucket {storage.bucket!r} at {storage.endpoint}{prefix} is readable and writable")
+    s3 = cast("S3Storage", storage)  # storage URLs name a folder or an S3 bucket
+    prefix = f", prefix {s3.prefix!r}" if s3.prefix else ""
+    return CheckResult(True, f"bucket {s3.bucket!r} at {s3.endpoint}{prefix} is readable and writable")
 
 
-def _with_credentials(storage, credentials: tuple[str, str]):
+def _with_credentials(storage: S3Storage, credentials: tuple[str, str]) -> S3Storage:
     import boto3
 
     from farm.services.storage.s3 import S3Storage
@@ -286,6 +315,10 @@ def check_prometheus(url: str | None, timeout: float = TIMEOUT_S) -> CheckResult
         return CheckResult(False, str(exc))
     nodes = int(float(result[0]["value"][1])) if result else 0
     if not nodes:
-        return CheckResult(True, f"Prometheus at {client.shown_url} answers, but scrapes no EncodeFlow node yet; "
-                                 "add the nodes' metrics ports to its scrape config (packaging/prometheus)")
-    return CheckResult(True, f"Prometheus at {client.shown_url} scrapes {nodes} EncodeFlow node{'s' if nodes != 1 else ''}")
+        return CheckResult(
+            True,
+            f"Prometheus at {client.shown_url} answers, but scrapes no EncodeFlow node yet; "
+            "add the nodes' metrics ports to its scrape config (packaging/prometheus)",
+        )
+    plural = "s" if nodes != 1 else ""
+    return CheckResult(True, f"Prometheus at {client.shown_url} scrapes {nodes} EncodeFlow node{plural}")

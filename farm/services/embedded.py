@@ -30,13 +30,14 @@ from pathlib import Path
 
 import redis
 
-from farm.base.settings import Settings
+from farm.base.errors import FarmError
 from farm.base.ports import free_port
+from farm.base.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddedRedisError(RuntimeError):
+class EmbeddedRedisError(FarmError, RuntimeError):
     pass
 
 
@@ -107,7 +108,6 @@ def _responds(url: str) -> bool:
         return False
 
 
-
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         # What redis-server itself sets: a port whose last connections linger in TIME_WAIT is free.
@@ -129,9 +129,13 @@ def _endpoint(directory: Path) -> tuple[int, str]:
         port, password = 0, secrets.token_urlsafe(24)
     if port and not _port_is_free(port):
         new_port = free_port()
-        log.warning("the embedded Redis's port %d is taken by another program; starting it on port %d "
-                    "instead. Processes still using the old address (running farm nodes, an open panel) "
-                    "cannot reconnect: restart them.", port, new_port)
+        log.warning(
+            "the embedded Redis's port %d is taken by another program; starting it on port %d "
+            "instead. Processes still using the old address (running farm nodes, an open panel) "
+            "cannot reconnect: restart them.",
+            port,
+            new_port,
+        )
         port = new_port
     port = port or free_port()
     record.touch(mode=0o600)
@@ -160,7 +164,8 @@ def running_embedded_redis(settings: Settings) -> EmbeddedRedis | None:
     raise EmbeddedRedisError(
         f"{no_answer_from_redis(state['url'], ANSWER_TIMEOUT_S)}, although the local farm's Redis process "
         f"(pid {state['pid']}) is running: it may be stopped, hung or still loading its data; wait, or stop "
-        "that process and start the farm again (`encodeflow up`)")
+        "that process and start the farm again (`encodeflow up`)"
+    )
 
 
 def ensure_embedded_redis(settings: Settings, timeout: float = 15.0) -> EmbeddedRedis:
@@ -212,7 +217,8 @@ def _start(directory: Path, timeout: float) -> EmbeddedRedis:
     conf.chmod(0o600)
     result = subprocess.run([binary, str(conf)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise EmbeddedRedisError(f"embedded redis-server failed to start: {result.stderr.strip() or result.stdout.strip()}")
+        said = result.stderr.strip() or result.stdout.strip()
+        raise EmbeddedRedisError(f"embedded redis-server failed to start: {said}")
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -223,7 +229,7 @@ def _start(directory: Path, timeout: float) -> EmbeddedRedis:
             state_file.write_text(json.dumps({"url": url, "pid": pid}))
             return EmbeddedRedis(url, pid, True, directory)
         time.sleep(0.05)
-    log = (directory / "redis.log")
+    log = directory / "redis.log"
     tail = log.read_text()[-500:] if log.exists() else ""
     raise EmbeddedRedisError(f"embedded redis-server did not answer within {timeout:.0f} s; its log ends: {tail}")
 

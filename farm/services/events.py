@@ -12,13 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, cast
 
 import redis
 
+from farm.base.backoff import Backoff
+from farm.domain.keyspace import Keyspace
+
 log = logging.getLogger(__name__)
 
+# XREAD's reply: [(stream, [(entry id, {field: value}), ...])], empty when the block timed out.
+_StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 # Fields that BullMQ's scripts JSON-encode inside an event entry.
 _JSON_FIELDS = {"progress": "data", "completed": "returnvalue"}
 
@@ -28,7 +34,7 @@ class JobEvent:
     event: str  # added, waiting, active, progress, completed, failed, removed, stalled, retries-exhausted, ...
     job_id: str | None
     stream_id: str
-    fields: dict = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def progress(self) -> float | None:
@@ -40,20 +46,24 @@ class JobEvent:
         return None
 
 
-def events_key(queue: str, prefix: str = "bull") -> str:
-    return f"{prefix}:{queue}:events"
-
-
 class JobEventListener:
     """Iterate over job events: ``for event in listener.events(): ...``; ``stop()`` from any thread.
 
     ``on_reconnect`` is called after the connection came back, so the caller can reconcile state.
     """
 
-    def __init__(self, redis_url: str, queue: str, *, last_id: str = "$", block_ms: int = 1000,
-                 on_reconnect: Callable[[], None] | None = None, max_backoff: float = 10.0):
+    def __init__(
+        self,
+        redis_url: str,
+        queue: str,
+        *,
+        last_id: str = "$",
+        block_ms: int = 1000,
+        on_reconnect: Callable[[], None] | None = None,
+        max_backoff: float = 10.0,
+    ):
         self.redis_url = redis_url
-        self.key = events_key(queue)
+        self.key = Keyspace(queue).events
         self.last_id = last_id
         self.block_ms = block_ms
         self.on_reconnect = on_reconnect
@@ -71,7 +81,9 @@ class JobEventListener:
 
     def _client(self) -> redis.Redis:
         return redis.Redis.from_url(
-            self.redis_url, decode_responses=True, socket_connect_timeout=3,
+            self.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=3,
             socket_timeout=self.block_ms / 1000 + 5,
         )
 
@@ -81,10 +93,16 @@ class JobEventListener:
             info = client.xinfo_stream(self.key) if client.exists(self.key) else None
             self.last_id = info["last-generated-id"] if info else "0-0"
 
+    def _reconnected(self) -> None:
+        self.reconnects += 1
+        log.info("job-event listener reconnected to Redis")
+        if self.on_reconnect:
+            self.on_reconnect()
+
     def events(self, *, yield_idle: bool = False) -> Iterator[JobEvent | None]:
         """Job events as they arrive; with ``yield_idle``, also ``None`` after each quiet block
         (and each failed reconnect), so a caller can check deadlines or a stop flag."""
-        backoff = 0.2
+        backoff = Backoff(first=0.2, cap=self.max_backoff)
         client: redis.Redis | None = None
         had_connection = False
         while not self._stop.is_set():
@@ -94,12 +112,10 @@ class JobEventListener:
                     client.ping()
                     self._resolve_start(client)
                     if had_connection:
-                        self.reconnects += 1
-                        log.info("job-event listener reconnected to Redis")
-                        if self.on_reconnect:
-                            self.on_reconnect()
-                    self.connected, had_connection, backoff = True, True, 0.2
-                data = client.xread({self.key: self.last_id}, block=self.block_ms, count=500)
+                        self._reconnected()
+                    self.connected, had_connection = True, True
+                    backoff.reset()
+                data = cast(_StreamReply, client.xread({self.key: self.last_id}, block=self.block_ms, count=500))
             except redis.RedisError as exc:
                 if self.connected:
                     log.warning("job-event listener lost Redis (%s); reconnecting", type(exc).__name__)
@@ -107,8 +123,7 @@ class JobEventListener:
                 if client is not None:
                     client.close()
                     client = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                self._stop.wait(backoff.next())
                 if yield_idle:
                     yield None
                 continue
@@ -122,7 +137,7 @@ class JobEventListener:
             client.close()
 
 
-def _to_event(stream_id: str, fields: dict) -> JobEvent:
+def _to_event(stream_id: str, fields: dict[str, Any]) -> JobEvent:
     event = fields.pop("event", "")
     json_field = _JSON_FIELDS.get(event)
     if json_field and json_field in fields:

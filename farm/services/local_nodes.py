@@ -14,15 +14,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from farm.base.child_guard import ChildGuard, Watch
-from farm.services.embedded import ensure_embedded_redis
-from farm.domain.media import find_ffmpeg
-from farm.base.settings import ENV_VARS, Settings
 from farm.base.ports import free_port
-from farm.services.registry import NodeNameTaken, NodeRegistry, check_node_name, host_node_name
+from farm.base.settings import ENV_VARS, Settings
+from farm.domain.media import find_ffmpeg
+from farm.domain.nodes import check_node_name
+from farm.services.embedded import EmbeddedRedis, ensure_embedded_redis
+from farm.services.registry import NodeNameTaken, NodeRegistry, host_node_name
 
 DRAIN_TIMEOUT_S = 600  # a running transcode gets this long to finish on a normal stop
 
@@ -38,11 +40,17 @@ def node_command() -> list[str]:
     return [sys.executable, "-m", "farm_node"]
 
 
-
 class LocalFarm:
-    def __init__(self, settings: Settings, nodes: int = 1, concurrency: int = 1,
-                 keep_redis: bool = False, node_prefix: str | None = None, role: str = "local",
-                 tied_to_caller: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        nodes: int = 1,
+        concurrency: int = 1,
+        keep_redis: bool = False,
+        node_prefix: str | None = None,
+        role: str = "local",
+        tied_to_caller: bool = False,
+    ):
         self.settings = settings
         self.count = nodes
         self.concurrency = concurrency
@@ -54,15 +62,15 @@ class LocalFarm:
         # it starts them from a pool thread (the Linux signal follows the forking thread): untied.
         self.tied_to_caller = tied_to_caller
         self._watches: list[Watch] = []
-        self.redis = None
-        self.procs: list[tuple[dict, subprocess.Popen]] = []
+        self.redis: EmbeddedRedis | None = None
+        self.procs: list[tuple[dict[str, Any], subprocess.Popen[bytes]]] = []
         self._stop = threading.Event()
 
-    def __enter__(self) -> "LocalFarm":
+    def __enter__(self) -> LocalFarm:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -76,15 +84,28 @@ class LocalFarm:
         names = [self.node_name(index) for index in range(1, self.count + 1)]
         self._refuse_if_running(names)
         for name in names:
-            info = {"name": name, "metrics_port": free_port()}
-            cmd = [*node_command(), "--name", info["name"],
-                   "--concurrency", str(self.concurrency), "--metrics-host", "127.0.0.1",
-                   "--metrics-port", str(info["metrics_port"])]
+            port = free_port()
+            info: dict[str, Any] = {"name": name, "metrics_port": port}
+            cmd = [
+                *node_command(),
+                "--name",
+                name,
+                "--concurrency",
+                str(self.concurrency),
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+            ]
             # Own process group: a terminal's Ctrl-C reaches only us, and we drain the nodes once;
             # had they got it too, our SIGTERM would be their second signal (a cold stop).
             guard = ChildGuard(sig=signal.SIGTERM) if self.tied_to_caller else None
-            proc = subprocess.Popen(guard.command(cmd) if guard else cmd, env=env, start_new_session=True,
-                                    **(guard.popen_kwargs() if guard else {}))
+            proc = subprocess.Popen(
+                guard.command(cmd) if guard else cmd,
+                env=env,
+                start_new_session=True,
+                **(guard.popen_kwargs() if guard else {}),
+            )
             self.procs.append((info, proc))
             if guard:
                 self._watches.append(guard.watch(proc.pid))
@@ -98,15 +119,19 @@ class LocalFarm:
         """A second farm on one data dir would run its nodes under the first one's names: say so
         before starting any (each node would refuse to start anyway, one line each)."""
         url = self.redis.url if self.redis is not None else self.settings.redis_url
+        assert url, "a farm without an embedded Redis is configured with one"
         with redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5) as client:
             holders = {name: NodeRegistry(client, self.settings.queue).name_holder(name) for name in names}
         for name, holder in holders.items():
             if holder is not None:
-                raise NodeNameTaken(f"a local farm is already running on queue {self.settings.queue!r}: its node "
-                                    f"{name} is pid {holder.pid} on {holder.host}; use that farm, or stop it "
-                                    "(Ctrl-C where it runs) before starting another", holder)
+                raise NodeNameTaken(
+                    f"a local farm is already running on queue {self.settings.queue!r}: its node "
+                    f"{name} is pid {holder.pid} on {holder.host}; use that farm, or stop it "
+                    "(Ctrl-C where it runs) before starting another",
+                    holder,
+                )
 
-    def node_info(self) -> list[dict]:
+    def node_info(self) -> list[dict[str, Any]]:
         return [info | {"pid": proc.pid, "alive": proc.poll() is None} for info, proc in self.procs]
 
     def wait(self) -> None:
@@ -148,7 +173,7 @@ class LocalFarm:
         self.redis = None
 
 
-def _wait(proc: subprocess.Popen, deadline: float) -> None:
+def _wait(proc: subprocess.Popen[bytes], deadline: float) -> None:
     try:
         proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
@@ -161,11 +186,31 @@ def make_sample_clip(path: Path, seconds: float = 5.0) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=25:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-         str(path)],
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=1280x720:rate=25:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
         check=True,
     )
     return path

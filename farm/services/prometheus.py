@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
+from farm.base.errors import FarmError
 from farm.base.redact import redact_url
 
 TIMEOUT_S = 10
@@ -29,11 +30,11 @@ FLEET_QUERIES = {
     "queue": 'max by (state) (queue_jobs{state=~"waiting|active"})',
     # Jobs finished per minute, averaged over each step.
     "finished": 'sum by (status) (increase(workers_jobs_processed_total{status=~"success|failed"}[{step}s])) '
-                "* 60 / {step}",
+    "* 60 / {step}",
 }
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(FarmError, RuntimeError):
     """Prometheus could not be asked or refused the query; the message says which and what to do."""
 
 
@@ -50,8 +51,9 @@ class History:
 class PrometheusClient:
     def __init__(self, url: str, timeout: float = TIMEOUT_S):
         if not url.startswith(("http://", "https://")):
-            raise PrometheusError(f"ENCODEFLOW_PROMETHEUS_URL must start with http:// or https://, "
-                                  f"got {redact_url(url)!r}")
+            raise PrometheusError(
+                f"ENCODEFLOW_PROMETHEUS_URL must start with http:// or https://, got {redact_url(url)!r}"
+            )
         parts = urllib.parse.urlsplit(url.rstrip("/"))
         # urllib does not send a URL's user:password itself: basic auth (a Prometheus behind a
         # reverse proxy) goes in a header, and the URL used for requests carries no secret.
@@ -64,20 +66,23 @@ class PrometheusClient:
         self.shown_url = redact_url(url.rstrip("/"))
         self.timeout = timeout
 
-    def query_range(self, query: str, start: float, end: float, step: int) -> list[dict]:
+    def query_range(self, query: str, start: float, end: float, step: int) -> list[dict[str, Any]]:
         """The ``result`` list of a range query (``[{"metric": {...}, "values": [[t, "v"], ...]}]``)."""
         return self._result("query_range", query, start=f"{start:.3f}", end=f"{end:.3f}", step=str(step))
 
-    def query(self, query: str) -> list[dict]:
+    def query(self, query: str) -> list[dict[str, Any]]:
         """The ``result`` list of an instant query (``[{"metric": {...}, "value": [t, "v"]}]``)."""
         return self._result("query", query)
 
-    def _result(self, endpoint: str, query: str, **params: str) -> list[dict]:
+    def _result(self, endpoint: str, query: str, **params: str) -> list[dict[str, Any]]:
         body = self._get(f"/api/v1/{endpoint}?{urllib.parse.urlencode({'query': query, **params})}")
         if body.get("status") != "success":
-            raise PrometheusError(f"Prometheus at {self.shown_url} refused the query {query!r}: "
-                                  f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}")
-        return body.get("data", {}).get("result", [])
+            raise PrometheusError(
+                f"Prometheus at {self.shown_url} refused the query {query!r}: "
+                f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}"
+            )
+        result: list[dict[str, Any]] = body.get("data", {}).get("result", [])
+        return result
 
     def fleet_history(self, hours: float = 24, now: float | None = None) -> History:
         """The Metrics page's four charts over the last ``hours``, about ``MAX_POINTS`` points each."""
@@ -97,14 +102,15 @@ class PrometheusClient:
             history.series[chart] = series
         return history
 
-    def _get(self, path: str) -> dict:
+    def _get(self, path: str) -> dict[str, Any]:
         shown = self.shown_url
         request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
         if self._auth:  # never sent on to where a redirect points
             request.add_unredirected_header("Authorization", self._auth)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.load(response)
+                answer: dict[str, Any] = json.load(response)
+                return answer
         except urllib.error.HTTPError as exc:
             try:  # Prometheus explains a bad query in a JSON body with status 400 or 422
                 body = json.load(exc)
@@ -112,16 +118,21 @@ class PrometheusClient:
                 body = None
             if isinstance(body, dict) and body.get("status") == "error":
                 return body
-            raise PrometheusError(f"Prometheus at {shown} answered HTTP {exc.code} ({exc.reason}); "
-                                  "check ENCODEFLOW_PROMETHEUS_URL (the server's base URL, e.g. "
-                                  "http://prometheus:9090)") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+            raise PrometheusError(
+                f"Prometheus at {shown} answered HTTP {exc.code} ({exc.reason}); "
+                "check ENCODEFLOW_PROMETHEUS_URL (the server's base URL, e.g. "
+                "http://prometheus:9090)"
+            ) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise PrometheusError(f"cannot reach Prometheus at {shown}: {reason}; check "
-                                  "ENCODEFLOW_PROMETHEUS_URL and that Prometheus runs") from None
+            raise PrometheusError(
+                f"cannot reach Prometheus at {shown}: {reason}; check "
+                "ENCODEFLOW_PROMETHEUS_URL and that Prometheus runs"
+            ) from None
         except ValueError:
-            raise PrometheusError(f"{shown} did not answer like Prometheus (no JSON); check "
-                                  "ENCODEFLOW_PROMETHEUS_URL") from None
+            raise PrometheusError(
+                f"{shown} did not answer like Prometheus (no JSON); check ENCODEFLOW_PROMETHEUS_URL"
+            ) from None
 
 
 def _number(value: str) -> float:

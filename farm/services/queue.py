@@ -1,6 +1,6 @@
 """The queue client on BullMQ: enqueue, cancel, retry, counts.
 
-The wire format is the Node system's: a BullMQ job named ``transcode`` on the queue
+The wire format is the one Node.js BullMQ producers use: a BullMQ job named ``transcode`` on the queue
 ``ENCODEFLOW_QUEUE`` whose BullMQ id is the EncodeFlow job id, with a self-contained payload (see
 docs/queue-protocol.md). Cancelling a running job is cooperative: we set a cancel key and publish on
 the cancel channel; the node holding the job kills its FFmpeg and ends the job ``cancelled``.
@@ -12,13 +12,19 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from bullmq import Queue
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import AuthenticationError, BusyLoadingError, ConnectionError, TimeoutError
+
+from farm.base.errors import FarmError
+from farm.domain.keyspace import Keyspace
+
+T = TypeVar("T")
 
 JOB_NAME = "transcode"
 DEFAULT_ATTEMPTS = 3
@@ -54,11 +60,17 @@ class _RetryUnlessRefused(Retry):
     A retry cannot fix it. The time bound matters against a server that hangs: every try then
     costs a whole read timeout, and a count of tries alone stretched one command to ten minutes."""
 
-    def __init__(self, backoff, retries: int, give_up_after: float):
+    def __init__(self, backoff: AbstractBackoff, retries: int, give_up_after: float):
         super().__init__(backoff, retries)
         self.give_up_after = give_up_after
 
-    async def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
         deadline = time.monotonic() + self.give_up_after
 
         def retryable(error: Exception) -> bool:
@@ -69,8 +81,9 @@ class _RetryUnlessRefused(Retry):
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def redis_client(url: str, *, patient: bool = False, read_timeout: float = REDIS_READ_TIMEOUT_S,
-                 give_up_after: float | None = None) -> aioredis.Redis:
+def redis_client(
+    url: str, *, patient: bool = False, read_timeout: float = REDIS_READ_TIMEOUT_S, give_up_after: float | None = None
+) -> aioredis.Redis:
     """An asyncio Redis client with reconnects and a read timeout on every command.
 
     ``patient`` clients (nodes) retry for minutes through a Redis restart; the others (CLI, app
@@ -80,8 +93,9 @@ def redis_client(url: str, *, patient: bool = False, read_timeout: float = REDIS
     """
     if give_up_after is None:
         give_up_after = PATIENT_GIVE_UP_S if patient else IMPATIENT_GIVE_UP_S
-    retry = _RetryUnlessRefused(ExponentialBackoff(cap=10 if patient else 1, base=0.2), 30 if patient else 3,
-                                give_up_after)
+    retry = _RetryUnlessRefused(
+        ExponentialBackoff(cap=10 if patient else 1, base=0.2), 30 if patient else 3, give_up_after
+    )
     return aioredis.from_url(
         url,
         decode_responses=True,
@@ -94,28 +108,12 @@ def redis_client(url: str, *, patient: bool = False, read_timeout: float = REDIS
     )
 
 
-def keys_prefix(queue: str) -> str:
-    """Prefix of EncodeFlow's own keys (node registry, cancel requests) for one queue."""
-    return f"encodeflow:{queue}:"
-
-
-def cancel_key(queue: str, job_id: str) -> str:
-    return f"{keys_prefix(queue)}cancel:{job_id}"
-
-
-def cancel_channel(queue: str) -> str:
-    return f"{keys_prefix(queue)}cancel"
-
-
-def change_lock_key(queue: str, job_id: str) -> str:
-    return f"{keys_prefix(queue)}changing:{job_id}"
-
-
 class QueueClient:
     """Producer-side operations on one farm queue. Async; close() when done."""
 
     def __init__(self, redis_url: str, queue: str, *, patient: bool = False):
         self.queue_name = queue
+        self.keys = Keyspace(queue)
         self.redis = redis_client(redis_url, patient=patient)
         self.queue = Queue(queue, {"connection": self.redis})
 
@@ -123,14 +121,15 @@ class QueueClient:
         await self.queue.close()
         await self.redis.aclose()
 
-    async def __aenter__(self) -> "QueueClient":
+    async def __aenter__(self) -> QueueClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def enqueue(self, job_id: str, payload: dict[str, Any], *, priority: int = 0,
-                      attempts: int = DEFAULT_ATTEMPTS) -> None:
+    async def enqueue(
+        self, job_id: str, payload: dict[str, Any], *, priority: int = 0, attempts: int = DEFAULT_ATTEMPTS
+    ) -> None:
         opts: dict[str, Any] = {
             "jobId": job_id,
             "attempts": attempts,
@@ -143,21 +142,23 @@ class QueueClient:
 
     async def state(self, job_id: str) -> str:
         """BullMQ's state for the job: waiting, active, delayed, failed, completed, … or unknown."""
-        return await self.queue.getJobState(job_id)
+        state: str = await self.queue.getJobState(job_id)
+        return state
 
     @contextlib.asynccontextmanager
-    async def changing(self, job_id: str, wait: float = CHANGE_LOCK_S):
+    async def changing(self, job_id: str, wait: float = CHANGE_LOCK_S) -> AsyncIterator[None]:
         """Hold the job's change lock: one cancel or retry of a job at a time, in every process.
 
         Two retries at once would both find the job failed, and the second's move would meet a job
         no longer failed (BullMQ's raw ``TypeError``). In turn, each sees what the other did.
         """
-        key, token = change_lock_key(self.queue_name, job_id), uuid.uuid4().hex
+        key, token = self.keys.changing(job_id), uuid.uuid4().hex
         deadline = time.monotonic() + wait
         while not await self.redis.set(key, token, nx=True, px=int(CHANGE_LOCK_S * 1000)):
             if time.monotonic() > deadline:
-                raise QueueStateError(f"another cancel or retry of job {job_id} is still under way; "
-                                      "try again in a moment")
+                raise QueueStateError(
+                    f"another cancel or retry of job {job_id} is still under way; try again in a moment"
+                )
             await asyncio.sleep(0.05)
         try:
             yield
@@ -170,19 +171,20 @@ class QueueClient:
         finished or never queued)."""
         # Set the request first: a node that picks the job up between our remove and publish
         # still sees it when it checks the key on start.
-        await self.redis.set(cancel_key(self.queue_name, job_id), "1", ex=CANCEL_TTL_S)
+        await self.redis.set(self.keys.cancel(job_id), "1", ex=CANCEL_TTL_S)
         state = await self.state(job_id)
         if state in QUEUED_STATES:
             if await self.queue.remove(job_id):
                 return "removed"
             state = await self.state(job_id)  # it became active meanwhile
         if state == "active":
-            await self.redis.publish(cancel_channel(self.queue_name), job_id)
+            await self.redis.publish(self.keys.cancel_channel, job_id)
             return "requested"
         return "absent"
 
-    async def retry(self, job_id: str, payload: dict[str, Any], *, priority: int = 0,
-                    on_ready: Callable[[], Any] | None = None) -> str:
+    async def retry(
+        self, job_id: str, payload: dict[str, Any], *, priority: int = 0, on_ready: Callable[[], Any] | None = None
+    ) -> str:
         """Put a failed or cancelled job back in the queue; hold ``changing(job_id)`` around it.
 
         A job whose run is still ending (a cancel that its node has just recorded) is still active
@@ -191,11 +193,13 @@ class QueueClient:
         once). Returns ``retried``, ``requeued`` (its BullMQ job was gone, so a new one with the
         same id was added) or ``queued`` (it already was: another client put it back).
         """
-        await self.redis.delete(cancel_key(self.queue_name, job_id))
+        await self.redis.delete(self.keys.cancel(job_id))
         state = await self._settled_state(job_id)
         if state == "active":
-            raise QueueStateError(f"job {job_id} is still held by a node in the queue {SETTLE_S:.0f} s on "
-                                  "(its node may be frozen or cut off); try again in a minute")
+            raise QueueStateError(
+                f"job {job_id} is still held by a node in the queue {SETTLE_S:.0f} s on "
+                "(its node may be frozen or cut off); try again in a minute"
+            )
         if on_ready is not None:
             on_ready()
         if state in QUEUED_STATES:
@@ -220,7 +224,9 @@ class QueueClient:
         return state
 
     async def counts(self) -> dict[str, int]:
-        counts = await self.queue.getJobCounts("waiting", "active", "delayed", "prioritized", "failed", "completed", "paused")
+        counts: dict[str, int] = await self.queue.getJobCounts(
+            "waiting", "active", "delayed", "prioritized", "failed", "completed", "paused"
+        )
         counts["waiting"] = counts.get("waiting", 0) + counts.pop("prioritized", 0) + counts.pop("paused", 0)
         return counts
 
@@ -232,7 +238,7 @@ class QueueClient:
         second. Scores in the delayed set are ``timestamp * 0x1000 + counter`` (BullMQ's layout).
         """
         now_ms = int(time.time() * 1000)
-        due = await self.redis.zrangebyscore(f"bull:{self.queue_name}:delayed", 0, (now_ms + 1) * 0x1000 - 1)
+        due = await self.redis.zrangebyscore(self.keys.delayed, 0, (now_ms + 1) * 0x1000 - 1)
         promoted = 0
         for job_id in due:
             try:
@@ -243,21 +249,18 @@ class QueueClient:
         return promoted
 
     async def is_cancel_requested(self, job_id: str) -> bool:
-        return bool(await self.redis.exists(cancel_key(self.queue_name, job_id)))
+        return bool(await self.redis.exists(self.keys.cancel(job_id)))
 
     async def lock_holder(self, job_id: str) -> str | None:
         """The token of the run holding the job's BullMQ lock (``bull:<queue>:<id>:lock``); ``""``
         when nobody holds it (it ran out); None when the queue has no such job (Redis lost it)."""
-        job_key = f"{self.queue.keys['']}{job_id}"
         async with self.redis.pipeline(transaction=True) as pipe:
-            token, exists = await pipe.get(f"{job_key}:lock").exists(job_key).execute()
-        return token if token is not None else ("" if exists else None)
+            pipe.get(self.keys.job_lock(job_id))
+            pipe.exists(self.keys.job(job_id))
+            token, exists = await pipe.execute()
+        holder: str | None = token if token is not None else ("" if exists else None)
+        return holder
 
 
-class QueueStateError(RuntimeError):
+class QueueStateError(FarmError, RuntimeError):
     pass
-
-
-def run_sync(coro):
-    """Run one coroutine to completion from synchronous code (CLI, app background tasks)."""
-    return asyncio.run(coro)

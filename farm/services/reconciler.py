@@ -41,15 +41,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from bullmq import Job as BullJob
 
+from farm.domain.nodes import NodeStatus
+from farm.domain.object_keys import output_prefix
+from farm.domain.payload import queue_payload
+from farm.domain.status import OPEN_STATUSES, JobStatus
 from farm.services.db import repo
 from farm.services.db.engine import Database
-from farm.services.db.models import Job, JobStatus, Video, utcnow
-from farm.domain.jobspec import OutputConfig
-from farm.domain.object_keys import output_prefix
-from farm.domain.payload import JobPayload
+from farm.services.db.models import Job, Video, utcnow
 from farm.services.queue import QueueClient
-from farm.services.registry import NodeStatus, RegistryKeys
+from farm.services.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,6 @@ BATCH = 500
 SWEEP_WINDOW_S = 3600.0  # completed jobs that ran more than once are checked for stray outputs this long
 STALLED_REASON = "job stalled more than allowable limit"  # BullMQ's words (moveStalledJobsToWait)
 WAITING_STATES = ("waiting", "prioritized", "delayed", "paused")
-_OPEN = (JobStatus.ACTIVE.value, JobStatus.QUEUED.value)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class _Row:
     node: str | None
     attempts: int
     priority: int
-    config: dict
+    config: dict[str, Any]
     updated_at: datetime
     video_id: str
     video_key: str
@@ -85,15 +86,22 @@ class _Row:
 
 
 class Reconciler:
-    def __init__(self, db: Database, queue: QueueClient, storage, *, grace_s: float = GRACE_S,
-                 batch: int = BATCH, sweep_window_s: float = SWEEP_WINDOW_S):
+    def __init__(
+        self,
+        db: Database,
+        queue: QueueClient,
+        storage: Storage,
+        *,
+        grace_s: float = GRACE_S,
+        batch: int = BATCH,
+        sweep_window_s: float = SWEEP_WINDOW_S,
+    ):
         self.db = db
         self.queue = queue
         self.storage = storage
         self.grace_s = grace_s
         self.batch = batch
         self.sweep_window_s = sweep_window_s
-        self.registry_keys = RegistryKeys(queue.queue_name)
 
     # -- a whole pass -------------------------------------------------------------------------------
     async def run_once(self) -> list[Action]:
@@ -102,7 +110,7 @@ class Reconciler:
         cutoff = utcnow() - timedelta(seconds=self.grace_s)
         rows = await asyncio.to_thread(_open_rows, self.db, cutoff, self.batch)
         for start in range(0, len(rows), 100):
-            actions += await self._check(rows[start:start + 100])
+            actions += await self._check(rows[start : start + 100])
         actions += await self.sweep_outputs()
         for action in actions:
             log.warning("reconciled job %s: %s (%s)", action.job_id, action.action, action.detail)
@@ -122,14 +130,14 @@ class Reconciler:
         return action
 
     async def _check(self, rows: list[_Row]) -> list[Action]:
-        keys = self.queue.queue.keys
+        keys = self.queue.keys
         async with self.queue.redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                pipe.exists(keys[""] + row.id)
-                pipe.zscore(keys["failed"], row.id)
+                pipe.exists(keys.job(row.id))
+                pipe.zscore(keys.failed, row.id)
             replies = await pipe.execute()
         actions = []
-        for row, exists, failed_score in zip(rows, replies[0::2], replies[1::2]):
+        for row, exists, failed_score in zip(rows, replies[0::2], replies[1::2], strict=True):
             try:
                 action = await self._check_one(row, bool(exists), failed_score is not None)
             except Exception as exc:  # one odd job must not stop the pass
@@ -150,15 +158,26 @@ class Reconciler:
         if row.status == JobStatus.ACTIVE.value:
             state = await self.queue.state(row.id)
             if state in WAITING_STATES and not await self._node_runs(row.node, row.id):
-                detail = (f"node {row.node} stopped responding; waiting for another node"
-                          if row.node else "waiting for a node")
-                ok = await asyncio.to_thread(_settle, self.db, row, status=JobStatus.QUEUED.value,
-                                             error=detail, progress=0.0, node=None, finished_at=None)
+                detail = (
+                    f"node {row.node} stopped responding; waiting for another node"
+                    if row.node
+                    else "waiting for a node"
+                )
+                ok = await asyncio.to_thread(
+                    _settle,
+                    self.db,
+                    row,
+                    status=JobStatus.QUEUED.value,
+                    error=detail,
+                    progress=0.0,
+                    node=None,
+                    finished_at=None,
+                )
                 return Action(row.id, "queued", detail) if ok else None
         return None
 
     # -- the three fixes ------------------------------------------------------------------------------
-    async def _fail_from_queue(self, row: _Row, job) -> Action | None:
+    async def _fail_from_queue(self, row: _Row, job: BullJob) -> Action | None:
         reason = (job.failedReason or "").strip() or "failed in the queue"
         stalls = int(getattr(job, "stalledCounter", 0) or 0)
         runs = int(job.attemptsMade or 0) + stalls  # runs that ended, and runs whose node died
@@ -168,8 +187,15 @@ class Reconciler:
             if row.node:
                 reason += f"; last node {row.node}"
             runs -= 1  # BullMQ counted the failing itself as an attempt: a node took it only to fail it
-        ok = await asyncio.to_thread(_settle, self.db, row, status=JobStatus.FAILED.value, error=reason,
-                                     finished_at=utcnow(), attempts=max(row.attempts, runs))
+        ok = await asyncio.to_thread(
+            _settle,
+            self.db,
+            row,
+            status=JobStatus.FAILED.value,
+            error=reason,
+            finished_at=utcnow(),
+            attempts=max(row.attempts, runs),
+        )
         return Action(row.id, "failed", reason) if ok else None
 
     async def _lost(self, row: _Row) -> Action | None:
@@ -177,15 +203,16 @@ class Reconciler:
         has_input = await asyncio.to_thread(self.storage.exists, row.video_key)
         if not has_input:
             reason = "lost from the queue (Redis data loss?), and its input is no longer in storage"
-            ok = await asyncio.to_thread(_settle, self.db, row, status=JobStatus.FAILED.value,
-                                         error=reason, finished_at=utcnow())
+            ok = await asyncio.to_thread(
+                _settle, self.db, row, status=JobStatus.FAILED.value, error=reason, finished_at=utcnow()
+            )
             return Action(row.id, "failed", reason) if ok else None
-        config = OutputConfig.from_payload(row.config)
-        payload = JobPayload.build(row.id, row.video_key, row.video_name, config, videoId=row.video_id)
+        payload = queue_payload(row.id, row.video_key, row.video_name, row.config, video_id=row.video_id)
         note = "re-queued: the job was lost from the queue (Redis data loss?)"
         # The row first, conditionally: if anyone changed it meanwhile, leave the queue alone too.
-        ok = await asyncio.to_thread(_settle, self.db, row, status=JobStatus.QUEUED.value, error=note,
-                                     progress=0.0, node=None, finished_at=None)
+        ok = await asyncio.to_thread(
+            _settle, self.db, row, status=JobStatus.QUEUED.value, error=note, progress=0.0, node=None, finished_at=None
+        )
         if not ok:
             return None
         await self.queue.enqueue(row.id, payload, priority=row.priority)
@@ -205,8 +232,7 @@ class Reconciler:
             if not kept:
                 continue
             try:
-                stray = await asyncio.to_thread(
-                    lambda: [o.key for o in self.storage.list(output_prefix(job_id)) if o.key not in kept])
+                stray = await asyncio.to_thread(self._stray_outputs, job_id, kept)
                 for key in stray:
                     await asyncio.to_thread(self.storage.delete, key)
                     actions.append(Action(job_id, "swept", f"deleted {key}, the output of a run that lost"))
@@ -214,11 +240,14 @@ class Reconciler:
                 log.warning("could not sweep the outputs of job %s: %s", job_id, exc)
         return actions
 
+    def _stray_outputs(self, job_id: str, kept: set[str | None]) -> list[str]:
+        return [o.key for o in self.storage.list(output_prefix(job_id)) if o.key not in kept]
+
     async def _node_runs(self, node: str | None, job_id: str) -> bool:
         """Whether ``node`` is online and says it is running ``job_id`` (its last heartbeat)."""
         if not node:
             return False
-        raw = await self.queue.redis.get(self.registry_keys.node(node))
+        raw = await self.queue.redis.get(self.queue.keys.node(node))
         if raw is None:
             return False
         try:
@@ -230,28 +259,43 @@ class Reconciler:
 
 # -- the database side ------------------------------------------------------------------------------
 
-def _select_rows() -> sa.Select:
-    return (sa.select(Job.id, Job.status, Job.node, Job.attempts, Job.priority, Job.config, Job.updated_at,
-                      Video.id, Video.key, Video.name)
-            .join(Video, Job.video_id == Video.id))
+
+def _select_rows() -> sa.Select[Any]:
+    return sa.select(
+        Job.id,
+        Job.status,
+        Job.node,
+        Job.attempts,
+        Job.priority,
+        Job.config,
+        Job.updated_at,
+        Video.id,
+        Video.key,
+        Video.name,
+    ).join(Video, Job.video_id == Video.id)
 
 
 def _open_rows(db: Database, changed_before: datetime, limit: int) -> list[_Row]:
-    query = (_select_rows().where(Job.status.in_(_OPEN), Job.updated_at < changed_before)
-             .order_by(Job.updated_at).limit(limit))
+    query = (
+        _select_rows()
+        .where(Job.status.in_(OPEN_STATUSES), Job.updated_at < changed_before)
+        .order_by(Job.updated_at)
+        .limit(limit)
+    )
     with db.session(read_only=True) as session:
         return [_Row(*values) for values in session.execute(query).tuples()]
 
 
 def _rows_by_id(db: Database, ids: list[str]) -> list[_Row]:
-    query = _select_rows().where(Job.id.in_(ids), Job.status.in_(_OPEN))
+    query = _select_rows().where(Job.id.in_(ids), Job.status.in_(OPEN_STATUSES))
     with db.session(read_only=True) as session:
         return [_Row(*values) for values in session.execute(query).tuples()]
 
 
-def _completed_reruns(db: Database, since: datetime) -> list[tuple[str, list]]:
+def _completed_reruns(db: Database, since: datetime) -> list[tuple[str, list[Any]]]:
     query = sa.select(Job.id, Job.outputs).where(
-        Job.status == JobStatus.COMPLETED.value, Job.attempts > 1, Job.finished_at >= since)
+        Job.status == JobStatus.COMPLETED.value, Job.attempts > 1, Job.finished_at >= since
+    )
     with db.session(read_only=True) as session:
         return [(job_id, outputs) for job_id, outputs in session.execute(query).tuples()]
 
@@ -260,11 +304,5 @@ def _settle(db: Database, row: _Row, **values: Any) -> bool:
     """Change the row only if it is exactly as it was read: same status, same last change."""
     if "error" in values:  # BullMQ's failedReason is written by whichever worker failed the job
         values["error"] = repo.error_text(values["error"])
-    statement = (
-        sa.update(Job)
-        .where(Job.id == row.id, Job.status == row.status, Job.updated_at == row.updated_at)
-        .values(updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
     with db.session() as session:
-        return session.execute(statement).rowcount == 1
+        return repo.update_where(session, row.id, Job.status == row.status, Job.updated_at == row.updated_at, **values)

@@ -4,7 +4,8 @@ Python BullMQ workers do not show up in Node's worker list, so every farm node k
 entry here. Nodes write through :class:`NodeRegistryWriter` (``redis.asyncio``); the CLI and the
 desktop panel read and control through :class:`NodeRegistry` (sync ``redis.Redis``).
 
-Key layout, all under ``encodeflow:<queue>:`` so that several farms can share one Redis:
+Keys (named by ``farm.domain.keyspace.Keyspace``), all under ``encodeflow:<queue>:`` so that several farms
+can share one Redis:
 
 ``node:<name>`` (string)
     The node's :class:`NodeStatus` as JSON, written with a ``PX`` TTL (default 20 s, four
@@ -42,39 +43,29 @@ import os
 import re
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
 from farm.base.settings import SettingsError
 from farm.base.untrusted import shown
+from farm.domain.defaults import NODE_STATUS_TTL_S
+from farm.domain.keyspace import Keyspace
+from farm.domain.nodes import (
+    DESIRED_STATES,
+    MAX_NODE_NAME,
+    MAX_SAMPLES,
+    OFFLINE,
+    NodeStatus,
+    UnknownNodeError,
+    check_node_name,
+)
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "encodeflow"
-MAX_NODE_NAME = 64
-_NODE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_NAME - 1}}}")
-NODE_STATUSES = ("idle", "busy", "draining", "paused", "disk full")
-OFFLINE = "offline"  # never written by a node: what readers report once a node's key expired
-DESIRED_STATES = ("run", "pause", "drain")
-DEFAULT_TTL = 20.0  # nodes publish every 5 s (farm_node/heartbeat.py): three missed publishes
-MAX_SAMPLES = 600  # 10 minutes at one sample a second
 OFFLINE_RETENTION = 24 * 3600.0
-
-
-class UnknownNodeError(LookupError):
-    """No node of that name has been seen on this queue; the message lists the known ones."""
-
-
-def check_node_name(name: str) -> str:
-    """A plain name: it becomes a folder (``<data dir>/work/<name>``), part of Redis keys, a metric
-    label and an argument of ``encodeflow node``, so nothing that could leave a folder (``..``,
-    ``/``), split a key (``:``), hide a file or read as an option (a leading ``.`` or ``-``)."""
-    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
-        raise ValueError(f"node name {shown(name)} is not allowed: use 1 to {MAX_NODE_NAME} "
-                         "letters, digits, '.', '-' or '_', starting with a letter or digit")
-    return name
 
 
 def host_node_name(suffix: str = "") -> str:
@@ -84,135 +75,7 @@ def host_node_name(suffix: str = "") -> str:
     allow more than a node name does, and a long one plus a suffix could pass the length limit.
     """
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip(".-") or "node"
-    return check_node_name(host[:MAX_NODE_NAME - len(suffix)].rstrip(".-") + suffix)
-
-
-@dataclass(frozen=True)
-class RegistryKeys:
-    """The Redis key names for one queue (see the module docstring)."""
-
-    queue: str
-
-    @property
-    def prefix(self) -> str:
-        return f"{KEY_PREFIX}:{self.queue}:"
-
-    @property
-    def nodes(self) -> str:
-        return f"{self.prefix}nodes"
-
-    @property
-    def control_channel(self) -> str:
-        return f"{self.prefix}control"
-
-    def node(self, name: str) -> str:
-        return f"{self.prefix}node:{name}"
-
-    def samples(self, name: str) -> str:
-        return f"{self.prefix}node:{name}:samples"
-
-    def control(self, name: str) -> str:
-        return f"{self.prefix}node:{name}:control"
-
-    def claim(self, name: str) -> str:
-        return f"{self.prefix}node:{name}:claim"
-
-
-@dataclass
-class NodeStatus:
-    """What a node reports about itself on every heartbeat.
-
-    ``cpu`` is percent of the whole machine (0-100), ``memory`` the ratio (0-1) of system memory
-    in use, ``rss`` the node process's resident bytes. ``running`` holds one
-    ``{"jobId", "progress", "name"?}`` per job in hand. Times are epoch seconds.
-    """
-
-    name: str
-    host: str = ""
-    pid: int = 0
-    status: str = "idle"
-    cpu: float = 0.0
-    memory: float = 0.0
-    rss: int = 0
-    concurrency: int = 1
-    running: list[dict[str, Any]] = field(default_factory=list)
-    ffmpeg_version: str = ""
-    ffmpeg_path: str = ""
-    encoders: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    version: str = ""
-    started_at: float = 0.0
-    last_seen: float = 0.0
-    metrics_url: str | None = None
-    reason: str = ""  # why the status is what it is, when that needs words ("disk full": how full)
-
-    @property
-    def online(self) -> bool:
-        return self.status != OFFLINE
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NodeStatus":
-        # Unknown keys are dropped so that an older reader understands a newer node. Anyone who can
-        # write to Redis can write here: a field of the wrong type is dropped (its default stands),
-        # so that a reader (`encodeflow nodes`, the panel, the reconciler) never trips on it.
-        kept: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in data:
-                continue
-            value = _field_value(f.name, data[f.name])
-            if value is not _DROP:
-                kept[f.name] = value
-        if "name" not in kept:
-            raise ValueError("not a node status: no name")
-        return cls(**kept)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "NodeStatus":
-        data = json.loads(text)
-        if not isinstance(data, dict) or "name" not in data:
-            raise ValueError(f"not a node status: {text!r:.200}")
-        return cls.from_dict(data)
-
-
-_DROP = object()
-_TEXT_FIELDS = {"name", "host", "status", "ffmpeg_version", "ffmpeg_path", "version", "reason"}
-_NUMBER_FIELDS = {"cpu", "memory", "started_at", "last_seen"}
-_COUNT_FIELDS = {"pid", "rss", "concurrency"}
-
-
-def _field_value(name: str, value: Any) -> Any:
-    """``value`` for the NodeStatus field ``name`` if it has that field's type, else ``_DROP``."""
-    if name in _TEXT_FIELDS:
-        return value if isinstance(value, str) else _DROP
-    if name in _NUMBER_FIELDS:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _DROP
-    if name in _COUNT_FIELDS:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _DROP
-    if name == "metrics_url":
-        return value if value is None or isinstance(value, str) else _DROP
-    if name in ("encoders", "tags"):
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else _DROP
-    if name == "running":
-        return [_running_entry(r) for r in value if isinstance(r, dict)] if isinstance(value, list) else _DROP
-    return _DROP
-
-
-def _running_entry(raw: dict) -> dict[str, Any]:
-    """One job in a node's hands, with the types its readers expect."""
-    entry: dict[str, Any] = {"jobId": raw.get("jobId") if isinstance(raw.get("jobId"), str) else "?"}
-    progress = raw.get("progress", 0)
-    entry["progress"] = float(progress) if isinstance(progress, (int, float)) and not isinstance(progress, bool) else 0.0
-    if isinstance(raw.get("name"), str):
-        entry["name"] = raw["name"]
-    if isinstance(raw.get("attempt"), int) and not isinstance(raw.get("attempt"), bool):
-        entry["attempt"] = raw["attempt"]
-    return entry
+    return check_node_name(host[: MAX_NODE_NAME - len(suffix)].rstrip(".-") + suffix)
 
 
 # -- who holds a node name ----------------------------------------------------------------------
@@ -221,7 +84,7 @@ def _running_entry(raw: dict) -> dict[str, Any]:
 class NodeNameTaken(SettingsError):
     """A live node already runs under this name; the message names its host and pid."""
 
-    def __init__(self, message: str, holder: "NodeClaim"):
+    def __init__(self, message: str, holder: NodeClaim):
         super().__init__(message)
         self.holder = holder
 
@@ -234,11 +97,11 @@ class NodeClaim:
     pid: int
 
     @classmethod
-    def mine(cls) -> "NodeClaim":
+    def mine(cls) -> NodeClaim:
         return cls(socket.gethostname(), os.getpid())
 
     @classmethod
-    def from_json(cls, text: str | bytes | None) -> "NodeClaim | None":
+    def from_json(cls, text: str | bytes | None) -> NodeClaim | None:
         try:
             data = json.loads(text) if text is not None else None
             return cls(str(data["host"]), int(data["pid"])) if isinstance(data, dict) else None
@@ -273,12 +136,20 @@ def is_node_process(pid: int) -> bool:
 
 
 def name_taken(name: str, holder: NodeClaim, expires_in: float | None = None) -> NodeNameTaken:
-    where = (f"pid {holder.pid} on this host ({holder.host})" if holder.host == socket.gethostname()
-             else f"pid {holder.pid} on host {holder.host}")
-    gone = (f" (if that node is gone, its claim expires within {math.ceil(expires_in)} s)"
-            if expires_in and holder.host != socket.gethostname() else "")
-    return NodeNameTaken(f"a node named {name} is already running: {where}{gone}; give this node another "
-                         "--name, or stop that one first", holder)
+    where = (
+        f"pid {holder.pid} on this host ({holder.host})"
+        if holder.host == socket.gethostname()
+        else f"pid {holder.pid} on host {holder.host}"
+    )
+    gone = (
+        f" (if that node is gone, its claim expires within {math.ceil(expires_in)} s)"
+        if expires_in and holder.host != socket.gethostname()
+        else ""
+    )
+    return NodeNameTaken(
+        f"a node named {name} is already running: {where}{gone}; give this node another --name, or stop that one first",
+        holder,
+    )
 
 
 # Replace a claim only if it still holds what we read: two nodes taking over one dead claim at the
@@ -329,12 +200,20 @@ def _ms(epoch_s: float) -> int:
 class NodeRegistryWriter:
     """One node's entry in the registry, written by its heartbeat."""
 
-    def __init__(self, redis: Any, queue: str, name: str, *, ttl: float = DEFAULT_TTL,
-                 max_samples: int = MAX_SAMPLES, retention: float = OFFLINE_RETENTION) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        queue: str,
+        name: str,
+        *,
+        ttl: float = NODE_STATUS_TTL_S,
+        max_samples: int = MAX_SAMPLES,
+        retention: float = OFFLINE_RETENTION,
+    ) -> None:
         self.redis = redis  # a redis.asyncio.Redis
         self.queue = queue
         self.name = check_node_name(name)
-        self.keys = RegistryKeys(queue)
+        self.keys = Keyspace(queue)
         self.ttl = ttl
         self.max_samples = max_samples
         self.retention = retention
@@ -357,7 +236,9 @@ class NodeRegistryWriter:
             if holder is not None and holder.is_live():
                 raise name_taken(self.name, holder, await self.redis.pttl(key) / 1000)
             if await self.redis.eval(_REPLACE_CLAIM, 1, key, held, mine, ttl):
-                log.info("node %s: took over the name from a previous run that is gone (%s)", self.name, shown(_text(held)))
+                log.info(
+                    "node %s: took over the name from a previous run that is gone (%s)", self.name, shown(_text(held))
+                )
                 break
         else:
             raise RuntimeError(f"could not claim the node name {self.name}: other nodes keep taking it")
@@ -381,8 +262,9 @@ class NodeRegistryWriter:
             await self.redis.eval(_RELEASE_CLAIM, 1, self.keys.claim(self.name), self.claimed)
             self.claimed = None
 
-    async def publish(self, status: NodeStatus,
-                      sample: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> None:
+    async def publish(
+        self, status: NodeStatus, sample: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
         """Write the status (refreshing its TTL) and append the sample(s), in one transaction."""
         if status.name != self.name:
             raise ValueError(f"status of node {status.name!r} given to the writer of {self.name!r}")
@@ -411,8 +293,12 @@ class NodeRegistryWriter:
             if held:
                 log.info("node %s: holds its name again", self.name)
             else:
-                log.error("node %s: another node took this name while this one was unreachable; two "
-                          "nodes now run as %s: stop one of them", self.name, self.name)
+                log.error(
+                    "node %s: another node took this name while this one was unreachable; two "
+                    "nodes now run as %s: stop one of them",
+                    self.name,
+                    self.name,
+                )
 
     async def remove(self) -> None:
         """On a clean shutdown: drop the live key and mark the node offline now; keep samples."""
@@ -426,9 +312,14 @@ class NodeRegistryWriter:
         return _parse_desired(await self.redis.get(self.keys.control(self.name)), self.name)
 
 
-async def control_listener(redis: Any, queue: str, name: str,
-                           on_change: Callable[[str], Awaitable[None] | None], *,
-                           ready: asyncio.Event | None = None) -> None:
+async def control_listener(
+    redis: Any,
+    queue: str,
+    name: str,
+    on_change: Callable[[str], Awaitable[None] | None],
+    *,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Call ``on_change(state)`` for each control announcement for node ``name``, until cancelled.
 
     ``on_change`` may be a function or a coroutine function. ``ready`` (an ``asyncio.Event``) is
@@ -437,7 +328,7 @@ async def control_listener(redis: Any, queue: str, name: str,
     """
     pubsub = redis.pubsub()
     try:
-        await pubsub.subscribe(RegistryKeys(queue).control_channel)
+        await pubsub.subscribe(Keyspace(queue).control_channel)
         while True:
             message = await pubsub.get_message(timeout=None)
             if message is None:
@@ -476,7 +367,7 @@ def _announced_state(message: Mapping[str, Any], name: str) -> str | None:
 RECENT_SAMPLES = 16  # what a once-a-second poller reads first
 
 
-def _parse_samples(raw: list) -> list[dict[str, Any]]:
+def _parse_samples(raw: list[str]) -> list[dict[str, Any]]:
     samples = []
     for item in raw:
         try:
@@ -492,7 +383,7 @@ class NodeRegistry:
     def __init__(self, redis: Any, queue: str, *, retention: float = OFFLINE_RETENTION) -> None:
         self.redis = redis  # a sync redis.Redis
         self.queue = queue
-        self.keys = RegistryKeys(queue)
+        self.keys = Keyspace(queue)
         self.retention = retention
 
     def nodes(self) -> list[NodeStatus]:
@@ -503,7 +394,7 @@ class NodeRegistry:
             return []
         names = [_text(member) for member, _ in seen]
         raws = self.redis.mget([self.keys.node(name) for name in names])
-        statuses = [self._status(name, raw, score) for name, raw, (_, score) in zip(names, raws, seen)]
+        statuses = [self._status(name, raw, score) for name, raw, (_, score) in zip(names, raws, seen, strict=True)]
         return sorted(statuses, key=lambda s: s.name)
 
     def node(self, name: str) -> NodeStatus | None:
@@ -580,6 +471,8 @@ class NodeRegistry:
             return f"no such node: {exc}"
         known = [f"{n.name} ({n.status})" for n in self.nodes()]
         if not known:
-            return (f"no node named {name!r} has been seen on queue {self.queue!r}, and no node at all; "
-                    f"is a farm node running with ENCODEFLOW_QUEUE={self.queue}?")
+            return (
+                f"no node named {name!r} has been seen on queue {self.queue!r}, and no node at all; "
+                f"is a farm node running with ENCODEFLOW_QUEUE={self.queue}?"
+            )
         return f"no node named {name!r} has been seen on queue {self.queue!r}; known nodes: {', '.join(known)}"

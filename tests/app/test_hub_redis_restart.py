@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import redis
 
+from farm.domain.keyspace import Keyspace
 from farm.services.embedded import ensure_embedded_redis
-from farm.services.events import events_key
 
 
 def test_the_hub_reconnects_after_the_embedded_redis_restarts(app_settings, embedded_redis, services, hub, qtbot):
@@ -18,7 +18,7 @@ def test_the_hub_reconnects_after_the_embedded_redis_restarts(app_settings, embe
     events, reconnects = [], []
     hub.job_event.connect(events.append)
     hub.events_reconnected.connect(lambda: reconnects.append(1))
-    stream = events_key(app_settings.queue)
+    stream = Keyspace(app_settings.queue).events
     redis.Redis.from_url(url).xadd(stream, {"event": "progress", "jobId": "before", "data": "10"})
     qtbot.waitUntil(lambda: [e.job_id for e in events] == ["before"], timeout=10_000)
 

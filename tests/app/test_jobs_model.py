@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from PySide6.QtCore import Qt
 
-from app.models.jobs_model import (COL_CREATED, COL_ERROR, COL_FILE, COL_FORMAT, COL_JOB, COL_PROGRESS, COL_STATUS,
-                                   COLUMNS, PROGRESS_ROLE, STATUS_COLOURS, JobQuery, JobsModel, format_time)
-from farm.services.db.repo import isoformat
+from app.models.jobs_model import (
+    COL_CREATED,
+    COL_ERROR,
+    COL_FILE,
+    COL_FORMAT,
+    COL_JOB,
+    COL_PROGRESS,
+    COL_STATUS,
+    COLUMNS,
+    PROGRESS_ROLE,
+    STATUS_COLOURS,
+    JobQuery,
+    JobsModel,
+    format_time,
+)
+from farm.domain.job import isoformat
 
-BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def make_job(i: int, status: str = "queued", progress: float = 0.0, name: str | None = None, **extra) -> dict:
     job = {
-        "id": f"{i:08x}-0000-4000-8000-000000000000", "status": status, "progress": progress, "attempts": 0,
-        "node": None, "error": None, "priority": 0, "output": None, "outputs": [],
+        "id": f"{i:08x}-0000-4000-8000-000000000000",
+        "status": status,
+        "progress": progress,
+        "attempts": 0,
+        "node": None,
+        "error": None,
+        "priority": 0,
+        "output": None,
+        "outputs": [],
         "config": {"resolution": "720p", "format": "mp4", "includeAudio": True},
         "video": {"id": f"v{i}", "name": name or f"clip_{i:03}.mp4", "width": 320, "height": 240, "duration": 2.0},
-        "created_at": isoformat(BASE + timedelta(minutes=i)), "started_at": None, "finished_at": None,
+        "created_at": isoformat(BASE + timedelta(minutes=i)),
+        "started_at": None,
+        "finished_at": None,
     }
     job.update(extra)
     return job
@@ -31,8 +53,9 @@ class Recorder:
 
     def __init__(self, model: JobsModel):
         self.events: list[tuple] = []
-        model.dataChanged.connect(lambda tl, br, roles=(): self.events.append(
-            ("changed", tl.row(), tl.column(), br.row(), br.column())))
+        model.dataChanged.connect(
+            lambda tl, br, roles=(): self.events.append(("changed", tl.row(), tl.column(), br.row(), br.column()))
+        )
         model.rowsInserted.connect(lambda _p, first, last: self.events.append(("inserted", first, last)))
         model.rowsRemoved.connect(lambda _p, first, last: self.events.append(("removed", first, last)))
         model.modelReset.connect(lambda: self.events.append(("reset",)))
@@ -68,8 +91,9 @@ def test_a_queued_job_that_reports_progress_shows_as_active(qapp):
     recorder = Recorder(model)
     assert model.set_progress(model.job(1)["id"], 5) is True
     assert model.index(1, COL_STATUS).data() == "active"
-    assert sorted(recorder.events) == sorted([("changed", 1, COL_PROGRESS, 1, COL_PROGRESS),
-                                              ("changed", 1, COL_STATUS, 1, COL_STATUS)])
+    assert sorted(recorder.events) == sorted(
+        [("changed", 1, COL_PROGRESS, 1, COL_PROGRESS), ("changed", 1, COL_STATUS, 1, COL_STATUS)]
+    )
     # ...but a settled job never goes back to active on a late progress event.
     model.apply_job({**model.job(1), "status": "completed", "progress": 100.0})
     model.set_progress(model.job(1)["id"], 99)
@@ -120,11 +144,16 @@ def test_rows_leave_when_they_stop_matching_the_status_filter(qapp):
 
 def test_sorted_by_name_a_new_job_is_placed_by_name(qapp):
     query = JobQuery(order_by="name", descending=False)
-    model = loaded_model([make_job(i, name=name) for i, name in enumerate(["apple.mp4", "Cherry.mp4", "kiwi.mp4"])],
-                         query=query)
+    model = loaded_model(
+        [make_job(i, name=name) for i, name in enumerate(["apple.mp4", "Cherry.mp4", "kiwi.mp4"])], query=query
+    )
     model.apply_job(make_job(7, name="banana.mov"))
     assert [model.index(row, COL_FILE).data() for row in range(4)] == [
-        "apple.mp4", "banana.mov", "Cherry.mp4", "kiwi.mp4"]
+        "apple.mp4",
+        "banana.mov",
+        "Cherry.mp4",
+        "kiwi.mp4",
+    ]
 
 
 def test_paging_asks_once_skips_duplicates_and_drops_stale_pages(qapp):
@@ -156,8 +185,12 @@ def test_a_short_page_ends_the_list_even_if_the_count_said_more(qapp):
 
 
 def test_what_the_cells_say(qapp):
-    job = make_job(3, status="failed", error="the input is not a video\ntraceback…",
-                   config={"resolution": "480p", "format": "webm", "includeAudio": False})
+    job = make_job(
+        3,
+        status="failed",
+        error="the input is not a video\ntraceback…",
+        config={"resolution": "480p", "format": "webm", "includeAudio": False},
+    )
     model = loaded_model([job, make_job(1, status="completed"), make_job(0)])
     assert model.index(0, COL_JOB).data() == job["id"][:8]
     assert model.index(0, COL_JOB).data(Qt.ItemDataRole.ToolTipRole) == job["id"]
@@ -168,7 +201,7 @@ def test_what_the_cells_say(qapp):
     background = model.index(1, COL_STATUS).data(Qt.ItemDataRole.BackgroundRole)
     assert background.color().name() == STATUS_COLOURS["completed"][1]
     assert model.index(2, COL_STATUS).data(Qt.ItemDataRole.BackgroundRole) is None  # queued: plain
-    now = datetime(2024, 5, 1, 18, 0, tzinfo=timezone.utc).astimezone()
+    now = datetime(2024, 5, 1, 18, 0, tzinfo=UTC).astimezone()
     assert len(format_time(isoformat(now), now=now)) == 8  # today: the time only
     assert len(format_time(isoformat(now - timedelta(days=3)), now=now)) == 16
 

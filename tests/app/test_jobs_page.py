@@ -4,7 +4,7 @@ cancel/retry from the context menu, filters, server-side sorting, paging through
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,14 +12,15 @@ import sqlalchemy as sa
 from PySide6.QtCore import QPoint, Qt, QTimer, QUrl
 from PySide6.QtGui import QGuiApplication
 
+from app.models.job_pages import PAGE_SIZE
 from app.models.jobs_model import BAR_ENABLED_ROLE, COL_FILE, COL_NODE, COL_PROGRESS, COL_STATUS, PROGRESS_ROLE
-from app.pages.jobs_page import PAGE_SIZE, JobsPage
+from app.pages.jobs_page import JobsPage
+from farm.domain.jobspec import OutputConfig
 from farm.services.db import Job, repo
 from farm.services.events import JobEvent
-from farm.domain.jobspec import OutputConfig
-
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def page(qtbot, services, runner, hub):
@@ -33,8 +34,9 @@ def page(qtbot, services, runner, hub):
 
 def wait_for_event_stream(qtbot, hub) -> None:
     """Events written before the listener connected are not replayed: wait for it first."""
-    qtbot.waitUntil(lambda: any(getattr(getattr(t, "_listener", None), "connected", False) for t in hub._threads),
-                    timeout=10_000)
+    qtbot.waitUntil(
+        lambda: any(getattr(getattr(t, "_listener", None), "connected", False) for t in hub._threads), timeout=10_000
+    )
 
 
 def status(page: JobsPage, job_id: str) -> str | None:
@@ -70,26 +72,41 @@ def count_resets(page: JobsPage) -> list:
 
 def add_job(services, name: str, *, created: datetime | None = None) -> dict:
     db = services.farm.db
-    video = repo.create_video(db, name=name, key=f"inputs/x/{name}", size=1000, duration=2.0, width=320,
-                              height=240, video_codec="h264", container="mov", submitted_by="ed")
+    video = repo.create_video(
+        db,
+        name=name,
+        key=f"inputs/x/{name}",
+        size=1000,
+        duration=2.0,
+        width=320,
+        height=240,
+        video_codec="h264",
+        container="mov",
+        submitted_by="ed",
+    )
     job = repo.create_job(db, video.id, {"resolution": "720p", "format": "mp4", "includeAudio": True})
     if created is not None:
         with db.session() as session:
             session.execute(sa.update(Job).where(Job.id == job.id).values(created_at=created))
-    return services.farm.show(job.id)
+    return services.farm.show(job.id).to_json()
 
 
 # -- live jobs on a real node --------------------------------------------------------------------
 
+
 def test_a_running_job_moves_its_bar_from_events_and_its_output_can_be_opened(
-        qtbot, page, services, hub, local_node, make_clip, tmp_path, qapp):
+    qtbot, page, services, hub, local_node, make_clip, tmp_path, qapp
+):
     wait_for_event_stream(qtbot, hub)
     resets = count_resets(page)
     seen = []
-    page.model.dataChanged.connect(lambda tl, br, roles=(): seen.append(tl.data(PROGRESS_ROLE))
-                                   if tl.column() == br.column() == COL_PROGRESS else None)
+    page.model.dataChanged.connect(
+        lambda tl, br, roles=(): (
+            seen.append(tl.data(PROGRESS_ROLE)) if tl.column() == br.column() == COL_PROGRESS else None
+        )
+    )
 
-    job = services.farm.submit([make_clip(1280, 720, 15.0)], OutputConfig(resolution="360p"))[0]
+    job = services.farm.submit([make_clip(1280, 720, 15.0)], OutputConfig(resolution="360p"))[0].to_json()
     qtbot.waitUntil(lambda: status(page, job["id"]) is not None, timeout=10_000)
     assert page.model.row_of(job["id"]) == 0  # new jobs arrive at the top
     qtbot.waitUntil(lambda: status(page, job["id"]) == "completed", timeout=60_000)
@@ -102,7 +119,7 @@ def test_a_running_job_moves_its_bar_from_events_and_its_output_can_be_opened(
     assert resets == [], "live updates must not reload the table"
 
     # The completed job's output: open (via the cache), copy a link, download.
-    page._select_row(0)
+    page.select_row(0)
     assert page.act_open.isEnabled() and page.act_copy_link.isEnabled() and page.act_download.isEnabled()
     assert not page.act_cancel.isEnabled() and not page.act_retry.isEnabled()
     opened: list[QUrl] = []
@@ -128,10 +145,11 @@ def test_a_running_job_moves_its_bar_from_events_and_its_output_can_be_opened(
 def test_cancel_from_the_context_menu_and_retry(qtbot, page, services, hub, local_node, make_clip):
     wait_for_event_stream(qtbot, hub)
     config = OutputConfig(resolution="720p", format="hevc")
-    running = services.farm.submit([make_clip(1280, 720, 15.0)], config)[0]
-    qtbot.waitUntil(lambda: status(page, running["id"]) == "active" and progress(page, running["id"]) > 0,
-                    timeout=30_000)
-    waiting = services.farm.submit([make_clip()], OutputConfig())[0]  # the node runs one job at a time
+    running = services.farm.submit([make_clip(1280, 720, 15.0)], config)[0].to_json()
+    qtbot.waitUntil(
+        lambda: status(page, running["id"]) == "active" and progress(page, running["id"]) > 0, timeout=30_000
+    )
+    waiting = services.farm.submit([make_clip()], OutputConfig())[0].to_json()  # the node runs one job at a time
     qtbot.waitUntil(lambda: status(page, waiting["id"]) == "queued", timeout=10_000)
 
     cancel = context_menu_action(qtbot, page, waiting["id"], "Cancel")
@@ -145,7 +163,7 @@ def test_cancel_from_the_context_menu_and_retry(qtbot, page, services, hub, loca
     assert not next(a for a in page.context_menu.actions() if a.text() == "Retry").isEnabled()
     cancel.trigger()
     qtbot.waitUntil(lambda: status(page, running["id"]) == "cancelled", timeout=20_000)
-    assert services.farm.show(running["id"])["status"] == "cancelled"
+    assert services.farm.show(running["id"]).status == "cancelled"
     assert page.model.index(page.model.row_of(running["id"]), COL_PROGRESS).data(BAR_ENABLED_ROLE) is False
 
     retry = context_menu_action(qtbot, page, waiting["id"], "Retry")
@@ -158,18 +176,26 @@ def test_cancel_from_the_context_menu_and_retry(qtbot, page, services, hub, loca
 
 # -- filters, sorting, details (no node needed) -------------------------------------------------------
 
+
 def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tmp_path):
-    now = datetime.now(timezone.utc)
-    jobs = {name: add_job(services, name, created=now - timedelta(minutes=10 * i))
-            for i, name in enumerate(["interview_a.mov", "B-roll_1.mp4", "interview_b.mov", "drone.mp4",
-                                      "Interview_c.mxf"])}
+    now = datetime.now(UTC)
+    jobs = {
+        name: add_job(services, name, created=now - timedelta(minutes=10 * i))
+        for i, name in enumerate(["interview_a.mov", "B-roll_1.mp4", "interview_b.mov", "drone.mp4", "Interview_c.mxf"])
+    }
     old = add_job(services, "archive.mp4", created=now - timedelta(days=3))
     db = services.farm.db
     failed = jobs["drone.mp4"]
     repo.mark_active(db, failed["id"], "node-x", 1)
     error = "FFmpeg failed: Invalid data found when processing input\nsecond line"
-    repo.finish_job(db, failed["id"], "failed", attempt=1, error=error,
-                    log_tail="frame=  1 fps=0.0\n[h264] error while decoding MB 3 4\nInvalid data found")
+    repo.finish_job(
+        db,
+        failed["id"],
+        "failed",
+        attempt=1,
+        error=error,
+        log_tail="frame=  1 fps=0.0\n[h264] error while decoding MB 3 4\nInvalid data found",
+    )
     repo.mark_active(db, jobs["B-roll_1.mp4"]["id"], "node-x", 1)
     repo.update_progress(db, jobs["B-roll_1.mp4"]["id"], 37)
     repo.mark_cancelled(db, jobs["interview_b.mov"]["id"], "cancelled by user")
@@ -183,7 +209,7 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
     qtbot.waitUntil(lambda: page.model.rowCount() == 6, timeout=10_000)
     assert files(page)[0] == "interview_a.mov" and files(page)[-1] == "archive.mp4"  # newest first
     assert page.count_label.text() == "6 jobs"
-    page._select_row(page.model.row_of(failed["id"]))
+    page.select_row(page.model.row_of(failed["id"]))
     page.show_message("Job 3f0c1d9e cancelled")
     page.grab().save(str(tmp_path / "jobs.png"))
 
@@ -238,10 +264,10 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
     repo.mark_active(db, stale, "node-x", 1)
     repo.finish_job(db, stale, "completed", attempt=1)
     assert status(page, stale) == "queued"
-    page._select_row(page.model.row_of(stale))
+    page.select_row(page.model.row_of(stale))
     page.act_cancel.trigger()
     qtbot.waitUntil(lambda: page.message.startswith(f"Could not cancel job {stale[:8]}"), timeout=5_000)
-    assert "already completed" in page.message and page.message_label.property("error") is True
+    assert "already completed" in page.message and page.message_bar.label.property("error") is True
     qtbot.waitUntil(lambda: status(page, stale) == "completed", timeout=5_000)
     runner.run = real_run
 
@@ -251,7 +277,7 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
     qtbot.waitUntil(lambda: resets == [1], timeout=5_000)
 
     # The error and log dialog: selectable text, the whole error.
-    page._select_row(page.model.row_of(failed["id"]))
+    page.select_row(page.model.row_of(failed["id"]))
     assert page.act_details.isEnabled() and page.act_retry.isEnabled() and not page.act_open.isEnabled()
     page.act_details.trigger()
     qtbot.waitUntil(lambda: page.details_dialog is not None and page.details_dialog.isVisible(), timeout=5_000)
@@ -275,12 +301,25 @@ def test_filters_sorting_details_and_select_job(qtbot, services, runner, hub, tm
 
 # -- paging ---------------------------------------------------------------------------------------
 
+
 def test_ten_thousand_jobs_load_in_pages_without_freezing(qtbot, services, runner, hub):
     first = add_job(services, "seed.mp4")
-    now = datetime.now(timezone.utc)
-    rows = [{"id": f"bulk-{i:05}", "video_id": first["video"]["id"], "config": {"resolution": "720p", "format": "mp4"},
-             "status": ("queued", "completed", "failed")[i % 3], "progress": 0.0, "priority": 0, "attempts": 0,
-             "outputs": [], "created_at": now - timedelta(seconds=i + 1), "updated_at": now} for i in range(10_000)]
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": f"bulk-{i:05}",
+            "video_id": first["video"]["id"],
+            "config": {"resolution": "720p", "format": "mp4"},
+            "status": ("queued", "completed", "failed")[i % 3],
+            "progress": 0.0,
+            "priority": 0,
+            "attempts": 0,
+            "outputs": [],
+            "created_at": now - timedelta(seconds=i + 1),
+            "updated_at": now,
+        }
+        for i in range(10_000)
+    ]
     with services.farm.db.session() as session:
         session.execute(sa.insert(Job), rows)
 

@@ -124,8 +124,9 @@ def test_time_axis_spans_the_data_between_one_minute_and_the_window(qtbot):
     assert span() == pytest.approx(300, abs=1)
     chart.merge("s", [now - 3000], [1])
     assert span() == pytest.approx(600, abs=1)
-    assert chart.plot.getPlotItem().getAxis("bottom").tickStrings([now], 1, 120)[0] == \
-        time.strftime("%H:%M", time.localtime(now))
+    assert chart.plot.getPlotItem().getAxis("bottom").tickStrings([now], 1, 120)[0] == time.strftime(
+        "%H:%M", time.localtime(now)
+    )
 
 
 def test_past_max_curves_the_series_share_one_curve_and_their_average(qtbot):

@@ -12,8 +12,9 @@ def test_launcher_starts_a_node_that_the_panel_shows_and_stops_it(qtbot, service
     with qtbot.waitSignal(launcher.started, timeout=30_000) as started:
         launcher.start()
     assert "Local farm started" in started.args[0]
-    qtbot.waitUntil(lambda: any(n.name.endswith("-desktop-1") and n.status == "idle" for n in hub.nodes),
-                    timeout=30_000)
+    qtbot.waitUntil(
+        lambda: any(n.name.endswith("-desktop-1") and n.status == "idle" for n in hub.nodes), timeout=30_000
+    )
     node = launcher.farm.node_info()[0]
 
     launcher.stop(keep_running=False)

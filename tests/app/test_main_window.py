@@ -40,9 +40,15 @@ def test_drop_two_videos_and_a_text_file_on_the_window(qtbot, services, runner, 
     assert len(refused) == 1 and "not a video" in refused[0], (texts, statuses)
 
     qtbot.mouseClick(upload.upload_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: sum(1 for r in range(upload.model.rowCount())
-                                if upload.model.index(r).data(upload.model.StatusRole).startswith("Queued as job")) == 2,
-                    timeout=30_000)
+
+    def queued() -> int:
+        return sum(
+            1
+            for r in range(upload.model.rowCount())
+            if upload.model.index(r).data(upload.model.StatusRole).startswith("Queued as job")
+        )
+
+    qtbot.waitUntil(lambda: queued() == 2, timeout=30_000)
 
     window.show_page("jobs")
     jobs = window.pages["jobs"]
@@ -51,14 +57,15 @@ def test_drop_two_videos_and_a_text_file_on_the_window(qtbot, services, runner, 
     def both_completed():
         return model.rowCount() == 2 and all(
             model.index(r, COL_STATUS).data() == "completed" and model.job(r)["progress"] == 100
-            for r in range(model.rowCount()))
+            for r in range(model.rowCount())
+        )
 
     qtbot.waitUntil(both_completed, timeout=90_000)
     qtbot.waitUntil(lambda: len(notices) == 2, timeout=15_000)
     assert {status for _, status, _ in notices} == {"completed"}
     assert {text.split(" is ready")[0] for _, _, text in notices} == {"scene_a.mp4", "scene_b.mp4"}
     if not window.tray.available:  # offscreen: the notices are shown in the window instead
-        assert window.notice_bar.isVisibleTo(window) and "is ready" in window.notice_label.text()
+        assert window.notice_bar.isVisibleTo(window) and "is ready" in window.notice_bar.text
     assert "Redis: connected" in window.status_labels["redis"].text()
     window.quit()
 

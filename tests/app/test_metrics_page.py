@@ -8,6 +8,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QApplication
 
 from app.pages.metrics_page import MetricsPage
+from farm.client import Farm
 from farm.domain.jobspec import OutputConfig
 
 NODE = "test-node-1"
@@ -21,8 +22,9 @@ def points(chart, key: str) -> int:
     return 0 if x is None else len(x)
 
 
-def test_metrics_page_draws_the_fleet_and_counts_finished_jobs(local_node, services, runner, hub, qtbot,
-                                                               make_clip, tmp_path):
+def test_metrics_page_draws_the_fleet_and_counts_finished_jobs(
+    local_node, services, runner, hub, qtbot, make_clip, tmp_path
+):
     page = MetricsPage(services, runner, hub)
     qtbot.addWidget(page)
     page.resize(1100, 700)
@@ -31,8 +33,7 @@ def test_metrics_page_draws_the_fleet_and_counts_finished_jobs(local_node, servi
     page.refresh()
 
     # The node's CPU and memory curves fill in from its samples; the queue depth is sampled too.
-    qtbot.waitUntil(lambda: points(page.cpu_chart, NODE) >= 3 and points(page.mem_chart, NODE) >= 3,
-                    timeout=20_000)
+    qtbot.waitUntil(lambda: points(page.cpu_chart, NODE) >= 3 and points(page.mem_chart, NODE) >= 3, timeout=20_000)
     _, cpu = page.cpu_chart.curve(NODE).getData()
     assert ((cpu >= 0) & (cpu <= 100)).all()
     _, mem = page.mem_chart.curve(NODE).getData()
@@ -44,7 +45,7 @@ def test_metrics_page_draws_the_fleet_and_counts_finished_jobs(local_node, servi
     clip = make_clip(320, 240, 2.0)
     job = services.farm.submit([clip], OutputConfig(resolution="360p", format="mp4"))[0]
     qtbot.waitUntil(lambda: page.rates.total("completed") == 1, timeout=60_000)
-    assert services.farm.show(job["id"])["status"] == "completed"
+    assert services.farm.show(job.id).status == "completed"
     qtbot.waitUntil(lambda: page.rate_chart.curve("completed").getData()[1][-1] == 1, timeout=2000)
     _, failed = page.rate_chart.curve("failed").getData()
     assert failed.max() == 0
@@ -55,8 +56,13 @@ def test_metrics_page_draws_the_fleet_and_counts_finished_jobs(local_node, servi
     later = MetricsPage(services, runner, hub)
     qtbot.addWidget(later)
     later.refresh()
-    qtbot.waitUntil(lambda: later.cpu_chart.has_series(NODE)
-                    and len(later.cpu_chart.buffer(NODE)) >= len(page.cpu_chart.buffer(NODE)) - 1, timeout=5000)
+    qtbot.waitUntil(
+        lambda: (
+            later.cpu_chart.has_series(NODE)
+            and len(later.cpu_chart.buffer(NODE)) >= len(page.cpu_chart.buffer(NODE)) - 1
+        ),
+        timeout=5000,
+    )
 
     app = QApplication.instance()
     app.setStyleSheet(STYLE.read_text() if STYLE.exists() else "")
@@ -72,27 +78,30 @@ def test_metrics_history_failure_is_shown(services, runner, qtbot, monkeypatch, 
     page = MetricsPage(services, runner, hub)
     qtbot.addWidget(page)
 
-    monkeypatch.setattr(services, "redis_url", lambda: "redis://127.0.0.1:1/0")  # nothing listens there
+    nowhere = services.settings.replace(redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    monkeypatch.setattr(services, "farm", Farm(nowhere, start_embedded=False))
     page.refresh()
     qtbot.waitUntil(lambda: page.error.isVisibleTo(page), timeout=5000)
     assert "Could not load the nodes' last 10 minutes from Redis" in page.error.text()
     assert "127.0.0.1:1" in page.error.text()
 
 
-def test_metrics_page_shows_the_last_24_hours_from_prometheus(local_node, services, runner, hub, qtbot,
-                                                               prometheus_server):
+def test_metrics_page_shows_the_last_24_hours_from_prometheus(
+    local_node, services, runner, hub, qtbot, prometheus_server
+):
     from urllib.parse import urlsplit
 
     from farm.services.prometheus import PrometheusClient
     from tests.e2e.helpers import wait_for
 
-    registry = services.registry()
-    node = wait_for(lambda: next((n for n in registry.nodes() if n.name == NODE), None), 20, what="the node")
-    registry.redis.close()
+    node = wait_for(lambda: next((n for n in services.farm.nodes() if n.name == NODE), None), 20, what="the node")
     url = prometheus_server([urlsplit(node.metrics_url).netloc])
     client = PrometheusClient(url)
-    wait_for(lambda: client.query_range("worker_cpu_usage", time.time() - 60, time.time(), 1), 30,
-             what="Prometheus' first scrape")
+    wait_for(
+        lambda: client.query_range("worker_cpu_usage", time.time() - 60, time.time(), 1),
+        30,
+        what="Prometheus' first scrape",
+    )
     services.settings = services.settings.replace(prometheus_url=url)
 
     page = MetricsPage(services, runner, hub)

@@ -83,8 +83,9 @@ def test_empty_fields_test_the_embedded_defaults(qtbot, page, services):
     for service in ("redis", "database", "storage"):
         assert page.url_edits[service].text() == ""
         qtbot.mouseClick(page.test_buttons[service], Qt.LeftButton)
-    qtbot.waitUntil(lambda: all(page.results[s].text().startswith("✓") for s in ("redis", "database", "storage")),
-                    timeout=10_000)
+    qtbot.waitUntil(
+        lambda: all(page.results[s].text().startswith("✓") for s in ("redis", "database", "storage")), timeout=10_000
+    )
     assert "embedded" in page.results["redis"].text()
     assert str(services.settings.data_dir / "encodeflow.db") in page.results["database"].text()
     assert "encodeflow.db" in page.url_edits["database"].placeholderText()
@@ -166,8 +167,10 @@ def test_settings_page_renders(qtbot, page, tmp_path):
     qtbot.mouseClick(page.test_buttons["database"], Qt.LeftButton)
     type_into(qtbot, page.url_edits["redis"], "redis://127.0.0.1:1/0")
     qtbot.mouseClick(page.test_buttons["redis"], Qt.LeftButton)
-    qtbot.waitUntil(lambda: page.results["redis"].text().startswith("✗")
-                    and page.results["database"].text().startswith("✓"), timeout=10_000)
+    qtbot.waitUntil(
+        lambda: page.results["redis"].text().startswith("✗") and page.results["database"].text().startswith("✓"),
+        timeout=10_000,
+    )
     page.resize(1100, 700)
     page.show()
     qtbot.waitExposed(page)
@@ -177,8 +180,11 @@ def test_settings_page_renders(qtbot, page, tmp_path):
 def test_url_passwords_are_shown_masked_and_kept(qtbot, page, services, monkeypatch):
     """A saved URL with a password shows as ``:***@``; editing its host keeps the hidden password."""
     secret_url = "redis://:hunter2-pw@127.0.0.1:6379/0"
-    page.load_from(services.settings.replace(redis_url=secret_url,
-                                             database_url="postgresql+psycopg://farm:db-pw-9@db.example/farm"))
+    page.load_from(
+        services.settings.replace(
+            redis_url=secret_url, database_url="postgresql+psycopg://farm:db-pw-9@db.example/farm"
+        )
+    )
     redis_edit, db_edit = page.url_edits["redis"], page.url_edits["database"]
     assert redis_edit.text() == "redis://:***@127.0.0.1:6379/0"
     assert db_edit.text() == "postgresql+psycopg://farm:***@db.example/farm"
@@ -218,6 +224,7 @@ def test_the_optional_prometheus_url_is_tested_and_saved(qtbot, page, services, 
         qtbot.mouseClick(page.save_button, Qt.LeftButton)
     assert page.results["prometheus"].text() == (
         f"✓ Prometheus at {url} answers, but scrapes no EncodeFlow node yet; add the nodes' metrics "
-        "ports to its scrape config (packaging/prometheus)")
+        "ports to its scrape config (packaging/prometheus)"
+    )
     assert blocker.args[0].prometheus_url == url
     assert Settings.load(config_path=blocker.args[0].config_path).prometheus_url == url

@@ -5,13 +5,15 @@ error in words when the storage cannot be listed."""
 from __future__ import annotations
 
 import urllib.request
+from datetime import UTC
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from app.pages.storage_page import KEY_ROLE, StoragePage, build_tree, human_size
+from app.pages.storage_page import KEY_ROLE, StoragePage, build_tree
+from farm.base.units import format_size
 from farm.services.storage import StoredObject
 
 OUTPUT_KEY = "outputs/job-1/clip_720p.mp4"
@@ -45,8 +47,7 @@ def select(page, key: str) -> None:
 
     index = find(page.model.index(-1, -1))
     assert index is not None, f"{key} is not listed"
-    page.view.selectionModel().select(
-        index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+    page.view.selectionModel().select(index, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
 
 
 @pytest.fixture
@@ -73,9 +74,9 @@ def test_lists_objects_with_sizes(page, clip):
     assert listed["outputs"][0] == "outputs/"
     assert listed["outputs/job-1"][0] == "job-1/"
     assert listed[OUTPUT_KEY][:2] == ("clip_720p.mp4", "2.5 KB")
-    assert listed[INPUT_KEY][:2] == ("clip.mp4", human_size(clip.stat().st_size))
+    assert listed[INPUT_KEY][:2] == ("clip.mp4", format_size(clip.stat().st_size))
     assert listed[OUTPUT_KEY][2][:2] == "20"  # a local date, 20xx-…
-    assert page.summary.text().endswith(f"2 objects, {human_size(clip.stat().st_size + 2500)}")
+    assert page.summary.text().endswith(f"2 objects, {format_size(clip.stat().st_size + 2500)}")
 
 
 def test_delete_asks_naming_the_object_then_deletes(qtbot, page, stored, monkeypatch):
@@ -194,9 +195,9 @@ def test_unreachable_storage_is_shown_in_words(qtbot, s3_services, runner, monke
 
 
 def test_build_tree_totals():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    t1, t2 = datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 2, tzinfo=timezone.utc)
+    t1, t2 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
     root = build_tree([StoredObject("a/b/x", 10, t1), StoredObject("a/y", 5, t2), StoredObject("z", 1, t1)])
     assert (root.size, root.count, root.modified) == (16, 3, t2)
     assert (root.folders["a"].size, root.folders["a"].folders["b"].prefix) == (15, "a/b")

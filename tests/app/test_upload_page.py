@@ -10,7 +10,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication, QInputDialog
 
-from app.pages.upload_page import UploadListModel, UploadPage
+from app.models.upload_list_model import UploadListModel
+from app.pages.upload_page import UploadPage
 from app.uploads import _Meter
 from app.widgets.drop_zone import local_paths
 from farm.domain.jobspec import OutputConfig, PresetStore
@@ -31,12 +32,14 @@ def drop(widget, paths) -> None:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     pos = widget.rect().center()
-    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(
+        pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     QApplication.sendEvent(widget, enter)
     assert enter.isAccepted(), "the drag was refused"
-    event = QDropEvent(QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                       Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(pos), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
     QApplication.sendEvent(widget, event)
     assert event.isAccepted(), "the drop was refused"
 
@@ -61,8 +64,7 @@ def all_checked(page, count: int) -> bool:
     return len(found) == count and all(r["status"] != "Checking…" for r in found.values())
 
 
-def test_drop_two_videos_and_a_text_file_uploads_the_videos(page, services, local_node, make_clip, tmp_path,
-                                                            qtbot):
+def test_drop_two_videos_and_a_text_file_uploads_the_videos(page, services, local_node, make_clip, tmp_path, qtbot):
     wide = make_clip(320, 240, 2.0, name="interview.mp4")
     tall = make_clip(240, 320, 1.0, audio=False, name="phone.mp4")
     notes = tmp_path / "notes.txt"
@@ -102,12 +104,12 @@ def test_drop_two_videos_and_a_text_file_uploads_the_videos(page, services, loca
         assert found[name]["status"] == f"Queued as job {job['id'][:8]}"
         assert found[name]["tone"] == "ok"
         stored = services.farm.show(job["id"])
-        assert stored["config"]["resolution"] == "360p"
+        assert stored.config["resolution"] == "360p"
     assert page.upload_button.text() == "Upload" and not page.upload_button.isEnabled()
     assert page.summary.text() == "3 files · 1 refused · 2 queued"
 
     def completed() -> bool:
-        return all(services.farm.show(job["id"])["status"] == "completed" for job in submitted)
+        return all(services.farm.show(job["id"]).status == "completed" for job in submitted)
 
     qtbot.waitUntil(completed, timeout=60_000)
     assert len(services.farm.jobs()) == 2  # the text file made no job
@@ -137,8 +139,7 @@ def test_a_dropped_folder_expands_to_the_videos_inside(page, make_clip, tmp_path
     assert page.model.rowCount() == 2
 
 
-def test_cancelling_one_upload_leaves_nothing_for_it_and_the_other_finishes(page, services, make_clip,
-                                                                            tmp_path, qtbot):
+def test_cancelling_one_upload_leaves_nothing_for_it_and_the_other_finishes(page, services, make_clip, tmp_path, qtbot):
     """Uploads are held to a fixed rate (the controller's bandwidth limit), so there is time to click
     Cancel half-way on any machine; the local storage backend checks the cancel flag between chunks."""
     source = make_clip(1280, 720, 4.0, name="big.mp4")
@@ -169,8 +170,8 @@ def test_cancelling_one_upload_leaves_nothing_for_it_and_the_other_finishes(page
     qtbot.waitUntil(lambda: rows(page)["take2.mp4"]["status"].startswith("Queued as job"), timeout=15_000)
 
     jobs = services.farm.jobs()
-    assert [job["video"]["name"] for job in jobs] == ["take2.mp4"]
-    stored = [obj.key for obj in services.farm.storage.list("inputs")]
+    assert [job.video.name for job in jobs] == ["take2.mp4"]
+    stored = [obj.key for obj in services.farm.stored_objects("inputs")]
     assert len(stored) == 1 and stored[0].endswith("/take2.mp4")
 
 

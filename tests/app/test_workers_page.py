@@ -4,7 +4,6 @@ pause / resume / drain, and the card turning offline when the node stops."""
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -13,7 +12,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from app.models.nodes_model import COLUMN, NodesModel, format_ago
 from app.pages.workers_page import WorkersPage
 from farm.domain.jobspec import OutputConfig
-from farm.services.registry import NodeStatus
+from farm.domain.nodes import NodeStatus
 
 NODE = "test-node-1"
 STYLE = Path(__file__).resolve().parents[2] / "resources" / "style.qss"
@@ -42,12 +41,14 @@ def cell(page: WorkersPage, column: str) -> str:
 
 def answer_next_dialog(button_text: str) -> None:
     """Click ``button_text`` in the modal dialog about to open."""
+
     def click():
         box = QApplication.activeModalWidget()
         if not isinstance(box, QMessageBox):
             QTimer.singleShot(20, click)
             return
         next(b for b in box.buttons() if b.text() == button_text).click()
+
     QTimer.singleShot(20, click)
 
 
@@ -76,15 +77,20 @@ def test_workers_page_follows_the_local_node(local_node, services, runner, hub, 
     assert page.open_detail(NODE) is detail, "a second click brings the same window forward"
     clip = make_clip(1280, 720, 8.0, name="interview_720p.mp4")
     services.farm.submit([clip], OutputConfig(resolution="720p", format="hevc"))
-    qtbot.waitUntil(lambda: card.status == "busy" and card.job_rows()
-                    and card.job_rows()[0][1] > 0, timeout=30_000)
+    qtbot.waitUntil(lambda: card.status == "busy" and card.job_rows() and card.job_rows()[0][1] > 0, timeout=30_000)
     assert card.job_rows()[0][0] == "interview_720p.mp4"
     assert "interview_720p.mp4" in cell(page, "jobs")
     screenshot(page, tmp_path / "workers_busy.png")
     qtbot.waitUntil(lambda: detail.sample_count() >= 2, timeout=10_000)
     seen, drawn = detail.sample_count(), points(detail.cpu_chart.curve("cpu"))
-    qtbot.waitUntil(lambda: detail.sample_count() >= seen + 2 and points(detail.cpu_chart.curve("cpu")) > drawn
-                    and points(detail.mem_chart.curve("mem")) > drawn, timeout=10_000)
+    qtbot.waitUntil(
+        lambda: (
+            detail.sample_count() >= seen + 2
+            and points(detail.cpu_chart.curve("cpu")) > drawn
+            and points(detail.mem_chart.curve("mem")) > drawn
+        ),
+        timeout=10_000,
+    )
     detail.resize(900, 620)
     screenshot(detail, tmp_path / "worker_detail.png")
     detail.close()
@@ -109,9 +115,7 @@ def test_workers_page_follows_the_local_node(local_node, services, runner, hub, 
     answer_next_dialog("Cancel")
     qtbot.mouseClick(card.buttons["drain"], Qt.MouseButton.LeftButton)
     assert card.note.isHidden() and NODE not in page._pending
-    registry = services.registry()
-    assert registry.desired_state(NODE) == "run", "a cancelled drain sends nothing"
-    registry.redis.close()
+    assert services.farm.desired_state(NODE) == "run", "a cancelled drain sends nothing"
     qtbot.waitUntil(lambda: card.status == "idle", timeout=30_000)  # the job finished
     assert page.cards[NODE].status == "idle"
 
@@ -175,8 +179,18 @@ def test_nodes_model_updates_rows_in_place(qtmodeltester):
     model.modelReset.connect(lambda: resets.append(1))
 
     def nodes(*specs):
-        return [NodeStatus(name=n, host=f"{n}.lan", status=s, cpu=50, memory=0.25, last_seen=995,
-                           encoders=["libx264", "libx265", "libvpx-vp9", "aac"]) for n, s in specs]
+        return [
+            NodeStatus(
+                name=n,
+                host=f"{n}.lan",
+                status=s,
+                cpu=50,
+                memory=0.25,
+                last_seen=995,
+                encoders=["libx264", "libx265", "libvpx-vp9", "aac"],
+            )
+            for n, s in specs
+        ]
 
     model.set_nodes(nodes(("b", "idle"), ("d", "busy")))
     model.set_nodes(nodes(("a", "idle"), ("b", "paused"), ("c", "idle"), ("d", "busy")))
@@ -197,8 +211,14 @@ def test_nodes_model_updates_rows_in_place(qtmodeltester):
 
 
 def test_format_ago():
-    assert [format_ago(s) for s in (0.4, 2, 89, 120, 7200, 3 * 86400)] == \
-        ["just now", "2 s ago", "89 s ago", "2 min ago", "2 h ago", "3 d ago"]
+    assert [format_ago(s) for s in (0.4, 2, 89, 120, 7200, 3 * 86400)] == [
+        "just now",
+        "2 s ago",
+        "89 s ago",
+        "2 min ago",
+        "2 h ago",
+        "3 d ago",
+    ]
 
 
 def test_a_node_with_no_room_says_why_on_its_card(qtbot, tmp_path):
@@ -208,8 +228,16 @@ def test_a_node_with_no_room_says_why_on_its_card(qtbot, tmp_path):
     card = NodeCard("render-07")
     qtbot.addWidget(card)
     reason = "work dir /srv/work has 18.0 MB free; a job needed about 30.0 MB; free some space there"
-    card.show_node(NodeStatus(name="render-07", host="render-07", status="disk full", reason=reason,
-                              last_seen=time.time(), version="0.1.0"))
+    card.show_node(
+        NodeStatus(
+            name="render-07",
+            host="render-07",
+            status="disk full",
+            reason=reason,
+            last_seen=time.time(),
+            version="0.1.0",
+        )
+    )
     card.resize(360, card.sizeHint().height())
     card.show()
     qtbot.waitExposed(card)

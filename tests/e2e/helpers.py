@@ -9,15 +9,19 @@ import sys
 import time
 import urllib.request
 
-
 # About 8 s of HEVC work on a 2-core machine: long enough to still be running when a test acts.
 LONG_CLIP = dict(width=1280, height=720, seconds=12.0, name="node_control_long_720p.mp4")
 LONG_JOB = ("--format", "hevc", "--resolution", "720p")
 
 
 def run_cli(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "farm", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or os.environ.copy(),
+    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -54,5 +58,8 @@ def metrics(node_name: str) -> dict[tuple[str, frozenset], float]:
 
     with urllib.request.urlopen(node_info(node_name)["metrics_url"], timeout=10) as response:
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -38,14 +38,30 @@ def farm_with_a_job(local_farm, make_clip):
 
 
 def test_every_listing_command_ends_quietly_when_its_reader_is_gone(farm_with_a_job):
-    for args in (["jobs", "--json"], ["jobs"], ["nodes", "--json"], ["nodes"], ["presets"], ["presets", "--json"],
-                 ["show", farm_with_a_job, "--json"], ["show", farm_with_a_job]):
+    for args in (
+        ["jobs", "--json"],
+        ["jobs"],
+        ["nodes", "--json"],
+        ["nodes"],
+        ["presets"],
+        ["presets", "--json"],
+        ["show", farm_with_a_job, "--json"],
+        ["show", farm_with_a_job],
+    ):
         result = into_closed_pipe(ENCODEFLOW + args)
         assert (result.returncode, result.stderr) == (-signal.SIGPIPE, ""), args
 
 
-@pytest.mark.parametrize("command", [ENCODEFLOW + ["--help"], ENCODEFLOW + ["--version"], ENCODEFLOW + ["jobs", "--help"],
-                                     FARM_NODE + ["--help"], FARM_NODE + ["--version"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ENCODEFLOW + ["--help"],
+        ENCODEFLOW + ["--version"],
+        ENCODEFLOW + ["jobs", "--help"],
+        FARM_NODE + ["--help"],
+        FARM_NODE + ["--version"],
+    ],
+)
 def test_help_and_version_end_quietly_when_their_reader_is_gone(command):
     result = into_closed_pipe(command)
     # argparse drops what it cannot write and exits 0; either way, quiet.
@@ -58,8 +74,15 @@ def test_a_shell_pipeline_into_head(data_dir):
 
     presets = {f"preset-{n:04d}": {"resolution": "720p", "format": "mp4", "includeAudio": True} for n in range(2000)}
     (data_dir / "presets.toml").write_text(tomli_w.dumps(presets))
-    result = subprocess.run(["bash", "-c", f"{sys.executable} -m farm presets --json | head -c 10; "
-                                           "s=${PIPESTATUS[0]}; echo; echo status=$s"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{sys.executable} -m farm presets --json | head -c 10; s=${{PIPESTATUS[0]}}; echo; echo status=$s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stderr == ""
     assert result.stdout.splitlines() == ['{"name": "', "status=141"]

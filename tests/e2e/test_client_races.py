@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 
 def cli(*args: str) -> subprocess.Popen:
     """``encodeflow ARGS`` started now; ``.communicate()`` for its output."""
-    return subprocess.Popen([sys.executable, "-m", "farm", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "farm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def answers(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
@@ -42,6 +43,7 @@ def answers(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
 
 def fail_in_queue(local_farm, farm: Farm, job_id: str) -> None:
     """The job fails for good, in BullMQ and in its row, as a node's last attempt leaves it."""
+
     async def fail():
         failed = asyncio.Event()
 
@@ -80,7 +82,7 @@ def test_two_retries_at_once_one_puts_the_job_back_the_other_says_it_already_is(
     for thread in threads:
         thread.join(60)
     assert sorted(results) == [f"FarmError: job {job_id} is already queued again; nothing to retry", "retried"]
-    job = farm.show(job_id)
+    job = farm.show(job_id).to_json()
     assert (job["status"], job["error"]) == ("queued", None)
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.attemptsMade) == ("waiting", 0)
@@ -89,7 +91,8 @@ def test_two_retries_at_once_one_puts_the_job_back_the_other_says_it_already_is(
     fail_in_queue(local_farm, farm, job_id)
     assert sorted(answers(cli("retry", job_id), cli("retry", job_id))) == [
         (0, f"{job_id}: queued again", ""),
-        (1, "", f"encodeflow retry: job {job_id} is already queued again; nothing to retry")]
+        (1, "", f"encodeflow retry: job {job_id} is already queued again; nothing to retry"),
+    ]
     assert bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[0] == "waiting"
 
 
@@ -99,8 +102,9 @@ def test_a_retry_the_instant_a_running_job_turned_cancelled_runs_it_again(local_
     wait_for(lambda: running_on(farm, job_id, [node]), timeout=60, what="the job to run")
 
     cancelling = cli("cancel", job_id)
-    wait_for(lambda: farm.show(job_id)["status"] == "cancelled", timeout=30, interval=0.005,
-             what="the row to say cancelled")
+    wait_for(
+        lambda: farm.show(job_id).status == "cancelled", timeout=30, interval=0.005, what="the row to say cancelled"
+    )
     # Hold the node between its row write and its word to BullMQ, where the job is still active
     # in the queue: the window a retry typed at once fell into.
     node.proc.send_signal(signal.SIGSTOP)
@@ -108,11 +112,14 @@ def test_a_retry_the_instant_a_running_job_turned_cancelled_runs_it_again(local_
     assert bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[0] == "active"
     retried = run_cli("retry", job_id)
     assert (retried.returncode, retried.stdout.strip(), retried.stderr) == (0, f"{job_id}: queued again", "")
-    (code, line, error), = answers(cancelling)
+    ((code, line, error),) = answers(cancelling)
     assert (code, line, error) == (0, f"{job_id}: cancelled; its node stopped FFmpeg", "")
 
-    job = wait_for(lambda: (j := farm.show(job_id))["status"] in ("completed", "failed") and j, timeout=180,
-                   what="the retried job to finish")
+    job = wait_for(
+        lambda: (j := farm.show(job_id).to_json())["status"] in ("completed", "failed") and j,
+        timeout=180,
+        what="the retried job to finish",
+    )
     assert (job["status"], job["node"], job["error"]) == ("completed", node.name, None)
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert state == "completed" and bull.returnvalue["outputs"] == job["outputs"]
@@ -125,20 +132,27 @@ def test_cancel_twice_and_requests_the_state_rules_out_answer_in_one_line(local_
     wait_for(lambda: running_on(farm, job_id, [node]), timeout=60, what="the job to run")
 
     running = run_cli("retry", job_id)
-    assert (running.returncode, running.stdout, running.stderr.strip()) == \
-        (1, "", f"encodeflow retry: job {job_id} is already running on {node.name}; nothing to retry")
+    assert (running.returncode, running.stdout, running.stderr.strip()) == (
+        1,
+        "",
+        f"encodeflow retry: job {job_id} is already running on {node.name}; nothing to retry",
+    )
 
     already = (1, "", f"encodeflow cancel: job {job_id} is already cancelled; nothing to cancel")
     assert sorted(answers(cli("cancel", job_id), cli("cancel", job_id))) == [
-        (0, f"{job_id}: cancelled; its node stopped FFmpeg", ""), already]
+        (0, f"{job_id}: cancelled; its node stopped FFmpeg", ""),
+        already,
+    ]
     assert answers(cli("cancel", job_id)) == [already]
-    assert farm.show(job_id)["status"] == "cancelled"
+    assert farm.show(job_id).status == "cancelled"
     assert bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[1].failedReason == "cancelled by user"
 
     done = submit(clip)
-    wait_for(lambda: farm.show(done)["status"] == "completed", timeout=60, what="a short job to complete")
-    for command, line in (("cancel", f"job {done} is already completed; nothing to cancel"),
-                          ("retry", f"job {done} is completed; only failed or cancelled jobs can be retried")):
+    wait_for(lambda: farm.show(done).status == "completed", timeout=60, what="a short job to complete")
+    for command, line in (
+        ("cancel", f"job {done} is already completed; nothing to cancel"),
+        ("retry", f"job {done} is completed; only failed or cancelled jobs can be retried"),
+    ):
         refused = run_cli(command, done)
         assert (refused.returncode, refused.stdout, refused.stderr.strip()) == (1, "", f"encodeflow {command}: {line}")
     unknown = run_cli("cancel", "no-such-job")
@@ -159,9 +173,15 @@ def test_cancel_removes_a_job_from_every_waiting_state_and_retry_brings_it_back(
         parent_job = await queue.getJob(parent)
         await queue.remove(parent)
         flows = FlowProducer({"connection": url})
-        await flows.add({"name": "transcode", "queueName": queue_name, "data": parent_job.data,
-                         "opts": {"jobId": parent},
-                         "children": [{"name": "thumbnail", "queueName": f"{queue_name}-children", "data": {}}]})
+        await flows.add(
+            {
+                "name": "transcode",
+                "queueName": queue_name,
+                "data": parent_job.data,
+                "opts": {"jobId": parent},
+                "children": [{"name": "thumbnail", "queueName": f"{queue_name}-children", "data": {}}],
+            }
+        )
         states = [await queue.getJobState(j) for j in (delayed, prioritized, parent)]
         await flows.close()
         await queue.close()
@@ -170,11 +190,14 @@ def test_cancel_removes_a_job_from_every_waiting_state_and_retry_brings_it_back(
     assert asyncio.run(arrange()) == ["delayed", "prioritized", "waiting-children"]
     for job_id in (delayed, prioritized, parent):
         cancelled = run_cli("cancel", job_id)
-        assert (cancelled.returncode, cancelled.stdout.strip(), cancelled.stderr) == \
-            (0, f"{job_id}: cancelled (it was still queued)", ""), job_id
-        assert farm.show(job_id)["status"] == "cancelled"
+        assert (cancelled.returncode, cancelled.stdout.strip(), cancelled.stderr) == (
+            0,
+            f"{job_id}: cancelled (it was still queued)",
+            "",
+        ), job_id
+        assert farm.show(job_id).status == "cancelled"
         assert bull_job(url, queue_name, job_id) == ("unknown", None), "no node will find it"
         retried = run_cli("retry", job_id)
         assert (retried.returncode, retried.stdout.strip()) == (0, f"{job_id}: queued again"), retried.stderr
-        assert farm.show(job_id)["status"] == "queued"
+        assert farm.show(job_id).status == "queued"
         assert bull_job(url, queue_name, job_id)[0] in ("waiting", "prioritized")

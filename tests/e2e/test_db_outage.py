@@ -14,8 +14,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.helpers import LONG_JOB, submit, wait_for
 from tests.bull import bull_job
+from tests.e2e.helpers import LONG_JOB, submit, wait_for
 from tests.e2e.test_node_death import FAST, outputs_in_storage, running_on
 from tests.faults import FaultyLink
 
@@ -38,7 +38,7 @@ def pg_link(pg_url, monkeypatch):
 
 
 def finished(farm, job_id: str) -> dict | None:
-    job = farm.show(job_id)
+    job = farm.show(job_id).to_json()
     return job if job["status"] in ("completed", "failed", "cancelled") else None
 
 
@@ -57,8 +57,7 @@ def test_a_short_outage_mid_transcode_is_waited_out(pg_url, local_farm, farm, pg
     assert (job["status"], job["attempts"], job["node"], job["error"]) == ("completed", 1, node.name, None)
     assert outputs_in_storage(local_farm, job_id) == [job["output"]["key"]], "exactly one output, the row's"
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
-    assert (state, bull.attemptsMade, bull.returnvalue["outputs"][0]["key"]) == \
-        ("completed", 1, job["output"]["key"])
+    assert (state, bull.attemptsMade, bull.returnvalue["outputs"][0]["key"]) == ("completed", 1, job["output"]["key"])
     log = node.log.read_text()
     assert log.count(OUTAGE_LOG) == 1, log
     assert RECOVERY_LOG in log and HAND_BACK_LOG not in log, log
@@ -66,7 +65,9 @@ def test_a_short_outage_mid_transcode_is_waited_out(pg_url, local_farm, farm, pg
 
 
 @pytest.mark.slow
-def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(pg_url, local_farm, farm, pg_link, long_clip):
+def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(
+    pg_url, local_farm, farm, pg_link, long_clip
+):
     (node,) = local_farm(1, extra=FAST)  # lock 5 s: a write waits at most 5 s for the database
     job_id = submit(long_clip, *LONG_JOB)
     wait_for(lambda: running_on(farm, job_id, [node]), timeout=60, what="the job to run")
@@ -79,7 +80,7 @@ def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(pg_ur
             seen.add(bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)[0])
             time.sleep(0.2)
         assert "completed" not in seen, "the queue must not say completed while the row cannot"
-        assert farm.show(job_id)["status"] == "active"
+        assert farm.show(job_id).status == "active"
     finally:
         pg_link.restore()
 
@@ -91,5 +92,5 @@ def test_an_outage_past_the_retry_hands_the_job_back_and_it_completes_once(pg_ur
     assert (state, bull.returnvalue["outputs"][0]["key"]) == ("completed", job["output"]["key"])
     assert bull.attemptsStarted >= 2, "the job ran again once the database was back"
     time.sleep(3)
-    assert farm.show(job_id)["finished_at"] == job["finished_at"], "finished once"
+    assert farm.show(job_id).to_json()["finished_at"] == job["finished_at"], "finished once"
     assert RECOVERY_LOG in node.log.read_text()

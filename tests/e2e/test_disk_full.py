@@ -14,8 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.helpers import json_lines, run_cli, submit, wait_for
-from tests.e2e.helpers import metrics, node_info
+from tests.e2e.helpers import json_lines, metrics, node_info, run_cli, submit, wait_for
 
 MB = 1_000_000
 
@@ -28,8 +27,9 @@ def tiny_disk(tmp_path):
     def make(size: int):
         path = tmp_path / f"tiny-disk-{len(mounts)}"
         path.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             if os.environ.get("CI"):
                 pytest.fail(f"cannot mount a tmpfs in CI: {result.stderr.strip()}")
@@ -119,8 +119,9 @@ def _finished(job_id: str):
 
 
 @pytest.mark.slow
-def test_a_full_storage_is_said_as_such_and_no_node_is_called_full(data_dir, monkeypatch, local_farm, make_clip,
-                                                                   tiny_disk):
+def test_a_full_storage_is_said_as_such_and_no_node_is_called_full(
+    data_dir, monkeypatch, local_farm, make_clip, tiny_disk
+):
     """A full storage share is every node's problem, not one node's work dir: the job is retried
     with backoff and fails naming the storage; no node says "disk full" or hands the job back."""
     storage = tiny_disk(4 * MB)

@@ -42,17 +42,17 @@ def test_cancel_a_running_job(local_farm, make_clip):
     submitted = json_lines(run_cli("submit", str(source), "--format", "hevc", "--resolution", "720p", "--json").stdout)
     job_id = submitted[0]["id"]
     farm = Farm(local_farm.settings, start_embedded=False)
-    wait_for(lambda: farm.show(job_id)["progress"] > 0, timeout=60, what="the job to make progress")
+    wait_for(lambda: farm.show(job_id).progress > 0, timeout=60, what="the job to make progress")
     assert node.ffmpeg_children(), "FFmpeg should be running"
 
     started = time.monotonic()
     result = run_cli("cancel", job_id)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: farm.show(job_id)["status"] == "cancelled", timeout=5, what="status cancelled")
+    wait_for(lambda: farm.show(job_id).status == "cancelled", timeout=5, what="status cancelled")
     assert time.monotonic() - started < 5
     wait_for(lambda: not node.ffmpeg_children(), timeout=5, what="FFmpeg to exit")
     wait_for(lambda: entries(node.work_dir) == [], timeout=5, what="an empty work dir")
-    assert farm.show(job_id)["output"] is None
+    assert farm.show(job_id).output is None
     farm.close()
 
 

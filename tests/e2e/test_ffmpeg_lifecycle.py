@@ -40,31 +40,45 @@ def test_a_hung_ffmpeg_is_stopped_and_its_job_retried(local_farm, farm, long_cli
     stopped_at = time.monotonic()
 
     said = f"FFmpeg made no progress for {STALL_S} s; stopped it"
-    row = wait_for(lambda: said in ((j := farm.show(job_id))["error"] or "") and j, timeout=STALL_S + 30,
-                   what="the row to say why the attempt failed")
-    print(f"the row said why {time.monotonic() - stopped_at:.1f} s after FFmpeg was stopped "
-          f"(timeout {STALL_S} s, at {row['progress']} %)")
+    row = wait_for(
+        lambda: said in ((j := farm.show(job_id).to_json())["error"] or "") and j,
+        timeout=STALL_S + 30,
+        what="the row to say why the attempt failed",
+    )
+    print(
+        f"the row said why {time.monotonic() - stopped_at:.1f} s after FFmpeg was stopped "
+        f"(timeout {STALL_S} s, at {row['progress']} %)"
+    )
     assert row["error"].startswith("attempt 1 of 3 failed, will retry: ")
     assert not ffmpeg.is_running() or ffmpeg.status() == "zombie", "the hung FFmpeg is gone"
 
-    job = wait_for(lambda: (j := farm.show(job_id))["status"] in ("completed", "failed") and j,
-                   timeout=180, what="the retry to finish")
+    job = wait_for(
+        lambda: (j := farm.show(job_id).to_json())["status"] in ("completed", "failed") and j,
+        timeout=180,
+        what="the retry to finish",
+    )
     assert (job["status"], job["attempts"], job["node"]) == ("completed", 2, node.name)
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
     assert (state, bull.attemptsStarted, bull.stalledCounter) == ("completed", 2, 0), "retried, not stalled"
     log = node.log.read_text()
     assert [line for line in log.splitlines() if said in line][0].endswith(
-        "(run 1); the job is retried while attempts remain")
+        "(run 1); the job is retried while attempts remain"
+    )
     assert metrics(node.name)[("worker_ffmpeg_stalls_total", frozenset({("node", node.name)}))] == 1
 
 
 def test_progress_timeout_must_be_a_positive_number(settings):
     for bad in ("0", "-5", "nan", "inf"):
-        refused = subprocess.run([sys.executable, "-m", "farm_node", "--name", "n", "--progress-timeout", bad],
-                                 capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            [sys.executable, "-m", "farm_node", "--name", "n", "--progress-timeout", bad],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 2, (bad, refused.stderr)
         assert refused.stderr.strip().splitlines() == [
-            f"farm-node: --progress-timeout must be a positive number of seconds, got {bad}"]
+            f"farm-node: --progress-timeout must be a positive number of seconds, got {bad}"
+        ]
     shown = subprocess.run([sys.executable, "-m", "farm_node", "--help"], capture_output=True, text=True)
     assert "--progress-timeout SECONDS" in shown.stdout and "(default 600)" in " ".join(shown.stdout.split())
 
@@ -75,12 +89,14 @@ def test_progress_timeout_must_be_a_positive_number(settings):
 def test_an_old_ffmpeg_named_in_the_environment_is_refused(tmp_path, monkeypatch, settings):
     fake = old_ffmpeg(tmp_path / "old")
     monkeypatch.setenv("ENCODEFLOW_FFMPEG", str(fake))
-    refused = subprocess.run([sys.executable, "-m", "farm_node", "--name", "n"],
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "farm_node", "--name", "n"], capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"farm-node: FFmpeg 4.4.2-0ubuntu0.22.04.1 at {fake} (from ENCODEFLOW_FFMPEG or settings) is older than "
-        "5.1, the oldest EncodeFlow runs; name a newer one, or unset it to use the bundled FFmpeg"]
+        "5.1, the oldest EncodeFlow runs; name a newer one, or unset it to use the bundled FFmpeg"
+    ]
     assert not (settings.data_dir / "work").exists(), "refused before anything was set up"
 
 
@@ -91,21 +107,28 @@ def test_an_old_ffmpeg_on_path_is_passed_over_for_the_bundled_one(tmp_path, monk
     (node,) = local_farm(1)
 
     log = node.log.read_text()
-    warning = (f"FFmpeg 4.4.2-0ubuntu0.22.04.1 on PATH ({fake}) is older than 5.1; using the bundled FFmpeg "
-               f"{ffmpeg_version(bundled)} ({bundled}) instead")
+    warning = (
+        f"FFmpeg 4.4.2-0ubuntu0.22.04.1 on PATH ({fake}) is older than 5.1; using the bundled FFmpeg "
+        f"{ffmpeg_version(bundled)} ({bundled}) instead"
+    )
     assert [line for line in log.splitlines() if "older than" in line] == [
-        next(line for line in log.splitlines() if line.endswith(warning))], "one warning"
-    assert f"FFmpeg {ffmpeg_version(bundled)} at {bundled}" in next(l for l in log.splitlines() if " up: " in l)
+        next(line for line in log.splitlines() if line.endswith(warning))
+    ], "one warning"
+    assert f"FFmpeg {ffmpeg_version(bundled)} at {bundled}" in next(
+        line for line in log.splitlines() if " up: " in line
+    )
     info = node_info(node.name)
     assert (info["ffmpeg_version"], info["ffmpeg_path"]) == (ffmpeg_version(bundled), bundled)
     build = next(labels for (name, labels) in metrics(node.name) if name == "encodeflow_build_info")
     assert {("ffmpeg_version", ffmpeg_version(bundled)), ("ffmpeg_path", bundled)} <= build
 
     job_id = submit(clip)
-    job = wait_for(lambda: (j := farm.show(job_id))["status"] in ("completed", "failed") and j,
-                   timeout=120, what="the job to finish")
+    job = wait_for(
+        lambda: (j := farm.show(job_id).to_json())["status"] in ("completed", "failed") and j,
+        timeout=120,
+        what="the job to finish",
+    )
     assert job["status"] == "completed", job["error"]
-
 
 
 # -- other children that could outlive their parent ----------------------------------------------------
@@ -114,17 +137,27 @@ def test_an_old_ffmpeg_on_path_is_passed_over_for_the_bundled_one(tmp_path, monk
 def test_the_nodes_of_a_killed_encodeflow_up_drain_and_exit():
     """`encodeflow up` SIGKILLed (its nodes are in sessions of their own, out of a group kill's reach):
     each node gets the SIGTERM of a drain and exits, rather than run on with no one to stop it."""
-    up = subprocess.Popen([sys.executable, "-m", "farm", "up", "--nodes", "1"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "farm", "up", "--nodes", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     node = None
     try:
-        (info,) = wait_for(lambda: [n for n in json_lines(run_cli("nodes", "--json").stdout)
-                                    if n["status"] != "offline"], timeout=60, what="the node to register")
+        (info,) = wait_for(
+            lambda: [n for n in json_lines(run_cli("nodes", "--json").stdout) if n["status"] != "offline"],
+            timeout=60,
+            what="the node to register",
+        )
         node = psutil.Process(info["pid"])
         up.kill()
         up.wait(10)
-        wait_for(lambda: not node.is_running() or node.status() == psutil.STATUS_ZOMBIE, timeout=30,
-                 what="the node of the killed `encodeflow up` to exit")
+        wait_for(
+            lambda: not node.is_running() or node.status() == psutil.STATUS_ZOMBIE,
+            timeout=30,
+            what="the node of the killed `encodeflow up` to exit",
+        )
         output = up.stdout.read()  # the node wrote its log there too, until it exited
     finally:
         up.kill()

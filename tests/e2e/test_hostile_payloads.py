@@ -29,8 +29,10 @@ from tests.farm.test_hostile_inputs import FifoWatch, fifo
 FORGED = "INFO farm_node.processor: job 1234 completed"
 LONG_ID = "x" * 10_240
 # What database and driver errors say; none of it may reach a user (or, here, even the log).
-DB_WORDS = re.compile(r"sqlalchemy|psycopg|sqlite3|\[SQL: |INSERT INTO|UPDATE jobs|Python int too large|out of range|"
-                      r"IntegrityError|DataError|OperationalError|StringDataRightTruncation|NumericValueOutOfRange")
+DB_WORDS = re.compile(
+    r"sqlalchemy|psycopg|sqlite3|\[SQL: |INSERT INTO|UPDATE jobs|Python int too large|out of range|"
+    r"IntegrityError|DataError|OperationalError|StringDataRightTruncation|NumericValueOutOfRange"
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -63,8 +65,18 @@ def test_hostile_payloads_fail_at_once_are_listed_and_touch_nothing(backend, loc
     root = Path(storage.root)
     db = open_database(settings.effective_database_url)
     theirs_id = str(uuid.uuid4())
-    theirs = repo.create_video(db, id=theirs_id, name="theirs.mp4", key=f"inputs/{theirs_id}/theirs.mp4",
-                               size=1000, duration=60.0, width=1920, height=1080, video_codec="h264", container="mov")
+    theirs = repo.create_video(
+        db,
+        id=theirs_id,
+        name="theirs.mp4",
+        key=f"inputs/{theirs_id}/theirs.mp4",
+        size=1000,
+        duration=60.0,
+        width=1920,
+        height=1080,
+        video_codec="h264",
+        container="mov",
+    )
     before = video_to_dict(repo.get_video(db, theirs_id))
     control_id = str(uuid.uuid4())
     cases = {**hostile_jobs(theirs_id), "control": (control_id, {}, "")}
@@ -74,8 +86,12 @@ def test_hostile_payloads_fail_at_once_are_listed_and_touch_nothing(backend, loc
         key = f"inputs/{theirs_id if changes.get('videoId') == theirs_id else uuid.uuid4()}/clip.mp4"
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         inputs[case] = fifo(root / key)
-        payloads[case] = {"jobId": job_id, "input": {"key": key, "name": changes.pop("name", "clip.mp4")},
-                          "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True}, **changes}
+        payloads[case] = {
+            "jobId": job_id,
+            "input": {"key": key, "name": changes.pop("name", "clip.mp4")},
+            "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True},
+            **changes,
+        }
         if payloads[case]["outputConfig"] is None:
             del payloads[case]["outputConfig"]
 
@@ -84,8 +100,11 @@ def test_hostile_payloads_fail_at_once_are_listed_and_touch_nothing(backend, loc
         for case, (job_id, _, _) in cases.items():
             bull_add(local_farm.redis_url, settings.queue, job_id, payloads[case])
         for case, (job_id, _, _) in cases.items():
-            wait_for(lambda: bull_job(local_farm.redis_url, settings.queue, job_id)[0] == "failed", timeout=60,
-                     what=f"the job of {case!r} to fail")
+            wait_for(
+                lambda job_id=job_id: bull_job(local_farm.redis_url, settings.queue, job_id)[0] == "failed",
+                timeout=60,
+                what=f"the job of {case!r} to fail",
+            )
     del cases["control"]
 
     assert watch.opened == [inputs["control"]], "only the valid job's input may be downloaded"
@@ -145,8 +164,11 @@ def test_a_database_error_reaches_no_user_as_sql(pg_url, local_farm, clip):
     (node,) = local_farm(1)
 
     bull_add(local_farm.redis_url, settings.queue, job_id, payload)
-    wait_for(lambda: bull_job(local_farm.redis_url, settings.queue, job_id)[0] == "failed", timeout=60,
-             what="the job to fail")
+    wait_for(
+        lambda: bull_job(local_farm.redis_url, settings.queue, job_id)[0] == "failed",
+        timeout=60,
+        what="the job to fail",
+    )
 
     generic = "the database refused to record the job; the node's log says why"
     _, bull = bull_job(local_farm.redis_url, settings.queue, job_id)

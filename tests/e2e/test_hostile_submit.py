@@ -23,8 +23,8 @@ import pytest
 from bullmq import Queue
 
 from farm.client import Farm, UnknownJobError
-from farm.domain.object_keys import sanitize_name
 from farm.domain.media import find_ffmpeg, probe
+from farm.domain.object_keys import sanitize_name
 from farm.services.storage import open_storage
 from farm_node.workdir import entries
 from tests.bull import bull_job
@@ -50,8 +50,14 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``encodeflow ARGS`` run from ``cwd``, as a user in a terminal would."""
-    return subprocess.run([sys.executable, "-m", "farm", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=os.environ.copy())
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=os.environ.copy(),
+    )
 
 
 def one_line(stderr: str) -> str:
@@ -143,8 +149,11 @@ def references(make_clip, tmp_path) -> dict[str, tuple[Path, Path | None, list[s
     made["list.mp4"] = (concat_list(folder / "list.mp4", "secret.mp4"), fifo(folder / "secret.mp4"), [ff, "-i"])
     folder = case("movie.mov")
     source = remux(make_clip(160, 120, 1.0, audio=False), tmp_path / "source.mov")
-    made["movie.mov"] = (reference_movie(source, folder / "movie.mov", "secret.mp4"), fifo(folder / "secret.mp4"),
-                         [ff, "-enable_drefs", "1", "-i"])
+    made["movie.mov"] = (
+        reference_movie(source, folder / "movie.mov", "secret.mp4"),
+        fifo(folder / "secret.mp4"),
+        [ff, "-enable_drefs", "1", "-i"],
+    )
     made["camera.sdp"] = (sdp_file(case("camera.sdp") / "camera.sdp"), None, [])
     return made
 
@@ -163,8 +172,13 @@ def test_references_are_refused_at_submit_and_never_opened(references, settings,
     for path, target, control in references.values():  # plain FFmpeg follows each reference
         if target:
             with FifoWatch(target) as watch:
-                subprocess.run([*control, str(path), "-f", "null", "-"], capture_output=True, timeout=60,
-                               stdin=subprocess.DEVNULL, cwd=path.parent)
+                subprocess.run(
+                    [*control, str(path), "-f", "null", "-"],
+                    capture_output=True,
+                    timeout=60,
+                    stdin=subprocess.DEVNULL,
+                    cwd=path.parent,
+                )
             assert watch.opened == [target], f"control: FFmpeg should open what {path.name} references"
 
     with FifoWatch(*fifos) as watch:
@@ -182,13 +196,14 @@ def test_references_are_refused_at_submit_and_never_opened(references, settings,
 
 
 def bull_add(redis_url: str, queue: str, job_id: str, payload: dict) -> None:
-    """What any BullMQ producer (the Node system's API included) does to enqueue a job."""
+    """What any BullMQ producer (Node.js BullMQ producers included) does to enqueue a job."""
 
     async def add():
         bull = Queue(queue, {"connection": redis_url})
         try:
-            await bull.add("transcode", payload, {"jobId": job_id, "attempts": 3,
-                                                  "backoff": {"type": "fixed", "delay": 200}})
+            await bull.add(
+                "transcode", payload, {"jobId": job_id, "attempts": 3, "backoff": {"type": "fixed", "delay": 200}}
+            )
         finally:
             await bull.close()
 
@@ -197,7 +212,7 @@ def bull_add(redis_url: str, queue: str, job_id: str, payload: dict) -> None:
 
 def ended(farm: Farm, job_id: str) -> dict | None:
     try:
-        job = farm.show(job_id)
+        job = farm.show(job_id).to_json()
     except UnknownJobError:
         return None
     return job if job["status"] in ("completed", "failed", "cancelled") else None
@@ -211,16 +226,23 @@ def test_a_node_fails_each_hostile_foreign_job_once_and_opens_nothing_else(local
     broken = tmp_path / "broken"
     broken.mkdir()
     inputs = {name: path for name, (path, _, _) in references.items()}
-    inputs.update({
-        "cut.mp4": cut_in_half(remux(good, tmp_path / "fast.mp4", "-movflags", "+faststart"), broken / "cut.mp4"),
-        "huge.avi": huge_frame(broken / "huge.avi"),
-        "marathon.mp4": still_video(broken / "marathon.mp4", hours=25),
-        "podcast.mp4": audio_only(broken / "podcast.mp4"),
-    })
-    reasons = dict(REFERENCE_REASONS, **{
-        "cut.mp4": "cut.mp4 is truncated", "huge.avi": "huge.avi is 16384x16384",
-        "marathon.mp4": "marathon.mp4 lasts 25:00:00", "podcast.mp4": "podcast.mp4 has no video stream",
-    })
+    inputs.update(
+        {
+            "cut.mp4": cut_in_half(remux(good, tmp_path / "fast.mp4", "-movflags", "+faststart"), broken / "cut.mp4"),
+            "huge.avi": huge_frame(broken / "huge.avi"),
+            "marathon.mp4": still_video(broken / "marathon.mp4", hours=25),
+            "podcast.mp4": audio_only(broken / "podcast.mp4"),
+        }
+    )
+    reasons = dict(
+        REFERENCE_REASONS,
+        **{
+            "cut.mp4": "cut.mp4 is truncated",
+            "huge.avi": "huge.avi is 16384x16384",
+            "marathon.mp4": "marathon.mp4 lasts 25:00:00",
+            "podcast.mp4": "podcast.mp4 has no video stream",
+        },
+    )
     watched, jobs = [], {}
     for name, path in inputs.items():
         job_id, video_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -239,15 +261,22 @@ def test_a_node_fails_each_hostile_foreign_job_once_and_opens_nothing_else(local
 
     with FifoWatch(*watched) as watch:
         for name, (job_id, key, _) in jobs.items():
-            bull_add(local_farm.redis_url, settings.queue, job_id,
-                     {"jobId": job_id, "input": {"key": key, "name": name},
-                      "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True}})
+            bull_add(
+                local_farm.redis_url,
+                settings.queue,
+                job_id,
+                {
+                    "jobId": job_id,
+                    "input": {"key": key, "name": name},
+                    "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True},
+                },
+            )
         for name, (job_id, _, _) in jobs.items():
-            wait_for(lambda: ended(farm, job_id), timeout=120, what=f"the job for {name} to end")
+            wait_for(lambda job_id=job_id: ended(farm, job_id), timeout=120, what=f"the job for {name} to end")
 
     assert watch.opened == [], "the node opened a file that an input references"
     for name, (job_id, _, target) in jobs.items():
-        job = farm.show(job_id)
+        job = farm.show(job_id).to_json()
         assert (job["status"], job["attempts"], job["output"]) == ("failed", 1, None), (name, job)
         assert job["error"].startswith(reasons[name]), (name, job["error"])
         state, bull = bull_job(local_farm.redis_url, settings.queue, job_id)
@@ -262,7 +291,7 @@ def test_a_node_fails_each_hostile_foreign_job_once_and_opens_nothing_else(local
 
 HOSTILE_NAMES = [
     "with space.mp4",
-    "it's a \"quoted\" name.mp4",
+    'it\'s a "quoted" name.mp4',
     "$HOME $(id) `id` ;rm -rf.mp4",
     "Caf\u00e9.mp4",  # NFC
     "Cafe\u0301.mp4",  # the same name in NFD: another file on Linux
@@ -297,8 +326,9 @@ def transcode_calls(calls: Path) -> list[list[str]]:
     return [[arg.decode() for arg in run] for run in runs if b"-i" in run]
 
 
-def test_hostile_names_transcode_and_never_reach_ffmpeg_or_escape_their_keys(local_farm, make_clip, tmp_path,
-                                                                              monkeypatch):
+def test_hostile_names_transcode_and_never_reach_ffmpeg_or_escape_their_keys(
+    local_farm, make_clip, tmp_path, monkeypatch
+):
     clip = make_clip(160, 120, 1.0)
     files = tmp_path / "files"
     files.mkdir()
@@ -317,7 +347,7 @@ def test_hostile_names_transcode_and_never_reach_ffmpeg_or_escape_their_keys(loc
     assert result.returncode == 0, result.stderr
     jobs = json_lines(result.stdout)
     assert [job["video"]["name"] for job in jobs] == names
-    for name, job in zip(names, jobs):
+    for name, job in zip(names, jobs, strict=True):
         assert (job["status"], job["attempts"], job["error"]) == ("completed", 1, None), (name, job)
         video = job["video"]
         assert video["key"] == f"inputs/{video['id']}/{sanitize_name(name)}"
@@ -327,7 +357,7 @@ def test_hostile_names_transcode_and_never_reach_ffmpeg_or_escape_their_keys(loc
         assert stored[3].startswith(Path(sanitize_name(name)).stem[:20]), (name, stored[3])
         if len(name) < 100:  # a name at the length cap loses the rendition part, never its prefix
             assert stored[3].endswith("-360p-mp4.mp4"), stored[3]
-    by_name = dict(zip(names, jobs))
+    by_name = dict(zip(names, jobs, strict=True))
     nfc, nfd = by_name["Caf\u00e9.mp4"], by_name["Cafe\u0301.mp4"]
     assert nfc["video"]["key"].endswith("/Caf\u00e9.mp4") and nfd["video"]["key"].endswith("/Caf\u00e9.mp4")
     assert nfc["video"]["key"] != nfd["video"]["key"] and unicodedata.is_normalized("NFC", nfd["output"]["key"])
@@ -351,7 +381,7 @@ def test_hostile_names_transcode_and_never_reach_ffmpeg_or_escape_their_keys(loc
     work = str(node.work_dir)
     for args in runs:
         i = args.index("-i")
-        assert args[i - 4: i] == ["-protocol_whitelist", "file", "-f", "mov"], args
+        assert args[i - 4 : i] == ["-protocol_whitelist", "file", "-f", "mov"], args
         source, target = args[i + 1], args[-1]
         assert source.startswith(f"file:{work}/") and Path(source).name == "input.mp4", args
         assert target.startswith(f"file:{work}/") and Path(target).name == "output.mp4", args

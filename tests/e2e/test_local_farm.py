@@ -8,15 +8,19 @@ import sys
 
 import psutil
 
-from farm.services.embedded import running_embedded_redis
 from farm.base.settings import Settings
+from farm.services.embedded import running_embedded_redis
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
 
 def test_up_runs_nodes_until_ctrl_c_then_stops_everything(clip):
     settings = Settings.load()
-    up = subprocess.Popen([sys.executable, "-m", "farm", "up", "--nodes", "2"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "farm", "up", "--nodes", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         nodes = wait_for(lambda: _online(run_cli("nodes", "--json").stdout, 2), timeout=60, what="two nodes")
         assert all(n["status"] == "idle" for n in nodes)

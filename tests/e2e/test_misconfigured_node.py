@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from farm.services.embedded import ensure_embedded_redis
 from farm.base.settings import ENV_VARS
+from farm.services.embedded import ensure_embedded_redis
 
 REDIS = "ENCODEFLOW_REDIS_URL (--redis-url)"
 DATABASE = "ENCODEFLOW_DATABASE_URL (--database-url)"
@@ -26,8 +26,13 @@ STORAGE = "ENCODEFLOW_STORAGE_URL (--storage-url)"
 
 def start_node(*extra: str, env: dict | None = None) -> tuple[int, str]:
     """Run a node to its exit; its exit code and the last line of stderr (there must be one)."""
-    result = subprocess.run([sys.executable, "-m", "farm_node", "--name", "misconfigured", "--no-metrics", *extra],
-                            capture_output=True, text=True, timeout=90, env=env or os.environ.copy())
+    result = subprocess.run(
+        [sys.executable, "-m", "farm_node", "--name", "misconfigured", "--no-metrics", *extra],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env or os.environ.copy(),
+    )
     lines = result.stderr.strip().splitlines()
     assert lines and "Traceback" not in result.stderr, result.stderr
     return result.returncode, lines[-1]
@@ -51,8 +56,9 @@ def test_a_wrong_redis_password_exits_2_naming_the_setting(embedded_redis, monke
 
 
 def test_a_missing_redis_password_exits_2(embedded_redis, monkeypatch):
-    monkeypatch.setenv(ENV_VARS["redis_url"], embedded_redis.url.replace(embedded_redis.url.split("@")[0] + "@",
-                                                                           "redis://"))
+    monkeypatch.setenv(
+        ENV_VARS["redis_url"], embedded_redis.url.replace(embedded_redis.url.split("@")[0] + "@", "redis://")
+    )
     code, line = start_node()
     assert (code, REDIS in line, "needs a password" in line) == (2, True, True), line
 
@@ -128,8 +134,9 @@ def test_a_work_dir_that_is_a_file_exits_2(redis_url, tmp_path):
 def test_a_read_only_work_dir_exits_2(redis_url, tmp_path):
     read_only = tmp_path / "read-only"
     read_only.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:  # root ignores permission bits: only a read-only mount stops it
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a read-only tmpfs in CI: {mounted.stderr.strip()}")
@@ -142,11 +149,14 @@ def test_a_read_only_work_dir_exits_2(redis_url, tmp_path):
     assert "--work-dir" in line and str(read_only) in line
 
 
-@pytest.mark.parametrize("args, env, named", [
-    (("--concurrency", "lots"), {}, "--concurrency"),
-    ((), {"redis_url": "http://127.0.0.1:6379"}, "ENCODEFLOW_REDIS_URL"),
-    ((), {"storage_url": "ftp://somewhere/x"}, "ENCODEFLOW_STORAGE_URL"),
-])
+@pytest.mark.parametrize(
+    "args, env, named",
+    [
+        (("--concurrency", "lots"), {}, "--concurrency"),
+        ((), {"redis_url": "http://127.0.0.1:6379"}, "ENCODEFLOW_REDIS_URL"),
+        ((), {"storage_url": "ftp://somewhere/x"}, "ENCODEFLOW_STORAGE_URL"),
+    ],
+)
 def test_a_bad_flag_or_url_exits_2(args, env, named, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(ENV_VARS[name], value)
@@ -154,12 +164,15 @@ def test_a_bad_flag_or_url_exits_2(args, env, named, monkeypatch):
     assert (code, named in line) == (2, True), line
 
 
-@pytest.mark.parametrize("command, args", [
-    ("farm_node", ("--concurrency", "lots")),
-    ("farm_node", ("--progress-timeout", "abc")),
-    ("farm_node", ("--no-such-flag",)),
-    ("farm", ("jobs", "--status", "nope")),
-])
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("farm_node", ("--concurrency", "lots")),
+        ("farm_node", ("--progress-timeout", "abc")),
+        ("farm_node", ("--no-such-flag",)),
+        ("farm", ("jobs", "--status", "nope")),
+    ],
+)
 def test_a_wrong_option_is_answered_in_one_line(command, args):
     """argparse's usage block (a dozen lines for farm-node) would bury the line that matters in a
     service's journal: a wrong option is one line naming it, and exit 2."""

@@ -18,12 +18,13 @@ import psutil
 import pytest
 import redis
 
-from farm.client import Farm
-from farm.services.registry import NodeRegistry, NodeStatus
 from farm.base.ports import free_port
+from farm.client import Farm
+from farm.domain.nodes import NodeStatus
+from farm.services.registry import NodeRegistry
 from farm_node.workdir import entries
-from tests.e2e.helpers import LONG_JOB, submit, json_lines, run_cli, wait_for
 from tests.bull import bull_job
+from tests.e2e.helpers import LONG_JOB, json_lines, run_cli, submit, wait_for
 
 SHORT_JOB = ("--format", "mp4", "--resolution", "360p")
 
@@ -49,14 +50,18 @@ def node_status(name: str) -> str | None:
 
 def shows(registry: NodeRegistry, name: str, status: str, timeout: float) -> None:
     """Wait until the node list shows ``status`` for the node, then check the CLI says so too."""
-    wait_for(lambda: (registry.node(name) or NodeStatus(name, status="unknown")).status == status,
-             timeout=timeout, interval=0.05, what=f"node {name} to show {status}")
+    wait_for(
+        lambda: (registry.node(name) or NodeStatus(name, status="unknown")).status == status,
+        timeout=timeout,
+        interval=0.05,
+        what=f"node {name} to show {status}",
+    )
     assert node_status(name) == status
 
 
 def running(farm: Farm, job_id: str) -> bool:
     """The job is transcoding: active with some progress (so FFmpeg is past its start-up)."""
-    job = farm.show(job_id)
+    job = farm.show(job_id).to_json()
     return job["status"] == "active" and job["progress"] > 0
 
 
@@ -81,7 +86,6 @@ def holds(predicate, seconds: float, interval: float = 0.25) -> bool:
     return bool(predicate())
 
 
-
 def http_get(url: str) -> tuple[int, str, str]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.headers.get("Content-Type", ""), response.read().decode()
@@ -98,12 +102,12 @@ def test_sigterm_drains_the_running_job_and_takes_no_new_one(local_farm, registr
 
     node.proc.send_signal(signal.SIGTERM)
     shows(registry, node.name, "draining", timeout=3)
-    assert farm.show(first)["status"] == "active", "the running job must not be stopped"
+    assert farm.show(first).status == "active", "the running job must not be stopped"
 
     assert node.proc.wait(timeout=90) == 0
-    done = farm.show(first)
+    done = farm.show(first).to_json()
     assert (done["status"], done["node"], done["attempts"]) == ("completed", node.name, 1)
-    assert farm.show(second)["status"] == "queued", "a draining node must take no new job"
+    assert farm.show(second).status == "queued", "a draining node must take no new job"
     assert bull_job(local_farm.redis_url, local_farm.settings.queue, second)[0] == "waiting"
     assert entries(node.work_dir) == []
     assert node_status(node.name) == "offline"
@@ -125,7 +129,7 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
     assert time.monotonic() - stopped_at < 15
 
     assert alive(ffmpeg) == [], "FFmpeg must be killed, not left behind"
-    job = farm.show(job_id)
+    job = farm.show(job_id).to_json()
     assert (job["status"], job["node"], job["output"]) == ("queued", None, None)
     assert "handed back" in (job["error"] or "")
     state, bull = bull_job(local_farm.redis_url, local_farm.settings.queue, job_id)
@@ -135,9 +139,12 @@ def test_second_sigterm_hands_the_job_back_and_another_node_finishes_it(local_fa
     assert node_status(first.name) == "offline"
 
     (second,) = local_farm(1)
-    wait_for(lambda: farm.show(job_id)["status"] in ("completed", "failed"), timeout=90,
-             what="the second node to finish the job")
-    job = farm.show(job_id)
+    wait_for(
+        lambda: farm.show(job_id).status in ("completed", "failed"),
+        timeout=90,
+        what="the second node to finish the job",
+    )
+    job = farm.show(job_id).to_json()
     assert (job["status"], job["node"], job["attempts"], job["error"]) == ("completed", second.name, 1, None)
     assert job["output"]["size"] > 0
 
@@ -152,13 +159,13 @@ def test_pause_resume_and_drain_from_the_cli(local_farm, registry, farm, clip, l
     assert result.returncode == 0, result.stderr
     shows(registry, node.name, "paused", timeout=3)
     job_id = submit(clip, *SHORT_JOB)
-    assert holds(lambda: farm.show(job_id)["status"] == "queued", seconds=3), "a paused node must take no job"
+    assert holds(lambda: farm.show(job_id).status == "queued", seconds=3), "a paused node must take no job"
     assert node_status(node.name) == "paused"
 
     result = run_cli("node", "resume", node.name)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: farm.show(job_id)["status"] == "completed", timeout=30, what="the job to complete after resume")
-    assert farm.show(job_id)["node"] == node.name
+    wait_for(lambda: farm.show(job_id).status == "completed", timeout=30, what="the job to complete after resume")
+    assert farm.show(job_id).node == node.name
 
     long_id = submit(long_clip, *LONG_JOB)
     wait_for(lambda: running(farm, long_id), timeout=60, what="the long job to run")
@@ -166,14 +173,14 @@ def test_pause_resume_and_drain_from_the_cli(local_farm, registry, farm, clip, l
     assert result.returncode == 0, result.stderr
     shows(registry, node.name, "draining", timeout=3)
     assert node.proc.wait(timeout=90) == 0
-    assert farm.show(long_id)["status"] == "completed"
+    assert farm.show(long_id).status == "completed"
     assert node_status(node.name) == "offline"
 
     # A finished drain is forgotten: the same node started again takes jobs at once.
     again = local_farm.start_named(node.name)
     shows(registry, node.name, "idle", timeout=5)
     job_id = submit(clip, *SHORT_JOB)
-    wait_for(lambda: farm.show(job_id)["status"] == "completed", timeout=30, what="the restarted node to work")
+    wait_for(lambda: farm.show(job_id).status == "completed", timeout=30, what="the restarted node to work")
     assert again.stop() == 0
 
 
@@ -197,9 +204,9 @@ def test_a_paused_node_comes_back_paused(local_farm, registry, clip, farm):
     again = local_farm.start_named(node.name)
     shows(registry, node.name, "paused", timeout=5)
     job_id = submit(clip, *SHORT_JOB)
-    assert holds(lambda: farm.show(job_id)["status"] == "queued", seconds=2)
+    assert holds(lambda: farm.show(job_id).status == "queued", seconds=2)
     assert run_cli("node", "resume", node.name).returncode == 0
-    wait_for(lambda: farm.show(job_id)["status"] == "completed", timeout=30, what="the job to complete")
+    wait_for(lambda: farm.show(job_id).status == "completed", timeout=30, what="the job to complete")
     assert again.stop() == 0
 
 
@@ -225,16 +232,22 @@ def test_metrics_and_health_of_a_live_node(local_farm, farm, clip):
     assert nodes()[node.name]["metrics_url"] == f"{base}/metrics"
 
     job_id = submit(clip, *SHORT_JOB)
-    wait_for(lambda: farm.show(job_id)["status"] == "completed", timeout=30, what="the job to complete")
+    wait_for(lambda: farm.show(job_id).status == "completed", timeout=30, what="the job to complete")
 
     def scrape() -> str:
         return http_get(f"{base}/metrics")[2]
 
-    wait_for(lambda: _sample(scrape(), "workers_jobs_processed_total", node=node.name, status="success") == 1.0,
-             timeout=5, what="the finished job to be counted")
+    wait_for(
+        lambda: _sample(scrape(), "workers_jobs_processed_total", node=node.name, status="success") == 1.0,
+        timeout=5,
+        what="the finished job to be counted",
+    )
     # queue_jobs is refreshed every few seconds; it must come to show the finished job.
-    wait_for(lambda: _sample(scrape(), "queue_jobs", state="completed") == 1.0, timeout=15,
-             what="queue_jobs to follow the queue")
+    wait_for(
+        lambda: _sample(scrape(), "queue_jobs", state="completed") == 1.0,
+        timeout=15,
+        what="queue_jobs to follow the queue",
+    )
     status, content_type, text = http_get(f"{base}/metrics")
     assert status == 200 and content_type.startswith("text/plain")
     assert _sample(text, "workers_jobs_processed_total", node=node.name, status="failed") == 0.0
@@ -247,6 +260,7 @@ def test_metrics_and_health_of_a_live_node(local_farm, farm, clip):
 
     status, content_type, body = http_get(f"{base}/health")
     assert status == 200 and content_type == "application/json"
+
     # /health reads the heartbeat's last beat (one a second): the job's end shows there by the next.
     def idle_health():
         health = json.loads(http_get(f"{base}/health")[2])
@@ -273,8 +287,10 @@ def test_startup_sweeps_what_an_earlier_run_left(local_farm, data_dir, tmp_path)
     node = local_farm.start_named("node-1")
 
     assert node.work_dir == work
-    assert [p.name for p in entries(work)] == ["link-out", "stray.partial"], \
+    assert [p.name for p in entries(work)] == ["link-out", "stray.partial"], (
         "a dead run's folder is gone once the node registers; what no node makes is left"
-    assert "holds 2 thing(s) farm-node did not make, left as they are: 'link-out', 'stray.partial'" in \
-        node.log.read_text()
+    )
+    assert (
+        "holds 2 thing(s) farm-node did not make, left as they are: 'link-out', 'stray.partial'" in node.log.read_text()
+    )
     assert outside.read_text() == "keep me", "the sweep must not follow links out of the work dir"

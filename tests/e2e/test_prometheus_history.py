@@ -14,8 +14,9 @@ from tests.e2e.helpers import run_cli, wait_for
 
 
 def _scrape_target(local_farm, name: str) -> str:
-    registry = NodeRegistry(redis.Redis.from_url(local_farm.redis_url, decode_responses=True),
-                            local_farm.settings.queue)
+    registry = NodeRegistry(
+        redis.Redis.from_url(local_farm.redis_url, decode_responses=True), local_farm.settings.queue
+    )
     node = next(n for n in registry.nodes() if n.name == name)
     return urllib.parse.urlsplit(node.metrics_url).netloc
 

@@ -27,8 +27,9 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range":
 
 
 def _metrics_url(local_farm, name: str) -> str:
-    registry = NodeRegistry(redis.Redis.from_url(local_farm.redis_url, decode_responses=True),
-                            local_farm.settings.queue)
+    registry = NodeRegistry(
+        redis.Redis.from_url(local_farm.redis_url, decode_responses=True), local_farm.settings.queue
+    )
     return next(n for n in registry.nodes() if n.name == name).metrics_url
 
 
@@ -113,7 +114,8 @@ def test_prometheus_loads_the_alerts_and_answers_every_dashboard_query(local_far
 
     def node_down():
         alerts = json.loads(_get(f"{url}/api/v1/alerts"))["data"]["alerts"]
-        return [a for a in alerts if a["labels"]["alertname"] == "EncodeFlowNodeDown"
-                and a["labels"]["instance"] == target]
+        return [
+            a for a in alerts if a["labels"]["alertname"] == "EncodeFlowNodeDown" and a["labels"]["instance"] == target
+        ]
 
     assert wait_for(node_down, timeout=30, interval=0.5, what="EncodeFlowNodeDown")[0]["state"] == "pending"

@@ -21,15 +21,15 @@ import pytest
 import redis
 from bullmq import Queue
 
+from farm.base.settings import ENV_VARS
+from farm.domain.object_keys import output_prefix
 from farm.services.embedded import ensure_embedded_redis
 from farm.services.events import JobEventListener
-from farm.domain.object_keys import output_prefix
-from farm.base.settings import ENV_VARS
-from farm.services.storage import open_storage
 from farm.services.registry import NodeRegistry
+from farm.services.storage import open_storage
+from tests.bull import bull_job
 from tests.e2e.helpers import LONG_JOB, json_lines, run_cli, wait_for
 from tests.faults import RestartableRedis
-from tests.bull import bull_job
 
 OUTAGE_S = 30
 
@@ -46,7 +46,7 @@ class EventRecorder:
         for event in self.listener.events():
             self.events.append((time.monotonic(), event))
 
-    def __enter__(self) -> "EventRecorder":
+    def __enter__(self) -> EventRecorder:
         self.thread.start()
         wait_for(lambda: self.listener.connected, timeout=10, what="the event listener to connect")
         return self
@@ -112,8 +112,9 @@ def copies(path: Path, directory: Path, count: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(private_redis, local_farm, farm, long_clip,
-                                                              clip, tmp_path):
+def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(
+    private_redis, local_farm, farm, long_clip, clip, tmp_path
+):
     settings = local_farm.settings
     assert settings.redis_url == private_redis.url
     registry_client = redis.Redis.from_url(private_redis.url, decode_responses=True, socket_timeout=5)
@@ -125,11 +126,14 @@ def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(private_redis, loc
         # Two long jobs keep both nodes (concurrency 1) busy, so the short ones are still waiting
         # in the queue when Redis goes away.
         long_ids = submit_many(*copies(long_clip, tmp_path / "long", 2), *LONG_JOB)
-        wait_for(lambda: all((j := farm.show(i))["status"] == "active" and j["progress"] > 0 for i in long_ids),
-                 timeout=90, what="both long jobs to transcode")
+        wait_for(
+            lambda: all((j := farm.show(i)).status == "active" and j.progress > 0 for i in long_ids),
+            timeout=90,
+            what="both long jobs to transcode",
+        )
         short_ids = submit_many(*copies(clip, tmp_path / "short", 3), "--format", "mp4", "--resolution", "360p")
-        assert {farm.show(i)["status"] for i in short_ids} == {"queued"}
-        running_at_stop = {i: farm.show(i)["progress"] for i in long_ids}
+        assert {farm.show(i).status for i in short_ids} == {"queued"}
+        running_at_stop = {i: farm.show(i).progress for i in long_ids}
         assert all(0 < p < 100 for p in running_at_stop.values()), running_at_stop
 
         private_redis.stop()
@@ -139,16 +143,23 @@ def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(private_redis, loc
         private_redis.start()
         back_at, back_wall = time.monotonic(), time.time()
 
-        wait_for(lambda: {n.name for n in registry.nodes() if n.online} >= set(pids), timeout=60,
-                 what="both nodes to show online again")
+        wait_for(
+            lambda: {n.name for n in registry.nodes() if n.online} >= set(pids),
+            timeout=60,
+            what="both nodes to show online again",
+        )
         online_after = time.monotonic() - back_at
         all_ids = long_ids + short_ids
-        finished = wait_for(lambda: ended([farm.show(i) for i in all_ids]), timeout=240,
-                            what="every job to finish")
+        finished = wait_for(
+            lambda: ended([farm.show(i).to_json() for i in all_ids]), timeout=240, what="every job to finish"
+        )
         done_after = time.monotonic() - back_at
         # The last completion event may trail the row by a moment (the node writes the row first).
-        wait_for(lambda: {e.job_id for _, e in recorder.events if e.event == "completed"} >= set(all_ids),
-                 timeout=30, what="the listener to get every completion")
+        wait_for(
+            lambda: {e.job_id for _, e in recorder.events if e.event == "completed"} >= set(all_ids),
+            timeout=30,
+            what="the listener to get every completion",
+        )
 
     # Every job completed, once, with one output: the running ones were not run again.
     for job in finished:
@@ -161,8 +172,9 @@ def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(private_redis, loc
     # The same node processes carry on, listed online.
     assert all(n.proc.poll() is None for n in nodes)
     listed = {n.name: n for n in registry.nodes()}
-    assert {name: (listed[name].online, listed[name].pid) for name in pids} == \
-        {name: (True, pid) for name, pid in pids.items()}
+    assert {name: (listed[name].online, listed[name].pid) for name in pids} == {
+        name: (True, pid) for name, pid in pids.items()
+    }
 
     # The listener reconnected by itself and resumed where it stopped: the completions written
     # after the restart reached it, and no event came twice.
@@ -186,10 +198,12 @@ def test_a_redis_restart_loses_no_job_and_the_farm_carries_on(private_redis, loc
     bull = bull_finish_times(private_redis.url, settings.queue, long_ids)
     held = [bull[i] - epoch(j["finished_at"]) for j in finished for i in [j["id"]] if i in long_ids]
     first_short = min(epoch(j["started_at"]) for j in finished if j["id"] in short_ids) - back_wall
-    print(f"\nRedis down {back_at - stopped_at:.1f} s; nodes online again {online_after:.1f} s after it came back; "
-          f"first queued job started {first_short:.1f} s after; all done {done_after:.1f} s after; "
-          f"long jobs at {sorted(round(p) for p in running_at_stop.values())} % when it stopped; their "
-          f"completion reached BullMQ {', '.join(f'{h:.1f}' for h in held)} s after their rows were finished")
+    print(
+        f"\nRedis down {back_at - stopped_at:.1f} s; nodes online again {online_after:.1f} s after it came back; "
+        f"first queued job started {first_short:.1f} s after; all done {done_after:.1f} s after; "
+        f"long jobs at {sorted(round(p) for p in running_at_stop.values())} % when it stopped; their "
+        f"completion reached BullMQ {', '.join(f'{h:.1f}' for h in held)} s after their rows were finished"
+    )
     registry_client.close()
 
 
@@ -198,14 +212,23 @@ def test_a_node_on_the_embedded_redis_reconnects_after_it_is_stopped_and_started
     node = local_farm(1)[0]
     server = ensure_embedded_redis(settings)
     server.stop()
-    wait_for(lambda: "cannot publish heartbeat" in node.log.read_text(), timeout=30,
-             what="the node to notice that Redis is gone")
+    wait_for(
+        lambda: "cannot publish heartbeat" in node.log.read_text(),
+        timeout=30,
+        what="the node to notice that Redis is gone",
+    )
     restarted = ensure_embedded_redis(settings)
     assert restarted.url == server.url
     registry = NodeRegistry(redis.Redis.from_url(restarted.url, decode_responses=True), settings.queue)
-    wait_for(lambda: any(n.name == node.name and n.online and n.pid == node.proc.pid for n in registry.nodes()),
-             timeout=60, what="the node to show online again")
+    wait_for(
+        lambda: any(n.name == node.name and n.online and n.pid == node.proc.pid for n in registry.nodes()),
+        timeout=60,
+        what="the node to show online again",
+    )
     assert node.proc.poll() is None
-    text = wait_for(lambda: "heartbeats reach Redis again" in (t := node.log.read_text()) and t, timeout=10,
-                    what="the node to log that it is back")
+    text = wait_for(
+        lambda: "heartbeats reach Redis again" in (t := node.log.read_text()) and t,
+        timeout=10,
+        what="the node to log that it is back",
+    )
     assert "Traceback" not in text, text

@@ -34,8 +34,11 @@ def silent_link(redis_url):
 
 
 def start_node(log, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "farm_node", "--name", "silent-test", "--no-metrics", *extra],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "farm_node", "--name", "silent-test", "--no-metrics", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
@@ -64,8 +67,9 @@ def test_sigterm_stops_a_node_still_starting_against_a_silent_redis(silent_link,
     silent_link.stall()
     log = tmp_path / "node.log"
     node = start_node(log)
-    wait_for(lambda: silent_link.accepted > 0 or node.poll() is not None, timeout=30,
-             what="the node to connect to Redis")
+    wait_for(
+        lambda: silent_link.accepted > 0 or node.poll() is not None, timeout=30, what="the node to connect to Redis"
+    )
     node.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     code = wait_exit(node, timeout=10)
@@ -80,8 +84,11 @@ def test_sigterm_stops_a_busy_node_whose_redis_goes_silent(silent_link, long_cli
     log = tmp_path / "node.log"
     node = start_node(log)
     job_id = submit(long_clip, *LONG_JOB)
-    wait_for(lambda: '"status": "active"' in run_cli("show", job_id, "--json").stdout or node.poll() is not None,
-             timeout=60, what="the job to start")
+    wait_for(
+        lambda: '"status": "active"' in run_cli("show", job_id, "--json").stdout or node.poll() is not None,
+        timeout=60,
+        what="the job to start",
+    )
     assert node.poll() is None, log.read_text()[-1500:]
 
     silent_link.stall()
@@ -104,8 +111,8 @@ def test_sigterm_stops_a_busy_node_whose_redis_goes_silent(silent_link, long_cli
 
 def test_the_cli_says_what_it_saw_of_a_silent_local_farm(settings):
     """The local farm runs, but its Redis is stopped (SIGSTOP): not "the local farm is not running"."""
+    from farm.base.redact import redact_url
     from farm.services.embedded import ensure_embedded_redis
-    from farm.base.settings import redact_url
 
     server = ensure_embedded_redis(settings)
     os.kill(server.pid, signal.SIGSTOP)
@@ -122,8 +129,11 @@ def test_the_cli_says_what_it_saw_of_a_silent_local_farm(settings):
 
 def test_the_cli_says_what_it_saw_of_a_silent_redis(silent_link, make_clip):
     silent_link.stall()
-    for args, within in ((("nodes",), 10), (("node", "drain", "somebody"), 10),
-                         (("submit", str(make_clip(160, 120, 1.0))), 3)):
+    for args, within in (
+        (("nodes",), 10),
+        (("node", "drain", "somebody"), 10),
+        (("submit", str(make_clip(160, 120, 1.0))), 3),
+    ):
         result = run_cli(*args)
         assert result.returncode == 1, result.stderr
         assert f"no answer from Redis at {silent_link.url} within {within} s" in result.stderr, result.stderr

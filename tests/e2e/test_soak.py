@@ -30,8 +30,7 @@ def load_soak():
 @pytest.mark.timeout(900)
 def test_every_job_completes_exactly_once_while_nodes_keep_dying(data_dir):
     soak = load_soak()
-    opts = soak.SoakOptions(jobs=100, nodes=3, lock_seconds=LOCK_S, stalled_interval_seconds=STALLED_S,
-                            timeout=600)
+    opts = soak.SoakOptions(jobs=100, nodes=3, lock_seconds=LOCK_S, stalled_interval_seconds=STALLED_S, timeout=600)
     result = soak.run_soak(opts)
     (data_dir.parent / "soak.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("kill_log", "options")}, indent=1))

@@ -27,16 +27,20 @@ def short_storage_patience(monkeypatch, retry: float = 2) -> None:
 
 
 def test_a_node_whose_upload_meets_a_cut_retries_the_job_and_completes_once(
-        s3_link, monkeypatch, local_farm, farm, long_clip):
+    s3_link, monkeypatch, local_farm, farm, long_clip
+):
     short_storage_patience(monkeypatch)
-    node, = local_farm(1)
+    (node,) = local_farm(1)
     job_id = submit(long_clip, *LONG_JOB)
     wait_for(node.ffmpeg_children, timeout=60, what="FFmpeg to start")
     s3_link.cut()  # the input is on the node already; its output upload will find S3 gone
     cut_at = time.monotonic()
 
-    retrying = wait_for(lambda: (job := farm.show(job_id))["error"] and job, timeout=90,
-                        what="the failed upload to be noted on the job")
+    retrying = wait_for(
+        lambda: (job := farm.show(job_id).to_json())["error"] and job,
+        timeout=90,
+        what="the failed upload to be noted on the job",
+    )
     assert retrying["status"] in ("queued", "active"), retrying
     assert retrying["error"].startswith("attempt 1 of 3 failed, will retry: storage s3://"), retrying["error"]
     assert "did not answer" in retrying["error"] and SECRET not in retrying["error"]
@@ -44,16 +48,21 @@ def test_a_node_whose_upload_meets_a_cut_retries_the_job_and_completes_once(
     s3_link.restore()
     restored_at = time.monotonic()
 
-    done = wait_for(lambda: (job := farm.show(job_id))["status"] in ("completed", "failed") and job,
-                    timeout=180, what="the job to end")
+    done = wait_for(
+        lambda: (job := farm.show(job_id).to_json())["status"] in ("completed", "failed") and job,
+        timeout=180,
+        what="the job to end",
+    )
     assert done["status"] == "completed", done
     assert done["attempts"] == 2 and done["error"] is None
     outputs = [o.key for o in farm.storage.list(f"outputs/{job_id}")]
     assert outputs == [done["output"]["key"]] and "/attempt-2/" in outputs[0]
     assert farm.storage.size(outputs[0]) == done["output"]["size"]
     assert s3_link.admin.list_multipart_uploads(Bucket=farm.storage.bucket).get("Uploads", []) == []
-    print(f"\nthe failed upload was noted on the job {noted_after:.1f} s after the cut; "
-          f"job completed {time.monotonic() - restored_at:.1f} s after the link came back")
+    print(
+        f"\nthe failed upload was noted on the job {noted_after:.1f} s after the cut; "
+        f"job completed {time.monotonic() - restored_at:.1f} s after the link came back"
+    )
 
 
 def test_submit_while_storage_is_down_fails_clearly_and_creates_no_job(s3_link, monkeypatch, clip):
@@ -101,13 +110,16 @@ def test_a_node_start_sweeps_the_temp_file_of_an_upload_killed_half_way(local_fa
         feed.write(os.urandom(2 * 1024 * 1024))
         feed.flush()
         folder = storage.root / "outputs" / "j1" / "attempt-1"
-        temp = wait_for(lambda: folder.is_dir() and [p for p in folder.iterdir() if p.stat().st_size],
-                        timeout=30, what="the upload's temp file to fill")
+        temp = wait_for(
+            lambda: folder.is_dir() and [p for p in folder.iterdir() if p.stat().st_size],
+            timeout=30,
+            what="the upload's temp file to fill",
+        )
         os.kill(uploader.pid, signal.SIGKILL)
         uploader.wait(10)
     assert [p.name.startswith(".encodeflow-tmp-") for p in temp] == [True]
     assert list(storage.list()) == []  # never taken for an object, even before the sweep
 
-    node, = local_farm(1)  # the sweep runs beside the node's start
+    (node,) = local_farm(1)  # the sweep runs beside the node's start
     wait_for(lambda: not temp[0].exists(), timeout=30, what="the node to sweep the temp file")
     wait_for(lambda: "removed 1 temp file(s) left in" in node.log.read_text(), timeout=10, what="the log line")

@@ -14,8 +14,9 @@ def test_submit_show_jobs_download_on_s3_and_postgres(redis_url, pg_url, s3_url,
     (node,) = local_farm(1)
     portrait = make_clip(360, 640, seconds=1.5, name="phone clip (1).mp4")
 
-    result = run_cli("submit", str(portrait), "--resolution", "360p", "--format", "webm", "--no-audio",
-                     "--wait", "--json")
+    result = run_cli(
+        "submit", str(portrait), "--resolution", "360p", "--format", "webm", "--no-audio", "--wait", "--json"
+    )
     assert result.returncode == 0, result.stderr
     (job,) = json_lines(result.stdout)
     assert job["status"] == "completed" and job["node"] == node.name and job["attempts"] == 1
@@ -25,7 +26,7 @@ def test_submit_show_jobs_download_on_s3_and_postgres(redis_url, pg_url, s3_url,
     assert job["output"]["key"].startswith(f"outputs/{job['id']}/attempt-1/")
 
     # The objects really are in the bucket, under the configured prefix.
-    bucket, prefix = s3_url[len("s3://"):].split("/", 1)
+    bucket, prefix = s3_url[len("s3://") :].split("/", 1)
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
     assert f"{prefix}/{job['output']['key']}" in keys and f"{prefix}/{job['video']['key']}" in keys
 
@@ -72,10 +73,10 @@ def test_cancel_while_queued_then_retry_completes(redis_url, pg_url, local_farm,
 
     local_farm(1)
     assert run_cli("retry", job["id"]).returncode == 0
-    from farm.client import Farm
     from farm.base.settings import Settings
+    from farm.client import Farm
 
     farm = Farm(Settings.load(), start_embedded=False)
     (done,) = farm.wait([job["id"]], timeout=60)
     farm.close()
-    assert done["status"] == "completed" and done["output"]["size"] > 0
+    assert done.status == "completed" and done.output is not None and done.output.size > 0

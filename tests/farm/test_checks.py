@@ -61,7 +61,7 @@ def test_database_sqlite_ok(tmp_path):
     result = check_database(f"sqlite:///{tmp_path / 'sub' / 'farm.db'}")
     assert result.ok, result.message
     assert result.message.startswith("SQLite 3.")
-    assert "farm.services.db" in result.message
+    assert "farm.db" in result.message
 
 
 @pytest.mark.postgres

@@ -11,13 +11,13 @@ import os
 from bullmq import UnrecoverableError
 
 from farm.domain.jobspec import OutputConfig
-from farm.domain.payload import JobPayload
+from farm.domain.payload import queue_payload
 from farm.services.queue import QueueClient, QueueStateError
 from tests import bull
 
 
 def _payload(job_id):
-    return JobPayload.build(job_id, f"inputs/v-{job_id}/a.mp4", "a.mp4", OutputConfig())
+    return queue_payload(job_id, f"inputs/v-{job_id}/a.mp4", "a.mp4", OutputConfig())
 
 
 def clients(n: int) -> list[QueueClient]:
@@ -33,8 +33,11 @@ def test_two_retries_at_the_same_moment_put_the_job_back_once(redis_url):
         first, second = clients(2)
         try:
             await failed_job(first, "job-r")
-            outcomes = await asyncio.gather(first.retry("job-r", _payload("job-r")),
-                                            second.retry("job-r", _payload("job-r")), return_exceptions=True)
+            outcomes = await asyncio.gather(
+                first.retry("job-r", _payload("job-r")),
+                second.retry("job-r", _payload("job-r")),
+                return_exceptions=True,
+            )
             job = await first.queue.getJob("job-r")
             return outcomes, await first.state("job-r"), job.attemptsMade
         finally:

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from farm.domain.job import ORDER_FIELDS, order_key
+from farm.domain.payload import JobPayload
+from farm.domain.status import STATUSES
 from farm.services.db import (
-    STATUSES,
     DatabaseError,
     Job,
     Video,
@@ -27,7 +29,6 @@ from farm.services.db import (
     repo,
 )
 from farm.services.db.models import Base
-from farm.domain.payload import JobPayload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = {
@@ -35,8 +36,17 @@ PAYLOAD = {
     "input": {"key": "inputs/5f0c7d3e-1111-4222-8333-444455556666/holiday.mov", "name": "holiday.mov"},
     "outputConfig": {"resolution": "720p", "format": "mp4", "includeAudio": True},
 }
-PROBE = {"size": 1234, "duration": 2.0, "width": 320, "height": 240, "video_codec": "h264",
-         "audio_codec": "aac", "container": "mov,mp4,m4a,3gp,3g2,mj2", "fps": 25.0, "rotation": 0}
+PROBE = {
+    "size": 1234,
+    "duration": 2.0,
+    "width": 320,
+    "height": 240,
+    "video_codec": "h264",
+    "audio_codec": "aac",
+    "container": "mov,mp4,m4a,3gp,3g2,mj2",
+    "fps": 25.0,
+    "rotation": 0,
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -54,9 +64,19 @@ def db(db_url):
 
 
 def add_job(db, name: str = "clip.mp4", **job_kwargs) -> Job:
-    video = repo.create_video(db, name=name, key=f"inputs/x/{name}", size=1000, duration=2.5, width=320,
-                              height=240, video_codec="h264", audio_codec="aac", container="mov",
-                              submitted_by="ed")
+    video = repo.create_video(
+        db,
+        name=name,
+        key=f"inputs/x/{name}",
+        size=1000,
+        duration=2.5,
+        width=320,
+        height=240,
+        video_codec="h264",
+        audio_codec="aac",
+        container="mov",
+        submitted_by="ed",
+    )
     return repo.create_job(db, video.id, {"resolution": "720p", "format": "mp4", "includeAudio": True}, **job_kwargs)
 
 
@@ -136,20 +156,30 @@ def test_create_and_get_job_as_json(db):
     assert data["started_at"] is None and data["finished_at"] is None and data["queue_wait_seconds"] is None
     created = datetime.fromisoformat(data["created_at"])
     assert data["created_at"].endswith("Z") and created.utcoffset() == timedelta(0)
-    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 60
     json.dumps(data)  # the contract is JSON
     assert repo.get_job(db, "no-such-job") is None and repo.get_job_with_video(db, "no-such-job") is None
     found_job, found_video = repo.get_job_with_video(db, job.id)
     assert job_to_dict(found_job, found_video) == data
-    named = repo.create_video(db, id="7d7a0b1c-0000-4000-8000-000000000001", name="n.mp4", key="inputs/7d7a/n.mp4",
-                              size=1, duration=1.0, width=2, height=2, video_codec="h264", container="mov")
+    named = repo.create_video(
+        db,
+        id="7d7a0b1c-0000-4000-8000-000000000001",
+        name="n.mp4",
+        key="inputs/7d7a/n.mp4",
+        size=1,
+        duration=1.0,
+        width=2,
+        height=2,
+        video_codec="h264",
+        container="mov",
+    )
     assert repo.get_video(db, named.id).name == "n.mp4"
     with pytest.raises(LookupError):
         repo.create_job(db, "no-such-video", {})
 
 
 def test_list_jobs_pages_filters_and_counts(db):
-    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     jobs = [add_job(db, f"{'interview' if i % 3 == 0 else 'b-roll'}_{i:02}.mp4") for i in range(25)]
     for i, job in enumerate(jobs):
         set_created_at(db, job.id, base + timedelta(minutes=i))
@@ -167,7 +197,9 @@ def test_list_jobs_pages_filters_and_counts(db):
 
     assert {j.id for j, _ in repo.list_jobs(db, status="active")} == {j.id for j in jobs[3:5]}
     assert len(repo.list_jobs(db, status=["active", "completed"])) == 5
-    assert {v.name for _, v in repo.list_jobs(db, text="INTERVIEW")} == {f"interview_{i:02}.mp4" for i in range(0, 25, 3)}
+    assert {v.name for _, v in repo.list_jobs(db, text="INTERVIEW")} == {
+        f"interview_{i:02}.mp4" for i in range(0, 25, 3)
+    }
     assert [j.id for j, _ in repo.list_jobs(db, text=jobs[7].id[:13])] == [jobs[7].id]
     assert repo.list_jobs(db, text="100%") == []  # LIKE wildcards are taken literally
     window = repo.list_jobs(db, since=base + timedelta(minutes=10), until=base + timedelta(minutes=12))
@@ -178,15 +210,18 @@ def test_list_jobs_pages_filters_and_counts(db):
 
     assert repo.count_by_status(db) == {"queued": 20, "active": 2, "completed": 3, "failed": 0, "cancelled": 0}
     repo.finish_job(db, jobs[3].id, "failed", attempt=1, error="boom")
-    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     assert repo.finished_since(db, an_hour_ago) == {"completed": 3, "failed": 1, "cancelled": 0}
-    assert repo.finished_since(db, datetime.now(timezone.utc) + timedelta(minutes=1)) == {
-        "completed": 0, "failed": 0, "cancelled": 0}
+    assert repo.finished_since(db, datetime.now(UTC) + timedelta(minutes=1)) == {
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
 
 
-@pytest.mark.parametrize("order_by", repo.ORDER_FIELDS)
+@pytest.mark.parametrize("order_by", ORDER_FIELDS)
 def test_list_jobs_sorts_by_each_field_both_ways_and_order_key_agrees(db, order_by):
-    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     names = ["delta.mp4", "Alpha.mov", "charlie.mp4", "bravo.mkv", "alpha.mov", "Echo.mp4"]
     jobs = [add_job(db, name) for name in names]
     for i, job in enumerate(jobs):
@@ -203,10 +238,13 @@ def test_list_jobs_sorts_by_each_field_both_ways_and_order_key_agrees(db, order_
     ascending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=False)]
     descending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=True)]
     assert [j["id"] for j in descending] == [j["id"] for j in reversed(ascending)]
-    key = repo.order_key(order_by)
+    key = order_key(order_by)
     assert [j["id"] for j in sorted(descending, key=key)] == [j["id"] for j in ascending]
-    paged = [j.id for offset in (0, 2, 4) for j, _ in repo.list_jobs(db, order_by=order_by, descending=False,
-                                                                        limit=2, offset=offset)]
+    paged = [
+        j.id
+        for offset in (0, 2, 4)
+        for j, _ in repo.list_jobs(db, order_by=order_by, descending=False, limit=2, offset=offset)
+    ]
     assert paged == [j["id"] for j in ascending]
 
     expected_first = {
@@ -223,11 +261,17 @@ def test_list_jobs_sorts_by_each_field_both_ways_and_order_key_agrees(db, order_
         assert [j["finished_at"] is None for j in ascending] == [False, False, False, True, True, True]
     if order_by == "name":
         assert [j["video"]["name"] for j in ascending] == [
-            "Alpha.mov", "alpha.mov", "bravo.mkv", "charlie.mp4", "delta.mp4", "Echo.mp4"]
+            "Alpha.mov",
+            "alpha.mov",
+            "bravo.mkv",
+            "charlie.mp4",
+            "delta.mp4",
+            "Echo.mp4",
+        ]
 
 
 def test_list_jobs_default_order_is_unchanged_and_unknown_fields_are_refused(db):
-    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     jobs = [add_job(db, f"{i}.mp4") for i in range(3)]
     for i, job in enumerate(jobs):
         set_created_at(db, job.id, base + timedelta(minutes=i))
@@ -237,15 +281,27 @@ def test_list_jobs_default_order_is_unchanged_and_unknown_fields_are_refused(db)
     with pytest.raises(ValueError, match="cannot sort jobs by 'size'"):
         repo.list_jobs(db, order_by="size")
     with pytest.raises(ValueError, match="cannot sort jobs by"):
-        repo.order_key("size")
+        order_key("size")
 
 
 def test_listing_stays_fast_with_many_jobs(db):
     video = add_job(db).video
-    now = datetime.now(timezone.utc)
-    rows = [{"id": f"bulk-{i:05}", "video_id": video.id, "config": {}, "status": STATUSES[i % 5],
-             "progress": 0.0, "priority": 0, "attempts": 0, "outputs": [],
-             "created_at": now - timedelta(seconds=i), "updated_at": now} for i in range(10_000)]
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": f"bulk-{i:05}",
+            "video_id": video.id,
+            "config": {},
+            "status": STATUSES[i % 5],
+            "progress": 0.0,
+            "priority": 0,
+            "attempts": 0,
+            "outputs": [],
+            "created_at": now - timedelta(seconds=i),
+            "updated_at": now,
+        }
+        for i in range(10_000)
+    ]
     with db.session() as session:
         session.execute(sa.insert(Job), rows)
     started = time.perf_counter()
@@ -262,7 +318,7 @@ def test_listing_stays_fast_with_many_jobs(db):
 
 def test_mark_active_records_the_queue_wait_of_the_first_start_only(db):
     job = add_job(db)
-    set_created_at(db, job.id, datetime.now(timezone.utc) - timedelta(seconds=30))
+    set_created_at(db, job.id, datetime.now(UTC) - timedelta(seconds=30))
     assert repo.mark_active(db, job.id, "node-a", 1)
     first = repo.get_job(db, job.id)
     assert first.status == "active" and first.node == "node-a" and first.attempts == 1
@@ -364,7 +420,13 @@ def test_timestamps_are_aware_utc(db_url, db):
         url = url.render_as_string(hide_password=False)
     with open_database(url) as other:
         reread = repo.get_job(other, job.id)
-    for moment in (reread.created_at, reread.started_at, reread.finished_at, reread.updated_at, reread.video.created_at):
+    for moment in (
+        reread.created_at,
+        reread.started_at,
+        reread.finished_at,
+        reread.updated_at,
+        reread.video.created_at,
+    ):
         assert moment.tzinfo is not None and moment.utcoffset() == timedelta(0)
     assert abs(reread.finished_at - repo.get_job(db, job.id).finished_at) < timedelta(milliseconds=1)
     with pytest.raises(sa.exc.StatementError, match="naive datetime"):
@@ -400,7 +462,7 @@ def test_ensure_from_payload_from_concurrent_nodes(db):
         barrier.wait()
         try:
             results.append(repo.ensure_from_payload(db, payload, PROBE))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=node) for _ in range(6)]
@@ -449,12 +511,18 @@ def test_two_processes_write_to_one_database(db_url):
     start_at = time.time() + 2.0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, db_url, name, str(start_at), json.dumps(PAYLOAD), json.dumps(PROBE)],
-                         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, db_url, name, str(start_at), json.dumps(PAYLOAD), json.dumps(PROBE)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in ("node-a", "node-b")
     ]
     outcomes = [proc.communicate(timeout=60) for proc in procs]
-    for proc, (out, err) in zip(procs, outcomes):
+    for proc, (_out, err) in zip(procs, outcomes, strict=True):
         assert proc.returncode == 0, err
         assert "locked" not in err
     reports = [json.loads(out) for out, _ in outcomes]

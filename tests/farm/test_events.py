@@ -6,7 +6,8 @@ import time
 import pytest
 import redis
 
-from farm.services.events import JobEventListener, events_key
+from farm.domain.keyspace import Keyspace
+from farm.services.events import JobEventListener
 from tests.faults import RestartableRedis
 
 
@@ -19,7 +20,7 @@ def server(tmp_path):
 
 
 def _emit(url, queue, job_id, event="progress", **fields):
-    redis.Redis.from_url(url).xadd(events_key(queue), {"event": event, "jobId": job_id, **fields})
+    redis.Redis.from_url(url).xadd(Keyspace(queue).events, {"event": event, "jobId": job_id, **fields})
 
 
 def _collect(listener, seen, stop_after):

@@ -30,8 +30,9 @@ from farm_node.ffmpeg_args import build_args
 
 
 def ffmpeg(*args: str | Path) -> None:
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True, timeout=120
+    )
 
 
 # -- makers ------------------------------------------------------------------------------------
@@ -69,8 +70,21 @@ def zero_frames(dest: Path) -> Path:
 
 def still_video(dest: Path, hours: float) -> Path:
     """A long video made in milliseconds: one gray frame every ten minutes."""
-    ffmpeg("-f", "lavfi", "-i", f"color=c=gray:s=160x120:r=1/600:d={hours * 3600:g}",
-           "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage", "-pix_fmt", "yuv420p", dest)
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=c=gray:s=160x120:r=1/600:d={hours * 3600:g}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "stillimage",
+        "-pix_fmt",
+        "yuv420p",
+        dest,
+    )
     return dest
 
 
@@ -94,8 +108,7 @@ def huge_frame(dest: Path, width: int = 16384, height: int = 16384) -> Path:
 
 
 def hls_playlist(dest: Path, segment: Path) -> Path:
-    dest.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n"
-                    f"#EXTINF:1.0,\n{segment}\n#EXT-X-ENDLIST\n")
+    dest.write_text(f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\n{segment}\n#EXT-X-ENDLIST\n")
     return dest
 
 
@@ -105,8 +118,10 @@ def concat_list(dest: Path, referenced_name: str) -> Path:
 
 
 def sdp_file(dest: Path, port: int = 5004) -> Path:
-    dest.write_text(f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=stream\nc=IN IP4 127.0.0.1\nt=0 0\n"
-                    f"m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\n")
+    dest.write_text(
+        f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=stream\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        f"m=video {port} RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+    )
     return dest
 
 
@@ -129,11 +144,21 @@ def reference_movie(source_mov: Path, dest: Path, referenced_name: str) -> Path:
 def _alias_entry(referenced_name: str) -> bytes:
     name = referenced_name.encode()
     path = b"dir:" + name
-    record = (b"\0" * 10 + bytes([1]) + b"X".ljust(27, b"\0") + b"\0" * 12
-              + bytes([len(name)]) + name.ljust(63, b"\0") + b"\0" * 16
-              + struct.pack(">HH", 1, 1) + b"\0" * 16
-              + struct.pack(">hH", 2, len(path)) + path + (b"\0" if len(path) % 2 else b"")
-              + struct.pack(">hH", -1, 0))
+    record = (
+        b"\0" * 10
+        + bytes([1])
+        + b"X".ljust(27, b"\0")
+        + b"\0" * 12
+        + bytes([len(name)])
+        + name.ljust(63, b"\0")
+        + b"\0" * 16
+        + struct.pack(">HH", 1, 1)
+        + b"\0" * 16
+        + struct.pack(">hH", 2, len(path))
+        + path
+        + (b"\0" if len(path) % 2 else b"")
+        + struct.pack(">hH", -1, 0)
+    )
     body = struct.pack(">I", 0) + record  # version 0, flags 0: the data is NOT in this file
     return struct.pack(">I4s", 8 + len(body), b"alis") + body
 
@@ -147,10 +172,10 @@ def _with_alias(data: bytes, start: int, end: int, referenced_name: str) -> byte
             inner = _with_alias(data, pos + 8, pos + size, referenced_name)
             out += struct.pack(">I4s", 8 + len(inner), kind) + inner
         elif kind == b"dref":
-            inner = data[pos + 8: pos + 12] + struct.pack(">I", 1) + _alias_entry(referenced_name)
+            inner = data[pos + 8 : pos + 12] + struct.pack(">I", 1) + _alias_entry(referenced_name)
             out += struct.pack(">I4s", 8 + len(inner), kind) + inner
         else:
-            out += data[pos: pos + size]
+            out += data[pos : pos + size]
         pos += size
     return bytes(out)
 
@@ -167,7 +192,7 @@ class FifoWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "FifoWatch":
+    def __enter__(self) -> FifoWatch:
         self._thread.start()
         return self
 
@@ -223,8 +248,11 @@ def test_an_mp4_cut_in_half_is_refused_as_truncated(clip, tmp_path, layout, opti
             assert container.duration / 1e6 == pytest.approx(probe(whole).duration, abs=0.1)
 
     message = refusal(half)
-    found = re.fullmatch(rf"{layout}-half\.mp4 is truncated: its structure needs ([\d,]+) bytes but the file "
-                         rf"has ([\d,]+) \(an interrupted copy or upload\?\); submit the complete file", message)
+    found = re.fullmatch(
+        rf"{layout}-half\.mp4 is truncated: its structure needs ([\d,]+) bytes but the file "
+        rf"has ([\d,]+) \(an interrupted copy or upload\?\); submit the complete file",
+        message,
+    )
     assert found, message
     needed, size = (int(n.replace(",", "")) for n in found.groups())
     assert size == half.stat().st_size < needed <= whole.stat().st_size
@@ -251,8 +279,10 @@ def test_audio_only(tmp_path):
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_a_container_without_frames(tmp_path, suffix):
     message = refusal(zero_frames(tmp_path / f"nothing{suffix}"))
-    assert message in (f"nothing{suffix} has no video stream",
-                       f"nothing{suffix} holds no video frames (it ends before the first one)")
+    assert message in (
+        f"nothing{suffix} has no video stream",
+        f"nothing{suffix} holds no video frames (it ends before the first one)",
+    )
 
 
 def test_a_16384_square_frame_is_refused_with_the_size_limit(tmp_path):
@@ -274,7 +304,8 @@ def test_ten_hours_are_accepted_and_25_hours_refused(tmp_path):
 
 def test_an_sdp_file_is_refused_for_what_it_is(tmp_path):
     assert refusal(sdp_file(tmp_path / "camera.mp4")).startswith(
-        "camera.mp4 is an SDP session description (it points at network streams), not a video")
+        "camera.mp4 is an SDP session description (it points at network streams), not a video"
+    )
 
 
 def test_names_with_control_characters_stay_on_one_line(tmp_path):
@@ -321,8 +352,8 @@ def test_the_nodes_ffmpeg_command_never_follows_references(movie_and_reference, 
     movie, secret, source = movie_and_reference
     args = build_args(find_ffmpeg(), movie, tmp_path / "out.mp4", OutputConfig("360p", "mp4"), probe(source))
     forced = args.index("-f")
-    assert args[forced - 2: forced + 2] == ["-protocol_whitelist", "file", "-f", "mov"]
-    following = args[: forced + 2] + ["-enable_drefs", "1"] + args[forced + 2:]
+    assert args[forced - 2 : forced + 2] == ["-protocol_whitelist", "file", "-f", "mov"]
+    following = args[: forced + 2] + ["-enable_drefs", "1"] + args[forced + 2 :]
 
     for command, expected in ((following, [secret]), (args, [])):
         with FifoWatch(secret) as watch:

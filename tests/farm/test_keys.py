@@ -14,16 +14,16 @@ from farm.domain.object_keys import (
     InvalidKeyError,
     input_key,
     join_key,
+    output_filename,
     output_key,
     output_prefix,
-    output_filename,
     sanitize_name,
 )
 
 # Text with plenty of the characters that matter here, not only what st.text() finds by chance.
 tricky_text = st.text(
     alphabet=st.one_of(
-        st.sampled_from(list("/\\.-_ \x00\t\n:*?\"<>|\u202e\u200b\u0301\u00a0")),
+        st.sampled_from(list('/\\.-_ \x00\t\n:*?"<>|\u202e\u200b\u0301\u00a0')),
         st.characters(),
     ),
     max_size=400,
@@ -138,9 +138,7 @@ def test_join_key_refuses_a_bad_prefix(prefix):
 @settings(max_examples=500, deadline=None)
 @given(
     prefix=st.lists(st.sampled_from(["farm", "a", "b-c", "x_y"]), max_size=3).map("/".join),
-    key=st.lists(st.sampled_from(["..", ".", "", "a", "b", "/", "\\", "c.mp4", "\x00"]), max_size=6).map(
-        "".join
-    ),
+    key=st.lists(st.sampled_from(["..", ".", "", "a", "b", "/", "\\", "c.mp4", "\x00"]), max_size=6).map("".join),
 )
 def test_join_key_never_leaves_the_prefix(prefix, key):
     try:
@@ -148,7 +146,7 @@ def test_join_key_never_leaves_the_prefix(prefix, key):
     except InvalidKeyError:
         return
     root = "/root/" + prefix if prefix else "/root"
-    resolved = posixpath.normpath(posixpath.join(root, joined[len(prefix):].lstrip("/")))
+    resolved = posixpath.normpath(posixpath.join(root, joined[len(prefix) :].lstrip("/")))
     assert resolved.startswith(root + "/")
     assert joined == posixpath.normpath(joined)  # already canonical: nothing to collapse
     assert "\\" not in joined and "\x00" not in joined
@@ -174,15 +172,16 @@ ids = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 def test_input_key_round_trips_through_the_nodes_payload_check(video_id, name):
     """Whatever a user's file is called (no file name holds NUL), the key and name the CLI sends are
     ones the node accepts, and the key stays inside inputs/<video id>/ in every backend."""
+    from farm.base.untrusted import storable
     from farm.domain.object_keys import split_key
     from farm.domain.payload import JobPayload
-    from farm.base.untrusted import storable
 
     name = storable(name)  # what the CLI records and sends
     key = input_key(video_id, name)
     assert split_key(key) == ["inputs", video_id, sanitize_name(name)]
-    parsed = JobPayload.parse("job-1", {"jobId": "job-1", "input": {"key": key, "name": name[:1024]},
-                                        "outputConfig": {}})
+    parsed = JobPayload.parse(
+        "job-1", {"jobId": "job-1", "input": {"key": key, "name": name[:1024]}, "outputConfig": {}}
+    )
     assert parsed.input_key == key
     assert join_key("farm", key).startswith(f"farm/inputs/{video_id}/")
 
@@ -192,7 +191,12 @@ def test_input_key_round_trips_through_the_nodes_payload_check(video_id, name):
 def test_output_key_stays_in_its_attempt(job_id, attempt, name):
     from farm.domain.object_keys import split_key
 
-    assert split_key(output_key(job_id, attempt, name)) == ["outputs", job_id, f"attempt-{attempt}", sanitize_name(name)]
+    assert split_key(output_key(job_id, attempt, name)) == [
+        "outputs",
+        job_id,
+        f"attempt-{attempt}",
+        sanitize_name(name),
+    ]
 
 
 def test_output_filename_keeps_the_output_name_of_a_long_input():

@@ -152,8 +152,17 @@ def test_zero_duration(tmp_path):
 
 def test_frame_too_large(tmp_path):
     wide = tmp_path / "panorama.mp4"
-    ffmpeg("-f", "lavfi", "-i", f"color=size={MAX_DIMENSION + 64}x64:duration=0.2",
-           "-c:v", "libx264", "-preset", "ultrafast", wide)
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=size={MAX_DIMENSION + 64}x64:duration=0.2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        wide,
+    )
     assert refusal(wide) == (
         f"panorama.mp4 is {MAX_DIMENSION + 64}x64; the largest frame EncodeFlow accepts is 8192x8192"
     )
@@ -291,15 +300,18 @@ def test_version_and_encoders_are_cached_per_binary():
 # -- which FFmpeg: the version policy ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("version, release", [
-    ("5.1.6-0+deb12u1", (5, 1, 6)),  # Debian 12
-    ("4.4.2-0ubuntu0.22.04.1", (4, 4, 2)),  # Ubuntu 22.04
-    ("n7.1", (7, 1)),  # a release tag
-    ("n9.0.2-17-g2a571b6068-20260930", (9, 0, 2)),  # the bundled build: a release plus commits
-    ("7.0.2-static", (7, 0, 2)),
-    ("N-12345-g0123abcd", None),  # built from git master: no release to compare
-    ("2023-01-01-git-0123abcd", None),
-])
+@pytest.mark.parametrize(
+    "version, release",
+    [
+        ("5.1.6-0+deb12u1", (5, 1, 6)),  # Debian 12
+        ("4.4.2-0ubuntu0.22.04.1", (4, 4, 2)),  # Ubuntu 22.04
+        ("n7.1", (7, 1)),  # a release tag
+        ("n9.0.2-17-g2a571b6068-20260930", (9, 0, 2)),  # the bundled build: a release plus commits
+        ("7.0.2-static", (7, 0, 2)),
+        ("N-12345-g0123abcd", None),  # built from git master: no release to compare
+        ("2023-01-01-git-0123abcd", None),
+    ],
+)
 def test_ffmpeg_versions_are_read_as_releases(version, release):
     assert media.parse_ffmpeg_version(version) == release
 
@@ -322,7 +334,8 @@ def test_an_old_ffmpeg_on_path_is_passed_over_with_one_warning(tmp_path, monkeyp
         assert find_ffmpeg() == find_ffmpeg() == bundled
     assert [r.getMessage() for r in caplog.records] == [
         f"FFmpeg 4.4.2-0ubuntu0.22.04.1 on PATH ({fake}) is older than 5.1; using the bundled FFmpeg "
-        f"{ffmpeg_version(bundled)} ({bundled}) instead"]
+        f"{ffmpeg_version(bundled)} ({bundled}) instead"
+    ]
 
 
 def test_a_new_enough_or_unnumbered_ffmpeg_on_path_is_used(tmp_path, monkeypatch, caplog):

@@ -16,14 +16,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from farm.domain.keyspace import Keyspace
+from farm.domain.nodes import NodeStatus, check_node_name
 from farm.services.registry import (
     NodeClaim,
     NodeNameTaken,
     NodeRegistry,
     NodeRegistryWriter,
-    NodeStatus,
-    RegistryKeys,
-    check_node_name,
     host_node_name,
 )
 from tests.processes import node_like
@@ -57,13 +56,14 @@ def claim(redis_url: str, queue: str, name: str, then=None, **options):
 
 
 def dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(done.stdout)
 
 
 def test_a_free_name_is_claimed_refreshed_by_the_heartbeat_and_released(redis_url, queue, client):
-    key = RegistryKeys(queue).claim("n1")
+    key = Keyspace(queue).claim("n1")
 
     async def beat_then_release(writer):
         client.pexpire(key, 500)
@@ -76,7 +76,7 @@ def test_a_free_name_is_claimed_refreshed_by_the_heartbeat_and_released(redis_ur
 
 
 def test_a_claim_that_expired_during_an_outage_is_taken_again_but_never_stolen(redis_url, queue, client, caplog):
-    key = RegistryKeys(queue).claim("n1")
+    key = Keyspace(queue).claim("n1")
 
     async def outage(writer):
         client.delete(key)  # expired while Redis was away
@@ -94,22 +94,24 @@ def test_a_claim_that_expired_during_an_outage_is_taken_again_but_never_stolen(r
 
 
 def test_a_live_node_on_another_host_keeps_its_name(redis_url, queue, client):
-    client.set(RegistryKeys(queue).claim("n1"), NodeClaim("render-07", 4242).to_json(), px=15_000)
+    client.set(Keyspace(queue).claim("n1"), NodeClaim("render-07", 4242).to_json(), px=15_000)
     with pytest.raises(NodeNameTaken) as taken:
         claim(redis_url, queue, "n1")
-    assert str(taken.value) == ("a node named n1 is already running: pid 4242 on host render-07 (if that node is "
-                                "gone, its claim expires within 15 s); give this node another --name, or stop "
-                                "that one first")
+    assert str(taken.value) == (
+        "a node named n1 is already running: pid 4242 on host render-07 (if that node is "
+        "gone, its claim expires within 15 s); give this node another --name, or stop "
+        "that one first"
+    )
 
 
 def test_a_live_node_of_an_older_version_without_a_claim_keeps_its_name(redis_url, queue, client, tmp_path):
     older = node_like(tmp_path)
     try:
         status = NodeStatus(name="n1", host=HOST, pid=older.pid)
-        client.set(RegistryKeys(queue).node("n1"), status.to_json(), px=20_000)
+        client.set(Keyspace(queue).node("n1"), status.to_json(), px=20_000)
         with pytest.raises(NodeNameTaken, match=f"pid {older.pid} on this host"):
             claim(redis_url, queue, "n1")
-        assert client.get(RegistryKeys(queue).claim("n1")) is None, "the refused node gave its claim back"
+        assert client.get(Keyspace(queue).claim("n1")) is None, "the refused node gave its claim back"
     finally:
         older.kill()
         older.wait(10)
@@ -118,11 +120,13 @@ def test_a_live_node_of_an_older_version_without_a_claim_keeps_its_name(redis_ur
 
 @pytest.mark.parametrize("holder", ["dead pid", "own pid", "not a node", "garbage"])
 def test_a_claim_left_by_a_dead_run_on_this_host_is_taken_over(redis_url, queue, client, holder):
-    key = RegistryKeys(queue).claim("n1")
-    value = {"dead pid": NodeClaim(HOST, dead_pid()).to_json(),
-             "own pid": NodeClaim.mine().to_json(),  # a container restarted with its pid
-             "not a node": NodeClaim(HOST, os.getppid()).to_json(),  # pid reused by another program
-             "garbage": "not json"}[holder]
+    key = Keyspace(queue).claim("n1")
+    value = {
+        "dead pid": NodeClaim(HOST, dead_pid()).to_json(),
+        "own pid": NodeClaim.mine().to_json(),  # a container restarted with its pid
+        "not a node": NodeClaim(HOST, os.getppid()).to_json(),  # pid reused by another program
+        "garbage": "not json",
+    }[holder]
     client.set(key, value, px=20_000)
     claim(redis_url, queue, "n1")
     assert NodeClaim.from_json(client.get(key)) == NodeClaim.mine()
@@ -172,7 +176,7 @@ def test_names_are_plain_and_the_host_name_always_makes_one(monkeypatch):
 
 
 def test_remote_control_refuses_a_name_no_node_can_have(redis_url, queue, client):
-    from farm.services.registry import UnknownNodeError
+    from farm.domain.nodes import UnknownNodeError
 
     with pytest.raises(UnknownNodeError, match="no such node: node name '../x' is not allowed"):
         NodeRegistry(client, queue).set_desired_state("../x", "drain")

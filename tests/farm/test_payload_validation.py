@@ -12,20 +12,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.services.db import open_database, repo
 from farm.domain.jobspec import MAX_PRIORITY, OutputConfig
 from farm.domain.payload import JobPayload, PayloadError, salvage
+from farm.services.db import open_database, repo
 
 VIDEO = "5f0c7d3e-1111-4222-8333-444455556666"
 KEY = f"inputs/{VIDEO}/holiday.mov"
-KNOWN_FIELDS = {"payload", "jobId", "input", "input.key", "input.name", "outputConfig", "videoId", "priority",
-                "submittedBy"}
+KNOWN_FIELDS = {
+    "payload",
+    "jobId",
+    "input",
+    "input.key",
+    "input.name",
+    "outputConfig",
+    "videoId",
+    "priority",
+    "submittedBy",
+}
 MAX_MESSAGE = 400  # a refusal quotes at most the start of a value
 
 
 def payload(**fields) -> dict:
-    data = {"jobId": "job-1", "input": {"key": KEY, "name": "holiday.mov"},
-            "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True}}
+    data = {
+        "jobId": "job-1",
+        "input": {"key": KEY, "name": "holiday.mov"},
+        "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True},
+    }
     data.update(fields)
     return {name: value for name, value in data.items() if value is not ...}
 
@@ -105,19 +117,26 @@ def test_a_refusal_quotes_a_hostile_value_escaped_and_cut():
     assert "'a\\nbxxx" in str(error) and "(10003 characters)" in str(error)
 
 
-@pytest.mark.parametrize("fields", [
-    {},
-    {"jobId": ...},  # the BullMQ id stands for it
-    {"input": {"key": KEY}},  # the name defaults to the key's last part
-    {"input": {"key": KEY, "name": "line\nbreak \u202e.mov"}},  # file names may hold these; shown escaped
-    {"input": {"key": KEY, "name": "é" * 1024}},
-    {"outputConfig": {}},  # every outputConfig field has a documented default
-    {"videoId": VIDEO},
-    {"videoId": None, "priority": None, "submittedBy": None},  # null is "not given"
-    {"priority": 0}, {"priority": 1}, {"priority": MAX_PRIORITY},
-    {"submittedBy": ""}, {"submittedBy": "Zoë Ångström"}, {"submittedBy": "e" * 255},
-    {"preset": "whatever", "extra": {"nested": [1, 2]}},  # more fields may follow; they are ignored
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"jobId": ...},  # the BullMQ id stands for it
+        {"input": {"key": KEY}},  # the name defaults to the key's last part
+        {"input": {"key": KEY, "name": "line\nbreak \u202e.mov"}},  # file names may hold these; shown escaped
+        {"input": {"key": KEY, "name": "é" * 1024}},
+        {"outputConfig": {}},  # every outputConfig field has a documented default
+        {"videoId": VIDEO},
+        {"videoId": None, "priority": None, "submittedBy": None},  # null is "not given"
+        {"priority": 0},
+        {"priority": 1},
+        {"priority": MAX_PRIORITY},
+        {"submittedBy": ""},
+        {"submittedBy": "Zoë Ångström"},
+        {"submittedBy": "e" * 255},
+        {"preset": "whatever", "extra": {"nested": [1, 2]}},  # more fields may follow; they are ignored
+    ],
+)
 def test_valid_payloads_are_accepted(fields):
     parsed = JobPayload.parse("job-1", payload(**fields))
     assert (parsed.job_id, parsed.input_key, parsed.video_id) == ("job-1", KEY, VIDEO)
@@ -126,13 +145,18 @@ def test_valid_payloads_are_accepted(fields):
 def test_what_a_payload_gives_the_row():
     parsed = JobPayload.parse("job-1", payload(priority=7, submittedBy="ed", videoId=VIDEO, extra="x" * 10_000))
     assert (parsed.input_name, parsed.config, parsed.priority, parsed.submitted_by) == (
-        "holiday.mov", OutputConfig("360p", "mp4"), 7, "ed")
+        "holiday.mov",
+        OutputConfig("360p", "mp4"),
+        7,
+        "ed",
+    )
     assert not hasattr(parsed, "raw"), "unknown fields are never carried along to be stored"
 
 
 def test_salvage_keeps_only_the_fields_that_passed_their_check():
-    found = salvage(payload(priority=10**30, submittedBy="e" * 300, extra="x",
-                            input={"key": KEY, "name": "holi\x00day.mov"}))
+    found = salvage(
+        payload(priority=10**30, submittedBy="e" * 300, extra="x", input={"key": KEY, "name": "holi\x00day.mov"})
+    )
     assert found == {"input_key": KEY, "input_name": "holiday.mov", "config": OutputConfig("360p", "mp4")}
     assert salvage("not an object") == {}
 
@@ -145,8 +169,10 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(field=st.sampled_from(["jobId", "input", "outputConfig", "videoId", "priority", "submittedBy"]),
-       value=st.one_of(json_values, st.text(min_size=200, max_size=5000)))
+@given(
+    field=st.sampled_from(["jobId", "input", "outputConfig", "videoId", "priority", "submittedBy"]),
+    value=st.one_of(json_values, st.text(min_size=200, max_size=5000)),
+)
 def test_any_value_of_any_field_is_accepted_or_refused_by_name(field, value):
     """Never another exception, never a message that spans lines or quotes a value whole."""
     try:
@@ -161,16 +187,29 @@ def test_any_value_of_any_field_is_accepted_or_refused_by_name(field, value):
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db(request):
-    url = (request.getfixturevalue("settings").effective_database_url if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
+    url = (
+        request.getfixturevalue("settings").effective_database_url
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
     database = open_database(url)
     yield database
     database.dispose()
 
 
 def other_video(db):
-    return repo.create_video(db, id=VIDEO, name="theirs.mov", key=f"inputs/{VIDEO}/theirs.mov", size=10,
-                             duration=60.0, width=1920, height=1080, video_codec="h264", container="mov")
+    return repo.create_video(
+        db,
+        id=VIDEO,
+        name="theirs.mov",
+        key=f"inputs/{VIDEO}/theirs.mov",
+        size=10,
+        duration=60.0,
+        width=1920,
+        height=1080,
+        video_codec="h264",
+        container="mov",
+    )
 
 
 def test_a_job_is_never_attached_to_another_inputs_video(db):
@@ -217,8 +256,14 @@ def test_a_refused_job_whose_id_cannot_be_stored_gets_one_derived_from_it(db, bu
 def test_stored_errors_have_no_control_characters_and_a_bounded_length(db):
     video = other_video(db)
     job = repo.create_job(db, video.id, {})
-    repo.finish_job(db, job.id, "failed", attempt=1, error="line one\nline two\x1b[2J" + "y" * 10_000,
-                    log_tail="frame=1\nthe title \x1b[31mred\n")
+    repo.finish_job(
+        db,
+        job.id,
+        "failed",
+        attempt=1,
+        error="line one\nline two\x1b[2J" + "y" * 10_000,
+        log_tail="frame=1\nthe title \x1b[31mred\n",
+    )
     stored = repo.get_job(db, job.id)
     assert stored.error.startswith("line one\nline two\\x1b[2J") and len(stored.error) < repo.ERROR_MAX_CHARS + 40
     assert stored.log_tail == "frame=1\nthe title \\x1b[31mred\n"

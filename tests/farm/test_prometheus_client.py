@@ -14,10 +14,17 @@ def test_basic_auth_from_the_url_is_sent_as_a_header_and_hidden():
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             seen.append((self.path, self.headers.get("Authorization")))
-            body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
-                {"metric": {"node": "n1"}, "values": [[1000, "12.5"], [1015, "NaN"]]}]}}).encode()
+            body = json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "matrix",
+                        "result": [{"metric": {"node": "n1"}, "values": [[1000, "12.5"], [1015, "NaN"]]}],
+                    },
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

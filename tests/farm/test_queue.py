@@ -3,15 +3,14 @@
 import asyncio
 import os
 
-
 from farm.domain.jobspec import OutputConfig
-from farm.domain.payload import JobPayload
-from farm.services.queue import JOB_NAME, QueueClient, cancel_channel
+from farm.domain.payload import queue_payload
+from farm.services.queue import JOB_NAME, QueueClient
 from tests.bull import failed_job
 
 
 def _payload(job_id):
-    return JobPayload.build(job_id, f"inputs/v-{job_id}/a.mp4", "a.mp4", OutputConfig())
+    return queue_payload(job_id, f"inputs/v-{job_id}/a.mp4", "a.mp4", OutputConfig())
 
 
 def run(coro_fn):
@@ -62,7 +61,7 @@ def test_cancel_an_active_job_asks_its_node(redis_url):
     async def body(q: QueueClient):
         await q.enqueue("job-r", _payload("job-r"))
         pubsub = q.redis.pubsub()
-        await pubsub.subscribe(cancel_channel(q.queue_name))
+        await pubsub.subscribe(q.keys.cancel_channel)
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
         # Take the job as a worker would, without processing it.
         from bullmq import Worker
@@ -119,6 +118,7 @@ def test_retry_of_a_failed_job_resets_its_attempts(redis_url):
 
 def test_a_retry_after_its_backoff_is_put_back_in_the_queue(redis_url):
     """bullmq's idle worker alone never woke for a retry whose backoff outlasted its idle wait."""
+
     async def body(q: QueueClient):
         import time
 

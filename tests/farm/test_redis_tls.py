@@ -28,16 +28,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.services.checks import check_redis
-from farm.client import Farm
-from farm.base.settings import ENV_VARS, Settings
-from farm.services.registry import NodeRegistry
 from farm.base.ports import free_port
+from farm.base.settings import ENV_VARS, Settings
+from farm.client import Farm
+from farm.services.checks import check_redis
+from farm.services.registry import NodeRegistry
 from tests.e2e.helpers import json_lines, run_cli, wait_for
 
-
 # -- a private redis-server ----------------------------------------------------------------------
-
 
 
 def redis_server_binaries() -> list[str]:
@@ -76,10 +74,39 @@ def make_certificates(directory: Path) -> TlsFiles:
     extensions.write_text("subjectAltName=IP:127.0.0.1\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for command in (
-        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-subj", "/CN=EncodeFlow test CA", "-days", "2"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-subj",
+            "/CN=EncodeFlow test CA",
+            "-days",
+            "2",
+        ],
         ["openssl", "req", *ec, "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-         "-out", cert, "-days", "2", "-extfile", extensions],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            extensions,
+        ],
     ):
         subprocess.run(list(map(str, command)), check=True, capture_output=True, timeout=60)
     return TlsFiles(ca, cert, key)
@@ -103,13 +130,25 @@ class PrivateRedis:
             return f"rediss://:{self.password}@127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
-        lines = ["bind 127.0.0.1", f'requirepass "{self.password}"', f'dir "{self.directory}"',
-                 'save ""', "appendonly no", "maxmemory-policy noeviction"]
+        lines = [
+            "bind 127.0.0.1",
+            f'requirepass "{self.password}"',
+            f'dir "{self.directory}"',
+            'save ""',
+            "appendonly no",
+            "maxmemory-policy noeviction",
+        ]
         if self.tls:
-            lines += ["port 0", f"tls-port {self.port}", f'tls-cert-file "{self.tls.cert}"',
-                      f'tls-key-file "{self.tls.key}"', f'tls-ca-cert-file "{self.tls.ca}"', "tls-auth-clients no"]
+            lines += [
+                "port 0",
+                f"tls-port {self.port}",
+                f'tls-cert-file "{self.tls.cert}"',
+                f'tls-key-file "{self.tls.key}"',
+                f'tls-ca-cert-file "{self.tls.ca}"',
+                "tls-auth-clients no",
+            ]
         else:
             lines.append(f"port {self.port}")
         conf = self.directory / "redis.conf"
@@ -161,18 +200,32 @@ class NodeRun:
         self.name = name
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "farm_node", "--name", name, "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-             *extra],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+            [
+                sys.executable,
+                "-m",
+                "farm_node",
+                "--name",
+                name,
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
+                *extra,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
         )
 
     def wait_registered(self, redis_url: str, queue: str, timeout: float = 60) -> None:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         try:
             registry = NodeRegistry(client, queue)
-            wait_for(lambda: self.proc.poll() is not None or any(n.name == self.name and n.online
-                                                                 for n in registry.nodes()),
-                     timeout=timeout, what=f"node {self.name} to register")
+            wait_for(
+                lambda: self.proc.poll() is not None or any(n.name == self.name and n.online for n in registry.nodes()),
+                timeout=timeout,
+                what=f"node {self.name} to register",
+            )
         finally:
             client.close()
         assert self.proc.poll() is None, f"the node exited: {self.log.read_text()[-2000:]}"
@@ -212,8 +265,9 @@ def run_a_job_through(url: str, make_clip, tmp_path, monkeypatch) -> dict:
     node = NodeRun("secure-node", tmp_path / "node.log")
     try:
         node.wait_registered(url, "transcode")
-        result = run_cli("submit", str(make_clip(160, 120, 1.0)), "--resolution", "360p", "--wait", "--json",
-                         "--timeout", "120")
+        result = run_cli(
+            "submit", str(make_clip(160, 120, 1.0)), "--resolution", "360p", "--wait", "--json", "--timeout", "120"
+        )
         assert result.returncode == 0, result.stderr
         listed = run_cli("nodes", "--json")
         assert listed.returncode == 0 and "secure-node" in {n["name"] for n in json_lines(listed.stdout)}
@@ -242,8 +296,11 @@ def test_a_wrong_or_missing_redis_password_is_named_and_not_shown(password_redis
 
 @pytest.mark.parametrize("form", ["ca", "no-verify"])
 def test_a_farm_on_redis_over_tls(tls_redis, certificates, make_clip, tmp_path, monkeypatch, form):
-    url = tls_redis.url if form == "ca" else (
-        f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0?ssl_cert_reqs=none")
+    url = (
+        tls_redis.url
+        if form == "ca"
+        else (f"rediss://:{tls_redis.password}@127.0.0.1:{tls_redis.port}/0?ssl_cert_reqs=none")
+    )
     assert check_redis(url).ok, check_redis(url).message
     with redis.Redis.from_url(url) as client:  # the node list and the job went over TLS, encrypted
         client.ping()

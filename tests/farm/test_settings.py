@@ -1,6 +1,7 @@
 import pytest
 
-from farm.base.settings import Settings, SettingsError, redact_url
+from farm.base.redact import redact_url
+from farm.base.settings import Settings, SettingsError
 
 
 def test_embedded_defaults_live_under_the_data_dir(data_dir):
@@ -33,11 +34,14 @@ def test_save_then_load_round_trip(tmp_path):
     assert loaded.default_preset == "720p-webm"
 
 
-@pytest.mark.parametrize("var,value,message", [
-    ("ENCODEFLOW_REDIS_URL", "http://nope", "must start with redis://"),
-    ("ENCODEFLOW_STORAGE_URL", "relative/dir", "s3://bucket"),
-    ("ENCODEFLOW_QUEUE", "a:b", "plain name"),
-])
+@pytest.mark.parametrize(
+    "var,value,message",
+    [
+        ("ENCODEFLOW_REDIS_URL", "http://nope", "must start with redis://"),
+        ("ENCODEFLOW_STORAGE_URL", "relative/dir", "s3://bucket"),
+        ("ENCODEFLOW_QUEUE", "a:b", "plain name"),
+    ],
+)
 def test_bad_values_are_refused_with_the_variable_named(monkeypatch, var, value, message):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=message):

@@ -6,11 +6,12 @@ inside a bucket, folder permissions) has its own tests at the end.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -99,7 +100,7 @@ def test_list_gives_keys_sizes_and_utc_dates(storage, tmp_path):
         ("inputs/v1/b.mp4", 20),
         ("outputs/j1/attempt-0/out.mp4", 5),
     ]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for obj in objects:
         assert isinstance(obj, StoredObject)
         assert obj.modified.utcoffset() == timedelta(0)
@@ -243,7 +244,7 @@ def test_big_upload_reports_monotonic_progress_to_the_exact_size(storage, big_fi
 
     assert storage.upload_file(big_file, "inputs/v1/big.bin", progress=progress) == BIG_SIZE
     assert len(seen) > 10
-    assert all(a < b for a, b in zip(seen, seen[1:]))
+    assert all(a < b for a, b in itertools.pairwise(seen))
     assert seen[-1] == BIG_SIZE
     assert storage.size("inputs/v1/big.bin") == BIG_SIZE
 
@@ -255,7 +256,7 @@ def test_big_upload_reports_monotonic_progress_to_the_exact_size(storage, big_fi
     seen.clear()
     dest = tmp_path / "big-copy.bin"
     assert storage.download_file("inputs/v1/big.bin", dest, progress=progress) == BIG_SIZE
-    assert seen[-1] == BIG_SIZE and all(a < b for a, b in zip(seen, seen[1:]))
+    assert seen[-1] == BIG_SIZE and all(a < b for a, b in itertools.pairwise(seen))
     assert sha256(dest) == sha256(big_file)
 
 
@@ -360,7 +361,9 @@ def test_s3_keeps_objects_under_its_prefix(s3_url, tmp_path):
 
     whole_bucket = open_storage(f"s3://{storage.bucket}")
     assert sorted(o.key for o in whole_bucket.list()) == [
-        "elsewhere/x.mp4", "farm/inputs/v1/a.mp4", "farmer/y.mp4",
+        "elsewhere/x.mp4",
+        "farm/inputs/v1/a.mp4",
+        "farmer/y.mp4",
     ]
 
 

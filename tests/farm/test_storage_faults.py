@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from farm.base.settings import ENV_VARS, Settings, SettingsError
 from farm.services.storage import StorageUnavailable, TransferCancelled, open_storage
 from farm.services.storage.local import temp_name
-from farm.base.settings import ENV_VARS, Settings, SettingsError
 from farm.services.storage.retry import RetryPolicy
 from tests.files import MiB, random_file, sha256
 
@@ -118,8 +118,7 @@ def test_an_upload_survives_a_short_outage_and_the_object_is_whole(s3_link, monk
     print(f"\nupload of {MULTIPART_SIZE // MiB} MiB with a {OUTAGE_S:.0f} s cut took {elapsed:.1f} s")
 
 
-def test_a_download_survives_a_short_outage_and_the_file_is_whole(s3_link, monkeypatch, multipart_file,
-                                                                    tmp_path):
+def test_a_download_survives_a_short_outage_and_the_file_is_whole(s3_link, monkeypatch, multipart_file, tmp_path):
     knobs(monkeypatch, retry=60)
     storage = configured()
     storage.upload_file(multipart_file, "inputs/v1/take.bin")
@@ -136,8 +135,7 @@ def test_a_download_survives_a_short_outage_and_the_file_is_whole(s3_link, monke
     print(f"\ndownload of {MULTIPART_SIZE // MiB} MiB with a {OUTAGE_S:.0f} s cut took {elapsed:.1f} s")
 
 
-def test_a_long_outage_fails_clearly_and_leaves_no_object_and_no_parts(s3_link, monkeypatch, multipart_file,
-                                                                       tmp_path):
+def test_a_long_outage_fails_clearly_and_leaves_no_object_and_no_parts(s3_link, monkeypatch, multipart_file, tmp_path):
     knobs(monkeypatch, retry=3)
     storage = configured()
     outage = Outage(s3_link, None)
@@ -305,8 +303,9 @@ def test_a_storage_never_used_still_says_the_object_is_missing(tmp_path, monkeyp
 
 def _dead_pid() -> int:
     """The pid of a process that really ran here and has exited."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(done.stdout)
 
 
@@ -323,7 +322,7 @@ def test_sweep_removes_only_temp_files_whose_writer_is_gone(tmp_path):
         "dead writer here": f"{start}{_dead_pid()}-{_host}",
         "live writer here": ours,
         "another host, recent": f"{start}{_dead_pid()}-other-host",
-        "another host, old": f"{temp_name()[:len(start)]}{os.getpid()}-other-host",
+        "another host, old": f"{temp_name()[: len(start)]}{os.getpid()}-other-host",
     }
     for name in names.values():
         (folder / name).write_bytes(b"part")

@@ -10,12 +10,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from farm.domain.keyspace import Keyspace
+from farm.domain.nodes import NodeStatus, UnknownNodeError
 from farm.services.registry import (
     NodeRegistry,
     NodeRegistryWriter,
-    NodeStatus,
-    RegistryKeys,
-    UnknownNodeError,
     control_listener,
 )
 
@@ -39,10 +38,22 @@ def registry(client, queue) -> NodeRegistry:
 
 def a_status(name: str = "alpha", **changes) -> NodeStatus:
     fields = dict(
-        name=name, host="render-01", pid=4242, status="busy", cpu=37.5, memory=0.42, rss=123_456_789,
-        concurrency=2, running=[{"jobId": "job-1", "progress": 40, "name": "clip.mov"}],
-        ffmpeg_version="7.0.2", encoders=["libx264", "libvpx-vp9"], tags=["gpu"], version="0.1.0",
-        started_at=time.time() - 60, last_seen=time.time(), metrics_url="http://render-01:9100/metrics",
+        name=name,
+        host="render-01",
+        pid=4242,
+        status="busy",
+        cpu=37.5,
+        memory=0.42,
+        rss=123_456_789,
+        concurrency=2,
+        running=[{"jobId": "job-1", "progress": 40, "name": "clip.mov"}],
+        ffmpeg_version="7.0.2",
+        encoders=["libx264", "libvpx-vp9"],
+        tags=["gpu"],
+        version="0.1.0",
+        started_at=time.time() - 60,
+        last_seen=time.time(),
+        metrics_url="http://render-01:9100/metrics",
     )
     fields.update(changes)
     return NodeStatus(**fields)
@@ -74,7 +85,10 @@ def test_published_node_is_listed_with_its_fields(redis_url, queue, client, deco
         assert reader.node("never-seen") is None
         assert reader.samples("alpha") == [{"t": 1.0, "cpu": 37.5, "mem": 0.42}]
     assert sorted(client.keys(f"*{queue}*")) == [
-        f"encodeflow:{queue}:node:alpha", f"encodeflow:{queue}:node:alpha:samples", f"encodeflow:{queue}:nodes"]
+        f"encodeflow:{queue}:node:alpha",
+        f"encodeflow:{queue}:node:alpha:samples",
+        f"encodeflow:{queue}:nodes",
+    ]
 
 
 def test_samples_are_capped_at_600_and_oldest_first(redis_url, queue, registry):
@@ -92,8 +106,7 @@ def test_samples_are_capped_at_600_and_oldest_first(redis_url, queue, registry):
 
 def test_node_whose_key_expired_is_listed_offline(redis_url, queue, registry):
     status = a_status()
-    with_writer(redis_url, queue, "alpha", lambda w: w.publish(status, {"t": 1.0, "cpu": 5.0, "mem": 0.3}),
-                ttl=0.3)
+    with_writer(redis_url, queue, "alpha", lambda w: w.publish(status, {"t": 1.0, "cpu": 5.0, "mem": 0.3}), ttl=0.3)
     assert registry.node("alpha").status == "busy"
     time.sleep(0.5)
 
@@ -123,11 +136,11 @@ def test_nodes_are_sorted_and_stale_ones_pruned(redis_url, queue, registry, clie
         await writer.publish(a_status("zulu"))
         await NodeRegistryWriter(writer.redis, queue, "alpha").publish(a_status("alpha"))
 
-    client.zadd(RegistryKeys(queue).nodes, {"ancient": (time.time() - 2 * 24 * 3600) * 1000})
+    client.zadd(Keyspace(queue).nodes, {"ancient": (time.time() - 2 * 24 * 3600) * 1000})
     with_writer(redis_url, queue, "zulu", publish_two)
 
     assert [n.name for n in registry.nodes()] == ["alpha", "zulu"]
-    assert client.zscore(RegistryKeys(queue).nodes, "ancient") is None  # pruned by the writers
+    assert client.zscore(Keyspace(queue).nodes, "ancient") is None  # pruned by the writers
 
 
 def test_set_desired_state_on_unknown_node_lists_known_ones(redis_url, queue, registry):
@@ -165,8 +178,11 @@ def test_control_change_is_announced_within_a_second(redis_url, queue, registry)
         await NodeRegistryWriter(client, queue, "beta").publish(a_status("beta"))
         received: list[tuple[str, float]] = []
         ready = asyncio.Event()
-        listener = asyncio.create_task(control_listener(
-            client, queue, "alpha", lambda state: received.append((state, time.monotonic())), ready=ready))
+        listener = asyncio.create_task(
+            control_listener(
+                client, queue, "alpha", lambda state: received.append((state, time.monotonic())), ready=ready
+            )
+        )
         try:
             await asyncio.wait_for(ready.wait(), 2)
             await asyncio.to_thread(registry.set_desired_state, "beta", "pause")  # not for alpha
@@ -211,7 +227,8 @@ def test_node_names_that_would_break_the_key_layout_are_refused(queue):
 
 
 def test_a_status_of_the_wrong_shape_in_redis_is_read_with_defaults_and_listed_in_one_line(
-        redis_url, queue, registry, client):
+    redis_url, queue, registry, client
+):
     """Anyone who can write to Redis can write a node's status: a reader keeps what has the right
     type and never trips on the rest (``encodeflow nodes`` sliced a job id that was a number)."""
     import json
@@ -219,18 +236,27 @@ def test_a_status_of_the_wrong_shape_in_redis_is_read_with_defaults_and_listed_i
     import sys
 
     with_writer(redis_url, queue, "alpha", lambda w: w.publish(a_status()))
-    hostile = {"name": "alpha", "host": ["not", "text"], "pid": "4242", "status": "busy", "cpu": "lots",
-               "running": [{"jobId": 12345, "progress": "x"}, "not an object", {"jobId": "job-2\nforged"}],
-               "encoders": "libx264", "tags": [1, "gpu"], "last_seen": time.time()}
-    client.set(RegistryKeys(queue).node("alpha"), json.dumps(hostile))
+    hostile = {
+        "name": "alpha",
+        "host": ["not", "text"],
+        "pid": "4242",
+        "status": "busy",
+        "cpu": "lots",
+        "running": [{"jobId": 12345, "progress": "x"}, "not an object", {"jobId": "job-2\nforged"}],
+        "encoders": "libx264",
+        "tags": [1, "gpu"],
+        "last_seen": time.time(),
+    }
+    client.set(Keyspace(queue).node("alpha"), json.dumps(hostile))
 
     [node] = registry.nodes()
     assert (node.name, node.host, node.pid, node.cpu, node.encoders, node.tags) == ("alpha", "", 0, 0.0, [], ["gpu"])
     assert node.running == [{"jobId": "?", "progress": 0.0}, {"jobId": "job-2\nforged", "progress": 0.0}]
 
     env = {**os.environ, "ENCODEFLOW_REDIS_URL": redis_url, "ENCODEFLOW_QUEUE": queue}
-    listed = subprocess.run([sys.executable, "-m", "farm", "nodes"], capture_output=True, text=True, env=env,
-                            timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "farm", "nodes"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert listed.returncode == 0, listed.stderr
     lines = [line for line in listed.stdout.splitlines() if "alpha" in line]
     assert len(lines) == 1 and "forged" not in listed.stdout.replace(lines[0], ""), listed.stdout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from farm.services.db import open_database
 from farm.base.settings import Settings
+from farm.services.db import open_database
 from farm.services.storage import open_storage
 
 

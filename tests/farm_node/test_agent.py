@@ -1,7 +1,7 @@
 """The node agent on a farm of several machines: the machine's Redis, PostgreSQL and an S3 API.
 
 ``FarmNode.run()`` runs on its own event loop in a thread, as ``farm-node`` would run it, while the
-test acts as another machine: a foreign BullMQ producer (the Node system's API) adding jobs with
+test acts as another machine: a foreign BullMQ producer (a Node.js one, say) adding jobs with
 no database rows, or a producer whose input in storage turns out not to be a video. What is
 asserted is what users see: the job's row (``Farm.show``), BullMQ's own record of the job, and the
 output in storage.
@@ -23,16 +23,16 @@ import pytest
 import redis
 from bullmq import Queue
 
-from farm.client import Farm, FarmError, UnknownJobError
-from farm.services.db import repo
-from farm.domain.media import probe
 from farm.base.settings import Settings
-from farm.services.storage import open_storage
+from farm.client import Farm, FarmError, UnknownJobError
+from farm.domain.media import probe
+from farm.services.db import repo
 from farm.services.registry import NodeRegistry
+from farm.services.storage import open_storage
 from farm_node.agent import FarmNode
 from farm_node.workdir import entries
-from tests.e2e.helpers import wait_for
 from tests.bull import bull_job
+from tests.e2e.helpers import wait_for
 
 
 class NodeThread:
@@ -92,8 +92,11 @@ def start_node(settings_on_services, tmp_path):
     def start(name: str = "agent-1") -> NodeThread:
         node = NodeThread(settings_on_services, name, tmp_path / "work" / name)
         started.append(node)
-        wait_for(lambda: node.error or any(n.name == name and n.online for n in registry.nodes()),
-                 timeout=60, what=f"node {name} to register")
+        wait_for(
+            lambda: node.error or any(n.name == name and n.online for n in registry.nodes()),
+            timeout=60,
+            what=f"node {name} to register",
+        )
         assert node.error is None, node.error
         return node
 
@@ -106,7 +109,7 @@ def start_node(settings_on_services, tmp_path):
 
 
 def bull_add(settings: Settings, job_id: str, payload: dict, **opts) -> None:
-    """What any BullMQ producer (the Node system's API included) does to enqueue a job."""
+    """What any BullMQ producer (Node.js BullMQ producers included) does to enqueue a job."""
 
     async def add():
         queue = Queue(settings.queue, {"connection": settings.redis_url})
@@ -127,8 +130,11 @@ def upload_input(settings: Settings, path: Path) -> tuple[str, str]:
 
 
 def payload(job_id: str, key: str, name: str, **config) -> dict:
-    return {"jobId": job_id, "input": {"key": key, "name": name},
-            "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True, **config}}
+    return {
+        "jobId": job_id,
+        "input": {"key": key, "name": name},
+        "outputConfig": {"resolution": "360p", "format": "mp4", "includeAudio": True, **config},
+    }
 
 
 def finished(farm: Farm, job_id: str) -> dict | None:
@@ -136,7 +142,7 @@ def finished(farm: Farm, job_id: str) -> dict | None:
         job = farm.show(job_id)
     except UnknownJobError:  # a foreign job: no row until the node records it
         return None
-    return job if job["status"] in ("completed", "failed", "cancelled") else None
+    return job.to_json() if job.status in ("completed", "failed", "cancelled") else None
 
 
 # -- jobs from other producers ----------------------------------------------------------------
@@ -144,14 +150,20 @@ def finished(farm: Farm, job_id: str) -> dict | None:
 
 @pytest.mark.postgres
 def test_a_job_from_a_foreign_producer_gets_its_rows_and_completes(
-        settings_on_services, farm, start_node, make_clip, tmp_path):
+    settings_on_services, farm, start_node, make_clip, tmp_path
+):
     node = start_node()
     source = make_clip(640, 360, seconds=2.0, name="from_the_node_api.mp4")
     video_id, key = upload_input(settings_on_services, source)
     job_id = str(uuid.uuid4())
 
-    bull_add(settings_on_services, job_id, payload(job_id, key, "interview.mp4"),
-             attempts=3, backoff={"type": "exponential", "delay": 5000})
+    bull_add(
+        settings_on_services,
+        job_id,
+        payload(job_id, key, "interview.mp4"),
+        attempts=3,
+        backoff={"type": "exponential", "delay": 5000},
+    )
 
     job = wait_for(lambda: finished(farm, job_id), timeout=60, what="the foreign job to finish")
     assert (job["status"], job["node"], job["attempts"], job["error"]) == ("completed", node.node.name, 1, None)
@@ -161,7 +173,7 @@ def test_a_job_from_a_foreign_producer_gets_its_rows_and_completes(
     assert (video["width"], video["height"], video["video_codec"]) == (640, 360, "h264")
     assert video["duration"] == pytest.approx(2.0, abs=0.1)
     assert video["size"] == source.stat().st_size
-    assert [j["id"] for j in farm.jobs()] == [job_id], "the job must be listed like any other"
+    assert [j.id for j in farm.jobs()] == [job_id], "the job must be listed like any other"
 
     dest = farm.download(job_id, tmp_path / "out.mp4")
     out = probe(dest)
@@ -191,15 +203,23 @@ def test_an_invalid_payload_fails_at_once_naming_the_field(settings_on_services,
     _, key = upload_input(settings_on_services, clip)
     job_id = str(uuid.uuid4())
 
-    bull_add(settings_on_services, job_id, payload(job_id, key, clip.name, resolution="4k"),
-             attempts=3, backoff={"type": "fixed", "delay": 100})
+    bull_add(
+        settings_on_services,
+        job_id,
+        payload(job_id, key, clip.name, resolution="4k"),
+        attempts=3,
+        backoff={"type": "fixed", "delay": 100},
+    )
 
-    wait_for(lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
-             timeout=30, what="the job to fail")
+    wait_for(
+        lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
+        timeout=30,
+        what="the job to fail",
+    )
     state, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1, "a payload a retry cannot fix must not be retried"
     assert "resolution" in bull.failedReason and "4k" in bull.failedReason, bull.failedReason
-    (job,) = farm.jobs(status="failed")  # the failed list shows the refusal, with nothing probed
+    (job,) = [j.to_json() for j in farm.jobs(status="failed")]  # the refusal is listed, nothing probed
     assert (job["id"], job["attempts"], job["video"]["container"]) == (job_id, 1, "refused")
     assert job["error"] == bull.failedReason and job["error"].startswith("invalid job payload: outputConfig: ")
 
@@ -211,12 +231,27 @@ def test_an_input_that_is_not_a_video_fails_at_once_with_the_reason(settings_on_
     text.write_text("this is not a video\n" * 50)
     video_id, key = upload_input(settings_on_services, text)
     # A producer that recorded the job (as the Node API does with Prisma) before the node saw the file.
-    repo.create_video(farm.db, id=video_id, name=text.name, key=key, size=text.stat().st_size, duration=10.0,
-                      width=1280, height=720, video_codec="h264", container="mov,mp4,m4a,3gp,3g2,mj2")
+    repo.create_video(
+        farm.db,
+        id=video_id,
+        name=text.name,
+        key=key,
+        size=text.stat().st_size,
+        duration=10.0,
+        width=1280,
+        height=720,
+        video_codec="h264",
+        container="mov,mp4,m4a,3gp,3g2,mj2",
+    )
     job_id = repo.create_job(farm.db, video_id, {"resolution": "360p", "format": "mp4", "includeAudio": True}).id
 
-    bull_add(settings_on_services, job_id, payload(job_id, key, text.name),
-             attempts=3, backoff={"type": "fixed", "delay": 100})
+    bull_add(
+        settings_on_services,
+        job_id,
+        payload(job_id, key, text.name),
+        attempts=3,
+        backoff={"type": "fixed", "delay": 100},
+    )
 
     job = wait_for(lambda: finished(farm, job_id), timeout=30, what="the job to finish")
     assert (job["status"], job["attempts"], job["output"]) == ("failed", 1, None)
@@ -240,7 +275,7 @@ def test_a_foreign_job_whose_input_is_not_a_video_is_listed_as_failed(settings_o
     assert (job["status"], job["attempts"]) == ("failed", 1)
     assert "readme.mov is not a video" in job["error"]
     assert job["video"]["name"] == "readme.mov" and job["video"]["size"] == text.stat().st_size
-    assert [j["id"] for j in farm.jobs(status="failed")] == [job_id]
+    assert [j.id for j in farm.jobs(status="failed")] == [job_id]
 
 
 @pytest.mark.postgres
@@ -249,11 +284,19 @@ def test_a_missing_input_fails_at_once(settings_on_services, farm, start_node):
     job_id = str(uuid.uuid4())
     key = f"inputs/{uuid.uuid4()}/gone.mp4"
 
-    bull_add(settings_on_services, job_id, payload(job_id, key, "gone.mp4"),
-             attempts=3, backoff={"type": "fixed", "delay": 100})
+    bull_add(
+        settings_on_services,
+        job_id,
+        payload(job_id, key, "gone.mp4"),
+        attempts=3,
+        backoff={"type": "fixed", "delay": 100},
+    )
 
-    wait_for(lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
-             timeout=30, what="the job to fail")
+    wait_for(
+        lambda: bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)[0] == "failed",
+        timeout=30,
+        what="the job to fail",
+    )
     _, bull = bull_job(settings_on_services.redis_url, settings_on_services.queue, job_id)
     assert bull.attemptsMade == 1
     assert key in bull.failedReason and "not in storage" in bull.failedReason, bull.failedReason
@@ -261,7 +304,7 @@ def test_a_missing_input_fails_at_once(settings_on_services, farm, start_node):
     job = wait_for(lambda: finished(farm, job_id), timeout=30, what="the failure to be recorded")
     assert (job["status"], job["attempts"], job["video"]["name"]) == ("failed", 1, "gone.mp4")
     assert "not in storage" in job["error"]
-    assert [j["id"] for j in farm.jobs(status="failed")] == [job_id]
+    assert [j.id for j in farm.jobs(status="failed")] == [job_id]
 
 
 # -- the agent as a program -----------------------------------------------------------------------
@@ -280,15 +323,22 @@ def test_a_node_is_built_without_side_effects(settings, tmp_path):
         FarmNode(settings, concurrency=0)
 
 
-@pytest.mark.parametrize("args, reason", [
-    (["--concurrency", "0"], "--concurrency must be at least 1"),
-    (["--name", "edit bay:2"], "node name 'edit bay:2' is not allowed: use 1 to 64 letters, digits"),
-    (["--redis-url", "http://nope"], "must start with redis://"),
-])
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--name", "edit bay:2"], "node name 'edit bay:2' is not allowed: use 1 to 64 letters, digits"),
+        (["--redis-url", "http://nope"], "must start with redis://"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line_and_touch_nothing(args, reason, data_dir, tmp_path):
     work = tmp_path / "work"
-    result = subprocess.run([sys.executable, "-m", "farm_node", "--no-metrics", "--work-dir", str(work), *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "farm_node", "--no-metrics", "--work-dir", str(work), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], lines
@@ -300,9 +350,24 @@ def test_a_metrics_port_in_use_is_named_in_one_line(redis_url, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "farm_node", "--name", "busy-port", "--work-dir",
-                                 str(tmp_path / "w"), "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "farm_node",
+                "--name",
+                "busy-port",
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2, (result.returncode, result.stderr)  # a flag to change: no restart
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines

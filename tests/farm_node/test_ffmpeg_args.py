@@ -14,8 +14,18 @@ FFMPEG = "/opt/ffmpeg/bin/ffmpeg"
 
 
 def info(width=1920, height=1080, audio="aac", container="mov,mp4,m4a,3gp,3g2,mj2") -> MediaInfo:
-    return MediaInfo(container=container, duration=10.0, width=width, height=height, rotation=0,
-                     video_codec="h264", audio_codec=audio, fps=30.0, bit_rate=5_000_000, size=6_250_000)
+    return MediaInfo(
+        container=container,
+        duration=10.0,
+        width=width,
+        height=height,
+        rotation=0,
+        video_codec="h264",
+        audio_codec=audio,
+        fps=30.0,
+        bit_rate=5_000_000,
+        size=6_250_000,
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,10 +77,9 @@ def test_args_are_a_list_with_no_shell(tmp_path):
 
 
 def test_input_guard_comes_before_the_input():
-    args = build_args(FFMPEG, "in.mkv", "out.webm", OutputConfig("720p", "webm"),
-                      info(container="matroska,webm"))
+    args = build_args(FFMPEG, "in.mkv", "out.webm", OutputConfig("720p", "webm"), info(container="matroska,webm"))
     i = args.index("-i")
-    assert args[i - 4:i] == ["-protocol_whitelist", "file", "-f", "matroska"]
+    assert args[i - 4 : i] == ["-protocol_whitelist", "file", "-f", "matroska"]
 
 
 def test_streams_and_scale():

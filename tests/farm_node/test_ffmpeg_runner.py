@@ -78,9 +78,12 @@ def test_ffmpeg_dies_within_3_s_of_its_parent_s_sigkill(long_clip, tmp_path, kin
         if os.environ.get("CI"):
             pytest.fail("CI's Debian has util-linux's setpriv with --pdeathsig")
         pytest.skip("no setpriv with --pdeathsig here (util-linux older than 2.33)")
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, kind,
-                               json.dumps(realtime_args(long_clip, tmp_path / "out.webm"))],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, kind, json.dumps(realtime_args(long_clip, tmp_path / "out.webm"))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert parent.stdout.readline().strip() == "running"
         (ffmpeg,) = [c for c in psutil.Process(parent.pid).children() if "ffmpeg" in c.name()]
@@ -92,8 +95,9 @@ def test_ffmpeg_dies_within_3_s_of_its_parent_s_sigkill(long_clip, tmp_path, kin
     finally:
         parent.kill()
         parent.wait(10)
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if child_guard._LIFELINE_NAME in (p.info["cmdline"] or [])[3:4]]
+    leftovers = [
+        p for p in psutil.process_iter(["cmdline"]) if child_guard._LIFELINE_NAME in (p.info["cmdline"] or [])[3:4]
+    ]
     assert not [p for p in leftovers if alive(p.pid)], "the lifeline watchdog ends with its child"
 
 
@@ -106,10 +110,15 @@ def test_a_clean_end_leaves_no_watchdog_and_kills_nothing(make_clip, tmp_path):
     assert not [c for c in psutil.Process().children(recursive=True) if alive(c.pid)]
 
 
-@pytest.mark.parametrize("platform, kind", [
-    ("linux", SETPRIV if child_guard._setpriv() else LINUX), ("win32", WINDOWS), ("darwin", LIFELINE),
-    ("freebsd14", LIFELINE),
-])
+@pytest.mark.parametrize(
+    "platform, kind",
+    [
+        ("linux", SETPRIV if child_guard._setpriv() else LINUX),
+        ("win32", WINDOWS),
+        ("darwin", LIFELINE),
+        ("freebsd14", LIFELINE),
+    ],
+)
 def test_each_platform_has_its_way(platform, kind):
     assert default_kind(platform) == kind
 
@@ -152,8 +161,9 @@ def test_a_stopped_ffmpeg_is_stopped_for_good_after_the_progress_timeout(long_cl
                 os.kill(pid, signal.SIGSTOP)
                 stopped_at.append(time.monotonic())
 
-        return await run_ffmpeg(realtime_args(long_clip, tmp_path / "out.webm"), duration=20.0,
-                                on_progress=on_progress, progress_timeout=2)
+        return await run_ffmpeg(
+            realtime_args(long_clip, tmp_path / "out.webm"), duration=20.0, on_progress=on_progress, progress_timeout=2
+        )
 
     with pytest.raises(FFmpegStalled) as raised:
         run(scenario())
@@ -166,22 +176,28 @@ def test_a_stopped_ffmpeg_is_stopped_for_good_after_the_progress_timeout(long_cl
 def fake_ffmpeg(tmp_path: Path, body: str) -> list[str]:
     """A stand-in FFmpeg that prints ``-progress`` blocks as ``body`` says (out_time_us, frame)."""
     script = tmp_path / "fake_ffmpeg.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, time
         def block(us, frame):
             print(f"frame={frame}", f"out_time_us={us}", "progress=continue", sep="\\n", flush=True)
-    """) + textwrap.dedent(body))
+    """)
+        + textwrap.dedent(body)
+    )
     return [sys.executable, str(script)]
 
 
 def test_blocks_that_repeat_the_same_position_are_no_progress(tmp_path):
     """FFmpeg stuck between frames may go on printing blocks: what counts is the position moving."""
-    args = fake_ffmpeg(tmp_path, """
+    args = fake_ffmpeg(
+        tmp_path,
+        """
         block(1_000_000, 25)
         while True:
             block(1_000_000, 25)
             time.sleep(0.1)
-    """)
+    """,
+    )
     started = time.monotonic()
     with pytest.raises(FFmpegStalled):
         run(run_ffmpeg(args, duration=10.0, progress_timeout=1, kill_grace=0.5), timeout=30)
@@ -191,7 +207,9 @@ def test_blocks_that_repeat_the_same_position_are_no_progress(tmp_path):
 def test_slow_but_steady_progress_is_left_alone(tmp_path):
     """Position moving by frames only (out_time held back, as while an encoder's lookahead fills),
     then by time only: both are progress, for longer than the timeout in all."""
-    args = fake_ffmpeg(tmp_path, """
+    args = fake_ffmpeg(
+        tmp_path,
+        """
         for i in range(6):
             block(0, i)
             time.sleep(0.4)
@@ -199,6 +217,7 @@ def test_slow_but_steady_progress_is_left_alone(tmp_path):
             block(i * 100_000, 6)
             time.sleep(0.4)
         print("progress=end", flush=True)
-    """)
+    """,
+    )
     result = run(run_ffmpeg(args, duration=10.0, progress_timeout=1.5), timeout=60)
     assert result.returncode == 0 and not result.cancelled

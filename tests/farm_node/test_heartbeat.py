@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -11,7 +12,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from farm.services.registry import NodeRegistry, NodeRegistryWriter, RegistryKeys
+from farm.domain.keyspace import Keyspace
+from farm.services.registry import NodeRegistry, NodeRegistryWriter
 from farm_node.heartbeat import Heartbeat, NodeActivity, NodeInfo
 
 INFO = NodeInfo(concurrency=2, version="0.1.0", ffmpeg_version="7.0.2", encoders=("libx264",), tags=("cpu",))
@@ -76,7 +78,7 @@ def test_heartbeat_publishes_status_and_samples_then_deregisters(redis_url, queu
     assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
     # Sampled every interval, published in batches of publish_every: no sample is skipped and
     # the newest one is at most one batch behind.
-    gaps = [b["t"] - a["t"] for a, b in zip(samples, samples[1:])]
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(samples)]
     assert all(0.3 < gap < 0.8 for gap in gaps), gaps
     assert 0 <= heartbeat.last_sample["t"] - samples[-1]["t"] <= heartbeat.interval * heartbeat.publish_every + 0.1
     assert (live.status, live.running, live.concurrency, live.encoders) == ("busy", BUSY.running, 2, ["libx264"])
@@ -163,13 +165,15 @@ def test_remote_control_reaches_the_node_through_pubsub(redis_url, queue, regist
 
     async def main():
         client = aioredis.Redis.from_url(redis_url)
-        heartbeat = Heartbeat(NodeRegistryWriter(client, queue, "alpha"), NodeActivity, INFO, interval=5,
-                              on_desired_state=record)
+        heartbeat = Heartbeat(
+            NodeRegistryWriter(client, queue, "alpha"), NodeActivity, INFO, interval=5, on_desired_state=record
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(heartbeat.run(stop))
-        channel = RegistryKeys(queue).control_channel
+        channel = Keyspace(queue).control_channel
         subscribed = await wait_until(lambda: states == ["run"], 2) and await wait_until(
-            lambda: registry.redis.pubsub_numsub(channel)[0][1] == 1, 2)
+            lambda: registry.redis.pubsub_numsub(channel)[0][1] == 1, 2
+        )
         await asyncio.to_thread(registry.set_desired_state, "alpha", "drain")
         delivered = await wait_until(lambda: states[-1] == "drain", 1)
         stop.set()
@@ -190,8 +194,14 @@ def test_remote_control_is_read_on_every_beat_without_listener(redis_url, queue,
 
     async def main():
         client = aioredis.Redis.from_url(redis_url)
-        heartbeat = Heartbeat(NodeRegistryWriter(client, queue, "alpha"), NodeActivity, INFO, interval=0.2,
-                              on_desired_state=states.append, listen=False)
+        heartbeat = Heartbeat(
+            NodeRegistryWriter(client, queue, "alpha"),
+            NodeActivity,
+            INFO,
+            interval=0.2,
+            on_desired_state=states.append,
+            listen=False,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(heartbeat.run(stop))
         await wait_until(lambda: heartbeat.published > 0, 2)

@@ -15,9 +15,9 @@ import time
 import pytest
 from bullmq import Queue
 
-from farm.services.db import repo
-from farm.domain.object_keys import output_prefix
 from farm.domain.media import find_ffmpeg
+from farm.domain.object_keys import output_prefix
+from farm.services.db import repo
 from farm_node.metrics import NodeMetrics
 from farm_node.processor import JobProcessor
 from tests.bull import record_job, take_and_die, worker
@@ -26,15 +26,17 @@ pytestmark = pytest.mark.postgres
 
 
 def processor(settings, db, storage, tmp_path, ffmpeg: str | None = None) -> JobProcessor:
-    return JobProcessor(node_name="proc-node", db=db, storage=storage, ffmpeg=ffmpeg or find_ffmpeg(),
-                        work_dir=tmp_path / "work")
+    return JobProcessor(
+        node_name="proc-node", db=db, storage=storage, ffmpeg=ffmpeg or find_ffmpeg(), work_dir=tmp_path / "work"
+    )
 
 
 async def enqueue(settings, job_id: str, payload: dict) -> None:
     queue = Queue(settings.queue, {"connection": settings.redis_url})
     try:
-        await queue.add("transcode", payload, {"jobId": job_id, "attempts": 3,
-                                               "backoff": {"type": "fixed", "delay": 100}})
+        await queue.add(
+            "transcode", payload, {"jobId": job_id, "attempts": 3, "backoff": {"type": "fixed", "delay": 100}}
+        )
     finally:
         await queue.close()
 
@@ -96,8 +98,9 @@ def short_ffmpeg(tmp_path) -> str:
     wrapper.write_text(
         "#!/bin/sh\n"
         "# everything but the last argument (the output), then -t 0.5, then the output\n"
-        'n=$#; i=0; for arg in "$@"; do i=$((i+1)); if [ $i -eq $n ]; then out=$arg; else set -- "$@" "$arg"; fi; done\n'
-        'shift $n\n'
+        'n=$#; i=0; for arg in "$@"; do i=$((i+1)); '
+        'if [ $i -eq $n ]; then out=$arg; else set -- "$@" "$arg"; fi; done\n'
+        "shift $n\n"
         f'exec {shlex.quote(find_ffmpeg())} "$@" -t 0.5 "$out"\n'
     )
     wrapper.chmod(0o755)
@@ -124,8 +127,7 @@ def test_an_output_that_fails_verification_fails_at_once_with_the_reason(service
 
 
 def counted(metrics: NodeMetrics, status: str) -> float:
-    return metrics.registry.get_sample_value("workers_jobs_processed_total",
-                                             {"node": metrics.node, "status": status})
+    return metrics.registry.get_sample_value("workers_jobs_processed_total", {"node": metrics.node, "status": status})
 
 
 class OvertakingStorage:
@@ -142,9 +144,15 @@ class OvertakingStorage:
 
     def upload_file(self, path, key, **kwargs):
         if self.winner is None and self.settle == "finish":
-            self.winner = {"name": "theirs", "kind": "video", "key": f"outputs/{self.job_id}/attempt-2/theirs.mp4",
-                           "size": self.real.upload_file(self.clip, f"outputs/{self.job_id}/attempt-2/theirs.mp4"),
-                           "width": 320, "height": 240, "duration": 2.0}
+            self.winner = {
+                "name": "theirs",
+                "kind": "video",
+                "key": f"outputs/{self.job_id}/attempt-2/theirs.mp4",
+                "size": self.real.upload_file(self.clip, f"outputs/{self.job_id}/attempt-2/theirs.mp4"),
+                "width": 320,
+                "height": 240,
+                "duration": 2.0,
+            }
             repo.mark_active(self.db, self.job_id, "other-node", 2)
             repo.finish_job(self.db, self.job_id, "completed", attempt=2, outputs=[self.winner], node="other-node")
         elif self.settle == "cancel":
@@ -162,8 +170,13 @@ def test_a_run_that_finishes_second_returns_the_rows_output_and_node(services, t
     row, state, bull = enqueue_and_settle(settings, db, job_id, payload, proc)
     assert (row.status, row.node, row.outputs) == ("completed", "other-node", [racing.winner])
     assert state == "completed"
-    assert bull.returnvalue == {"outputs": [racing.winner], "width": 320, "height": 240, "duration": 2.0,
-                                "node": "other-node"}, "the queue names the row's output and node"
+    assert bull.returnvalue == {
+        "outputs": [racing.winner],
+        "width": 320,
+        "height": 240,
+        "duration": 2.0,
+        "node": "other-node",
+    }, "the queue names the row's output and node"
     assert [o.key for o in storage.list(output_prefix(job_id))] == [racing.winner["key"]], "ours was deleted"
     assert counted(proc.metrics, "success") == 0, "the run that completed the row counts the job, not this one"
 
@@ -268,8 +281,9 @@ def test_a_run_whose_lock_another_run_holds_leaves_the_row_and_the_queue_to_it(s
 
     state = asyncio.run(scenario())
     row = repo.get_job(db, job_id)
-    assert (row.status, row.node, row.attempts, row.error, row.outputs) == ("active", "proc-node", 1, None, []), \
+    assert (row.status, row.node, row.attempts, row.error, row.outputs) == ("active", "proc-node", 1, None, []), (
         "the row is the other run's: untouched"
+    )
     assert state == "active", "BullMQ's job is the other run's: neither completed nor failed by this one"
     assert list(storage.list(output_prefix(job_id))) == [], "nothing uploaded"
     assert [p for p in (tmp_path / "work").iterdir() if p.name.startswith(job_id)] == [], "its work files are gone"

@@ -64,8 +64,19 @@ def test_below_100_until_end():
 
 def test_negative_start_and_garbage():
     parser = ProgressParser(10.0)
-    for line in ("out_time_us=-23220", "garbage", "", "=", "=5", "frame=abc", "speed=fast",
-                 b"\xff\xfe\x00", "out_time=not:a:clock", "bitrate=   3.4kbits/s", "  "):
+    for line in (
+        "out_time_us=-23220",
+        "garbage",
+        "",
+        "=",
+        "=5",
+        "frame=abc",
+        "speed=fast",
+        b"\xff\xfe\x00",
+        "out_time=not:a:clock",
+        "bitrate=   3.4kbits/s",
+        "  ",
+    ):
         assert parser.feed(line) is None
     assert parser.feed(b"progress=continue\n") == 0.0
     assert parser.out_time == 0.0 and parser.frame is None

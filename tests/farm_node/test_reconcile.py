@@ -8,20 +8,23 @@ as a Redis that lost its data would. What is asserted is the job's row as users 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
 
-from farm.services.db import repo
+from farm.base.settings import Settings
+from farm.domain.nodes import NodeStatus
 from farm.domain.object_keys import output_key, output_prefix
+from farm.services.db import repo
 from farm.services.queue import QueueClient
 from farm.services.reconciler import Reconciler
-from farm.base.settings import Settings
-from farm.services.registry import NodeRegistryWriter, NodeStatus
+from farm.services.registry import NodeRegistryWriter
 from farm_node.reconcile_loop import reconcile_forever
 from tests.bull import record_job, take_and_die, wait_state, worker
 
 pytestmark = pytest.mark.postgres
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -57,7 +60,10 @@ def test_a_job_that_stalled_too_often_fails_with_a_reason_users_understand(servi
     actions = run(scenario())
     job = repo.get_job(db, job_id)
     assert (job.status, job.error, job.attempts) == (
-        "failed", "the node running it stopped responding once; last node dead-node", 1)
+        "failed",
+        "the node running it stopped responding once; last node dead-node",
+        1,
+    )
     assert job.finished_at is not None
     assert [(a.job_id, a.action) for a in actions] == [(job_id, "failed")]
 
@@ -81,8 +87,11 @@ def test_settle_failed_settles_one_job_at_once_and_leaves_others(services):
                 await asyncio.gather(task, return_exceptions=True)
             await queue.enqueue(waiting_id, waiting_payload)
             reconciler = Reconciler(db, queue, storage, grace_s=3600)
-            return (await reconciler.run_once(), await reconciler.settle_failed(job_id),
-                    await reconciler.settle_failed(waiting_id))
+            return (
+                await reconciler.run_once(),
+                await reconciler.settle_failed(job_id),
+                await reconciler.settle_failed(waiting_id),
+            )
 
     periodic, settled, untouched = run(scenario())
     assert periodic == [], "the periodic pass waits out its grace"
@@ -116,7 +125,10 @@ def test_a_failed_queue_job_keeps_its_own_reason(services):
     run(scenario())
     job = repo.get_job(db, job_id)
     assert (job.status, job.error, job.attempts) == (
-        "failed", "FFmpeg failed: Invalid data found when processing input", 1)
+        "failed",
+        "FFmpeg failed: Invalid data found when processing input",
+        1,
+    )
 
 
 # -- the queue lost the job -----------------------------------------------------------------------
@@ -142,8 +154,11 @@ def test_jobs_lost_from_the_queue_are_queued_again_if_their_input_is_there(servi
 
     async def scenario():
         async with QueueClient(settings.redis_url, settings.queue) as queue:
-            for job_id, payload in ((queued_id, queued_payload), (active_id, active_payload),
-                                    (orphan_id, orphan_payload)):
+            for job_id, payload in (
+                (queued_id, queued_payload),
+                (active_id, active_payload),
+                (orphan_id, orphan_payload),
+            ):
                 await queue.enqueue(job_id, payload, priority=3 if job_id == queued_id else 0)
             repo.mark_active(db, active_id, "node-a", 1)
             assert delete_queue_keys(settings) > 0
@@ -154,17 +169,23 @@ def test_jobs_lost_from_the_queue_are_queued_again_if_their_input_is_there(servi
 
     actions, states, again = run(scenario())
     assert sorted((a.job_id, a.action) for a in actions) == sorted(
-        [(queued_id, "requeued"), (active_id, "requeued"), (orphan_id, "failed")])
+        [(queued_id, "requeued"), (active_id, "requeued"), (orphan_id, "failed")]
+    )
     assert states == {queued_id: "prioritized", active_id: "waiting", orphan_id: "unknown"}
     assert again.data == queued_payload, "the payload is rebuilt as the producer made it"
     assert again.opts["priority"] == 3
     for job_id in (queued_id, active_id):
         job = repo.get_job(db, job_id)
         assert (job.status, job.node, job.error) == (
-            "queued", None, "re-queued: the job was lost from the queue (Redis data loss?)")
+            "queued",
+            None,
+            "re-queued: the job was lost from the queue (Redis data loss?)",
+        )
     job = repo.get_job(db, orphan_id)
     assert (job.status, job.error) == (
-        "failed", "lost from the queue (Redis data loss?), and its input is no longer in storage")
+        "failed",
+        "lost from the queue (Redis data loss?), and its input is no longer in storage",
+    )
 
 
 # -- the job is back in the queue, its node is gone ------------------------------------------------
@@ -195,7 +216,11 @@ def test_an_active_row_whose_node_died_shows_queued_while_the_job_waits(services
     actions = run(scenario())
     assert [(a.job_id, a.action) for a in actions] == [(dead_id, "queued")]
     job = repo.get_job(db, dead_id)
-    assert (job.status, job.node, job.error) == ("queued", None, "node dead-node stopped responding; waiting for another node")
+    assert (job.status, job.node, job.error) == (
+        "queued",
+        None,
+        "node dead-node stopped responding; waiting for another node",
+    )
     assert repo.get_job(db, live_id).status == "active", "a node that says it runs the job keeps it"
 
 
@@ -256,8 +281,9 @@ def test_outputs_of_runs_that_lost_are_swept_after_the_job_completed(services, t
     repo.mark_active(db, rerun_id, "node-b", 2)
     repo.finish_job(db, rerun_id, "completed", attempt=2, outputs=[{"key": keys[2], "size": 1}])
     repo.mark_active(db, once_id, "node-a", 1)
-    repo.finish_job(db, once_id, "completed", attempt=1,
-                    outputs=[{"key": output_key(once_id, 1, "clip-360p-mp4.mp4"), "size": 1}])
+    repo.finish_job(
+        db, once_id, "completed", attempt=1, outputs=[{"key": output_key(once_id, 1, "clip-360p-mp4.mp4"), "size": 1}]
+    )
 
     async def scenario():
         async with QueueClient(settings.redis_url, settings.queue) as queue:
@@ -293,8 +319,12 @@ def test_one_pass_per_interval_on_the_whole_farm(redis_url):
     async def scenario():
         redis = redis_client(redis_url)
         stopping = asyncio.Event()
-        loops = [asyncio.ensure_future(reconcile_forever(CountingReconciler(passes, n), redis, settings.queue, n,
-                                                         stopping, interval)) for n in ("a", "b", "c")]
+        loops = [
+            asyncio.ensure_future(
+                reconcile_forever(CountingReconciler(passes, n), redis, settings.queue, n, stopping, interval)
+            )
+            for n in ("a", "b", "c")
+        ]
         await asyncio.sleep(4.0)
         stopping.set()
         await asyncio.wait_for(asyncio.gather(*loops), 5)
@@ -302,7 +332,7 @@ def test_one_pass_per_interval_on_the_whole_farm(redis_url):
 
     run(scenario())
     times = sorted(t for t, _ in passes)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # Three nodes each trying every 0.4-0.6 s would make ~20 passes; the lock lets one through
     # per ~0.36 s at most.
     assert 4 <= len(times) <= 12, times

@@ -35,8 +35,11 @@ def transcode(source: Path, out_dir: Path, config: OutputConfig) -> tuple[MediaI
     info = probe(source)
     output = out_dir / config.output_name
     percents: list[float] = []
-    result = run(run_ffmpeg(build_args(find_ffmpeg(), source, output, config, info),
-                            duration=info.duration, on_progress=percents.append))
+    result = run(
+        run_ffmpeg(
+            build_args(find_ffmpeg(), source, output, config, info), duration=info.duration, on_progress=percents.append
+        )
+    )
     assert isinstance(result, FFmpegResult)
     assert (result.returncode, result.cancelled) == (0, False)
     return info, probe(output), percents
@@ -106,16 +109,33 @@ def test_portrait_phone_clip_stays_portrait(make_clip, tmp_path, fmt):
     assert_is_rendition(source, out, config, percents)
 
 
-@pytest.mark.parametrize("suffix, remux", [
-    (".mkv", []), (".webm", ["-c:v", "libvpx-vp9", "-cpu-used", "8", "-c:a", "libopus"]),
-    (".ts", []), (".mpg", ["-c:v", "mpeg2video", "-c:a", "mp2"]), (".h264", ["-an", "-f", "h264"]),
-])
+@pytest.mark.parametrize(
+    "suffix, remux",
+    [
+        (".mkv", []),
+        (".webm", ["-c:v", "libvpx-vp9", "-cpu-used", "8", "-c:a", "libopus"]),
+        (".ts", []),
+        (".mpg", ["-c:v", "mpeg2video", "-c:a", "mp2"]),
+        (".h264", ["-an", "-f", "h264"]),
+    ],
+)
 def test_other_source_containers(make_clip, tmp_path, suffix, remux):
     """The node forces the probed demuxer with -f: each accepted container still reads under it."""
     source = tmp_path / f"source{suffix}"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y",
-                    "-i", str(make_clip(640, 360, 1.0, audio=True, fps=10)),
-                    *(remux or ["-c", "copy"]), str(source)], check=True)
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(make_clip(640, 360, 1.0, audio=True, fps=10)),
+            *(remux or ["-c", "copy"]),
+            str(source),
+        ],
+        check=True,
+    )
     config = OutputConfig("360p", "mp4")
     info, out, percents = transcode(source, tmp_path, config)
     assert (out.width, out.height, out.video_codec) == (640, 360, "h264")
@@ -151,8 +171,9 @@ def test_cancel_event_stops_ffmpeg(long_clip, tmp_path):
             cancel_requested.append(time.monotonic())
             cancel.set()
 
-        return await run_ffmpeg(realtime_args(long_clip, tmp_path / "out.webm"), duration=20.0,
-                                on_progress=on_progress, cancel=cancel)
+        return await run_ffmpeg(
+            realtime_args(long_clip, tmp_path / "out.webm"), duration=20.0, on_progress=on_progress, cancel=cancel
+        )
 
     result = run(scenario())
     assert result.cancelled
@@ -165,8 +186,13 @@ def test_cancel_event_stops_ffmpeg(long_clip, tmp_path):
 def test_task_cancellation_stops_ffmpeg(long_clip, tmp_path):
     async def scenario() -> list[int]:
         started = asyncio.Event()
-        task = asyncio.create_task(run_ffmpeg(realtime_args(long_clip, tmp_path / "out.webm"), duration=20.0,
-                                              on_progress=lambda percent: started.set()))
+        task = asyncio.create_task(
+            run_ffmpeg(
+                realtime_args(long_clip, tmp_path / "out.webm"),
+                duration=20.0,
+                on_progress=lambda percent: started.set(),
+            )
+        )
         await asyncio.wait_for(started.wait(), 30)
         pids = ffmpeg_children()
         assert pids
@@ -186,7 +212,11 @@ def test_task_cancellation_stops_ffmpeg(long_clip, tmp_path):
 STUBBORN = textwrap.dedent("""
     import signal, subprocess, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+    child = subprocess.Popen([
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
+    ])
     print(child.pid, file=sys.stderr, flush=True)
     print("out_time_us=1000000", "progress=continue", sep="\\n", flush=True)
     time.sleep(60)
@@ -196,8 +226,13 @@ STUBBORN = textwrap.dedent("""
 def test_cancel_kills_the_whole_group_even_if_sigterm_is_ignored():
     async def scenario() -> FFmpegResult:
         cancel = asyncio.Event()
-        return await run_ffmpeg([sys.executable, "-c", STUBBORN], duration=10.0,
-                                on_progress=lambda percent: cancel.set(), cancel=cancel, kill_grace=0.5)
+        return await run_ffmpeg(
+            [sys.executable, "-c", STUBBORN],
+            duration=10.0,
+            on_progress=lambda percent: cancel.set(),
+            cancel=cancel,
+            kill_grace=0.5,
+        )
 
     result = run(scenario(), timeout=30)
     assert result.cancelled and result.returncode == -signal.SIGKILL
@@ -247,7 +282,7 @@ def test_guard_holds_when_the_input_is_swapped_after_probe(clip, tmp_path):
 
     forced = args.index("-f")
     assert forced < args.index("-i") and args[forced + 1] == "mov"
-    unguarded = args[:forced] + args[forced + 2:]
+    unguarded = args[:forced] + args[forced + 2 :]
     assert _opens_fifo(unguarded, secret)  # control
 
     assert not _opens_fifo(args, secret)
@@ -257,8 +292,7 @@ def test_guard_holds_when_the_input_is_swapped_after_probe(clip, tmp_path):
 
 def _opens_fifo(args: list[str], fifo: Path, timeout: float = 20.0) -> bool:
     """Whether the command opened ``fifo`` for reading before it exited (then it is killed)."""
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -130,12 +130,15 @@ def test_a_folder_with_one_thing_no_run_makes_is_not_a_nodes(tmp_path):
 
 def test_a_work_dir_in_use_by_a_live_node_is_refused_naming_it_and_free_once_it_died(tmp_path):
     path = tmp_path / "work" / "shared"
-    holder = node_like(tmp_path, f"""
+    holder = node_like(
+        tmp_path,
+        f"""
         from pathlib import Path
         from farm_node.workdir import WorkDir
         held = WorkDir.claim(Path({str(path)!r}), "first")
         print("ready", flush=True)
-    """)
+    """,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         run = path / job_dir_name("job", 1)
@@ -158,12 +161,15 @@ def test_only_an_orphaned_ffmpeg_in_the_work_dir_is_killed(tmp_path):
     other = tmp_path / "work" / "n10"  # a neighbour whose path starts with ours
     orphan = orphaned(slow_ffmpeg(work.path / job_dir_name("dead-run", 1) / "output.mp4"))
     neighbours = orphaned(slow_ffmpeg(other / job_dir_name("job", 1) / "output.mp4"))
-    live_node = node_like(tmp_path, f"""
+    live_node = node_like(
+        tmp_path,
+        f"""
         import subprocess
         ffmpeg = subprocess.Popen({slow_ffmpeg(work.path / job_dir_name("live-run", 1) / "output.mp4")!r},
                                   start_new_session=True, stdin=subprocess.DEVNULL)
         print(ffmpeg.pid, flush=True)
-    """)
+    """,
+    )
     try:
         live_ffmpeg = int(live_node.stdout.readline())
         assert work.stop_orphans() == [orphan.pid]

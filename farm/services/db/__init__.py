@@ -1,37 +1,25 @@
 """The farm's database: models, migrations, and the job operations everyone shares.
 
-    from farm.services.db import open_database, repo
+from farm.services.db import open_database, repo
 
-    db = open_database(settings.effective_database_url)   # migrates to the current schema
-    video = repo.create_video(db, name=..., key=..., size=..., ...)
-    job = repo.create_job(db, video.id, config.to_payload())
-    print(repo.job_to_dict(job))
+db = open_database(settings.effective_database_url)   # migrates to the current schema
+video = repo.create_video(db, name=..., key=..., size=..., ...)
+job = repo.create_job(db, video.id, config.to_payload())
+print(repo.job_to_dict(job))
 """
 
-from farm.services.db.engine import Database, DatabaseError, alembic_config, error_line, is_unreachable, open_database
-from farm.services.db.models import (
-    FINISHED_STATUSES,
-    STATUSES,
-    TERMINAL_STATUSES,
-    Job,
-    JobStatus,
-    Video,
-    new_id,
-    utcnow,
-)
+from farm.domain.job import isoformat
 from farm.services.db import repo
-from farm.services.db.repo import PROBE_FIELDS, isoformat, job_to_dict, video_to_dict
+from farm.services.db.engine import Database, DatabaseError, alembic_config, error_line, is_unreachable, open_database
+from farm.services.db.models import Job, Video, new_id, utcnow
+from farm.services.db.repo import PROBE_FIELDS, job_to_dict, video_to_dict
 
 __all__ = [
     "error_line",
     "Database",
     "DatabaseError",
-    "FINISHED_STATUSES",
     "Job",
-    "JobStatus",
     "PROBE_FIELDS",
-    "STATUSES",
-    "TERMINAL_STATUSES",
     "Video",
     "alembic_config",
     "is_unreachable",

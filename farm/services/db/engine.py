@@ -21,11 +21,12 @@ callers that may wait it out (the node's processor) an outage from a real error.
 
 from __future__ import annotations
 
-import os
 import re
+import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -33,6 +34,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session, sessionmaker
+
+from farm.base.errors import FarmError
+from farm.base.redact import mask_password
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 10.0
@@ -43,15 +47,22 @@ PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 
 # SQLite's words for a file it cannot use for now (a writer holding it, a NAS mount gone).
 _SQLITE_OUTAGE = ("database is locked", "database is busy", "unable to open database file", "disk i/o error")
 # libpq's words for a refusal that no wait fixes (see is_refusal).
-_REFUSALS = ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
-             "permission denied", "name or service not known", "nodename nor servname provided")
+_REFUSALS = (
+    "authentication failed",
+    "no password supplied",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "name or service not known",
+    "nodename nor servname provided",
+)
 # Any fixed 64-bit number, the same in every process of every version: "EncoFlow" in ASCII.
 PG_MIGRATION_LOCK_KEY = 0x456E636F466C6F77
 
 _READ_ONLY = "encodeflow_read_only"  # execution option: SQLite begins deferred, not immediate
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(FarmError, RuntimeError):
     """The database cannot be opened; the message says which one (never its password) and why.
 
     ``config`` is true when the settings are wrong (bad URL, refused credentials, no such database,
@@ -69,9 +80,7 @@ class Database:
     def __init__(self, engine: sa.Engine):
         self.engine = engine
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
-        self._read_sessionmaker = sessionmaker(
-            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
-        )
+        self._read_sessionmaker = sessionmaker(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def url(self) -> str:
@@ -95,7 +104,7 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Database":
+    def __enter__(self) -> Database:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -117,7 +126,8 @@ def open_database(url: str) -> Database:
         raise DatabaseError(
             "the database URL is not a valid SQLAlchemy URL; expected e.g. "
             "postgresql+psycopg://user:password@host/dbname or sqlite:////path/to/encodeflow.db",
-            config=True) from None
+            config=True,
+        ) from None
     shown = parsed.render_as_string(hide_password=True)
     try:
         engine = _create_engine(parsed)
@@ -130,8 +140,9 @@ def open_database(url: str) -> Database:
         raise
     except (sa.exc.DBAPIError, OSError) as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {shown}: {driver_reason(exc, parsed)}",
-                            config=is_refusal(exc)) from None
+        raise DatabaseError(
+            f"cannot open database {shown}: {driver_reason(exc, parsed)}", config=is_refusal(exc)
+        ) from None
     return Database(engine)
 
 
@@ -214,7 +225,7 @@ def sqlite_path(url: sa.URL) -> Path | None:
     if database in ("", ":memory:") or url.query.get("mode") == "memory":
         return None
     if database.startswith("file:"):
-        database = database[len("file:"):].split("?", 1)[0]
+        database = database[len("file:") :].split("?", 1)[0]
     return Path(database).expanduser()
 
 
@@ -276,7 +287,8 @@ def _is_current(engine: sa.Engine, script: ScriptDirectory) -> bool:
     if unknown:
         raise DatabaseError(
             f"the database schema is at revision {', '.join(sorted(unknown))}, made by a newer "
-            "EncodeFlow than this one; upgrade EncodeFlow on this machine", config=True
+            "EncodeFlow than this one; upgrade EncodeFlow on this machine",
+            config=True,
         )
     return current == set(script.get_heads())
 
@@ -300,7 +312,7 @@ def _migration_lock(engine: sa.Engine, connection: sa.Connection) -> Iterator[No
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between processes, released when the block ends (or the process dies)."""
     with open(path, "a+b") as handle:
-        if os.name == "nt":
+        if sys.platform == "win32":
             import msvcrt
 
             handle.seek(0)
@@ -330,6 +342,4 @@ def driver_reason(exc: BaseException, url: sa.URL) -> str:
     original = getattr(exc, "orig", None) or exc
     text = " ".join(str(original).split()) or type(original).__name__
     text = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text)
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return text
+    return mask_password(text, None if url.password is None else str(url.password))

@@ -12,8 +12,7 @@ must describe the same tables (a test compares them).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from enum import StrEnum
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from farm.domain.object_keys import MAX_ID_CHARS
 from farm.domain.payload import MAX_NAME_CHARS, MAX_SUBMITTED_BY_CHARS
+from farm.domain.status import JobStatus
 
 # Deterministic constraint names, so later migrations can refer to them (and SQLite batch mode works).
 NAMING_CONVENTION = {
@@ -37,27 +37,12 @@ NAMING_CONVENTION = {
 ID_LENGTH = MAX_ID_CHARS
 
 
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    ACTIVE = "active"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
-# A job in one of these states is settled for good: no run may change it any more. A failed job is
-# not among them, because it may be retried.
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED.value, JobStatus.CANCELLED.value})
-FINISHED_STATUSES = frozenset({JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
-
-
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -76,15 +61,15 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one (e.g. UTC)")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
@@ -122,9 +107,7 @@ class Job(Base):
         # The paged jobs list filters by status and sorts by age; the leading status column also
         # serves plain status lookups, so status needs no index of its own.
         sa.Index("ix_jobs_status_created_at", "status", "created_at"),
-        sa.CheckConstraint(
-            "status IN ('queued', 'active', 'completed', 'failed', 'cancelled')", name="status_known"
-        ),
+        sa.CheckConstraint("status IN ('queued', 'active', 'completed', 'failed', 'cancelled')", name="status_known"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True, default=new_id)

@@ -15,27 +15,22 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, contains_eager
 
-from farm.services.db.engine import Database
-from farm.services.db.models import (
-    FINISHED_STATUSES,
-    STATUSES,
-    TERMINAL_STATUSES,
-    Job,
-    JobStatus,
-    Video,
-    new_id,
-    utcnow,
-)
+from farm.base.untrusted import cut, printable, shown
+from farm.domain.job import ORDER_FIELDS, JobVideo
+from farm.domain.job import Job as JobView  # the ORM's Job is the row
 from farm.domain.object_keys import InvalidKeyError, validate_id
 from farm.domain.payload import JobPayload, PayloadError, salvage
-from farm.base.untrusted import cut, printable, shown
+from farm.domain.status import ENDED_STATUSES, FINAL_STATUSES, STATUSES, JobStatus
+from farm.services.db.engine import Database
+from farm.services.db.models import Job, Video, new_id, utcnow
 
 LOG_TAIL_MAX_CHARS = 16_000
 # Errors come from anywhere (FFmpeg, BullMQ's failedReason, which any worker writes): each is stored
@@ -52,16 +47,36 @@ _VIDEO_ID_NAMESPACE = uuid.UUID("5b0e3c1e-6a8f-4f0e-9d3a-6e6f64656661")
 
 # -- creating --------------------------------------------------------------------------------
 
+
 def create_video(
-    db: Database, *, name: str, key: str, size: int, duration: float, width: int, height: int,
-    video_codec: str, container: str, audio_codec: str | None = None, submitted_by: str = "",
+    db: Database,
+    *,
+    name: str,
+    key: str,
+    size: int,
+    duration: float,
+    width: int,
+    height: int,
+    video_codec: str,
+    container: str,
+    audio_codec: str | None = None,
+    submitted_by: str = "",
     id: str | None = None,
 ) -> Video:
     """Record an uploaded input. Pass ``id`` when the upload key already contains it."""
     video = Video(
-        id=id or new_id(), name=name, key=key, size=size, duration=duration, width=width,
-        height=height, video_codec=video_codec, audio_codec=audio_codec, container=container,
-        submitted_by=submitted_by, created_at=utcnow(),
+        id=id or new_id(),
+        name=name,
+        key=key,
+        size=size,
+        duration=duration,
+        width=width,
+        height=height,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        container=container,
+        submitted_by=submitted_by,
+        created_at=utcnow(),
     )
     with db.session() as session:
         session.add(video)
@@ -78,15 +93,27 @@ def create_job(
             raise LookupError(f"no video with id {video_id!r}")
         now = utcnow()
         job = Job(
-            id=job_id or new_id(), video=video, config=dict(config), status=JobStatus.QUEUED.value,
-            progress=0.0, priority=priority, attempts=0, outputs=[], created_at=now, updated_at=now,
+            id=job_id or new_id(),
+            video=video,
+            config=dict(config),
+            status=JobStatus.QUEUED.value,
+            progress=0.0,
+            priority=priority,
+            attempts=0,
+            outputs=[],
+            created_at=now,
+            updated_at=now,
         )
         session.add(job)
     return job
 
 
 def ensure_from_payload(
-    db: Database, payload: JobPayload, probe_fields: Mapping[str, Any], *, created_at: datetime | None = None,
+    db: Database,
+    payload: JobPayload,
+    probe_fields: Mapping[str, Any],
+    *,
+    created_at: datetime | None = None,
 ) -> Job:
     """The job for a validated queue payload, creating it (and its video) if no one recorded them.
 
@@ -104,10 +131,10 @@ def ensure_from_payload(
     if missing:
         raise ValueError(f"probe fields missing: {', '.join(missing)}")
     video = {field: probe_fields.get(field) for field in PROBE_FIELDS}
-    video.update(id=payload.video_id, name=payload.input_name, key=payload.input_key,
-                 submitted_by=payload.submitted_by)
-    return _insert_job(db, payload.job_id, video, config=payload.config.to_payload(), priority=payload.priority,
-                       created_at=created_at)
+    video.update(id=payload.video_id, name=payload.input_name, key=payload.input_key, submitted_by=payload.submitted_by)
+    return _insert_job(
+        db, payload.job_id, video, config=payload.config.to_payload(), priority=payload.priority, created_at=created_at
+    )
 
 
 def check_payload(db: Database, payload: JobPayload) -> None:
@@ -121,13 +148,17 @@ def check_payload(db: Database, payload: JobPayload) -> None:
         job = session.get(Job, payload.job_id)
         if job is not None:
             if job.video.key != payload.input_key:
-                raise PayloadError("input.key", f"job {payload.job_id} is recorded with another input, "
-                                                f"not {shown(payload.input_key)}")
+                raise PayloadError(
+                    "input.key", f"job {payload.job_id} is recorded with another input, not {shown(payload.input_key)}"
+                )
             return
         video = session.get(Video, payload.video_id)
     if video is not None and video.key != payload.input_key:
-        raise PayloadError("videoId", f"video {payload.video_id} is recorded with another input, not "
-                                      f"{shown(payload.input_key)}; a job may only be attached to its own video")
+        raise PayloadError(
+            "videoId",
+            f"video {payload.video_id} is recorded with another input, not "
+            f"{shown(payload.input_key)}; a job may only be attached to its own video",
+        )
 
 
 def record_refusal(db: Database, bull_job_id: Any, data: Any, error: str, *, attempt: int) -> Job | None:
@@ -142,11 +173,19 @@ def record_refusal(db: Database, bull_job_id: Any, data: Any, error: str, *, att
     job_id = refusal_job_id(bull_job_id)
     if get_job(db, job_id) is None:
         found = salvage(data)
-        video = dict(id=str(uuid.uuid5(_VIDEO_ID_NAMESPACE, f"refused/{job_id}")),
-                     name=found.get("input_name") or "(invalid payload)", key=found.get("input_key", ""),
-                     size=0, duration=0.0,
-                     width=0, height=0, video_codec="", audio_codec=None, container=REFUSED_CONTAINER,
-                     submitted_by=found.get("submitted_by", ""))
+        video = dict(
+            id=str(uuid.uuid5(_VIDEO_ID_NAMESPACE, f"refused/{job_id}")),
+            name=found.get("input_name") or "(invalid payload)",
+            key=found.get("input_key", ""),
+            size=0,
+            duration=0.0,
+            width=0,
+            height=0,
+            video_codec="",
+            audio_codec=None,
+            container=REFUSED_CONTAINER,
+            submitted_by=found.get("submitted_by", ""),
+        )
         config = found["config"].to_payload() if "config" in found else {}
         _insert_job(db, job_id, video, config=config, priority=found.get("priority", 0))
     finish_job(db, job_id, JobStatus.FAILED.value, attempt=attempt, error=error)
@@ -163,12 +202,27 @@ def refusal_job_id(bull_job_id: Any) -> str:
         return f"refused-{digest[:32]}"
 
 
-def _insert_job(db: Database, job_id: str, video: dict[str, Any], *, config: dict[str, Any], priority: int,
-                created_at: datetime | None = None) -> Job:
+def _insert_job(
+    db: Database,
+    job_id: str,
+    video: dict[str, Any],
+    *,
+    config: dict[str, Any],
+    priority: int,
+    created_at: datetime | None = None,
+) -> Job:
     now = utcnow()
     job_row = dict(
-        id=job_id, video_id=video["id"], config=config, status=JobStatus.QUEUED.value, progress=0.0,
-        priority=priority, attempts=0, outputs=[], created_at=created_at or now, updated_at=now,
+        id=job_id,
+        video_id=video["id"],
+        config=config,
+        status=JobStatus.QUEUED.value,
+        progress=0.0,
+        priority=priority,
+        attempts=0,
+        outputs=[],
+        created_at=created_at or now,
+        updated_at=now,
     )
     with db.session() as session:
         _insert_if_absent(session, Video, {**video, "created_at": now})
@@ -180,6 +234,7 @@ def _insert_job(db: Database, job_id: str, video: dict[str, Any], *, config: dic
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def get_job(db: Database, job_id: str) -> Job | None:
     """The job, its ``video`` loaded, or None."""
@@ -198,22 +253,25 @@ def get_video(db: Database, video_id: str) -> Video | None:
         return session.get(Video, video_id)
 
 
-# What ``list_jobs`` can sort by (the panel's sortable columns).
-ORDER_FIELDS = ("created_at", "name", "status", "progress", "finished_at")
-
-
 def list_jobs(
-    db: Database, status: str | Collection[str] | None = None, text: str | None = None,
-    since: datetime | None = None, until: datetime | None = None,
-    limit: int = 100, offset: int = 0, newest_first: bool = True,
-    order_by: str = "created_at", descending: bool | None = None,
+    db: Database,
+    status: str | Collection[str] | None = None,
+    text: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    newest_first: bool = True,
+    order_by: str = "created_at",
+    descending: bool | None = None,
 ) -> list[tuple[Job, Video]]:
     """One page of ``(job, video)`` pairs, newest first unless told otherwise.
 
     ``status`` is one status or several; ``text`` matches part of the video's name or the
     job id, ignoring case; ``since <= created_at < until``. ``order_by`` is one of
     ``ORDER_FIELDS`` (``descending`` defaults to ``newest_first``); ties are broken by age and
-    id in the same direction, so pages never overlap. ``order_key`` sorts job dicts the same way.
+    id in the same direction, so pages never overlap. ``farm.domain.job.order_key`` sorts job JSON the
+    same way.
     """
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must not be negative")
@@ -231,32 +289,12 @@ def list_jobs(
         return [(job, job.video) for job in session.scalars(query)]
 
 
-def order_key(order_by: str = "created_at"):
-    """A ``sorted`` key for ``job_to_dict`` dicts that matches ``list_jobs(order_by=...)`` ascending
-    (use ``reverse=True`` for descending), so a client can place one changed job among a page."""
-    if order_by not in ORDER_FIELDS:
-        raise ValueError(f"cannot sort jobs by {order_by!r}; choose from {', '.join(ORDER_FIELDS)}")
-
-    def key(job: Mapping[str, Any]) -> tuple:
-        if order_by == "name":
-            primary: tuple = ((job.get("video") or {}).get("name", "").lower(),)
-        elif order_by == "status":
-            primary = (_status_rank(job["status"]),)
-        elif order_by == "progress":
-            primary = (float(job.get("progress") or 0.0),)
-        elif order_by == "finished_at":
-            primary = (job.get("finished_at") is None, job.get("finished_at") or "")
-        else:
-            primary = ()
-        # ISO strings from ``isoformat`` all have one form, so they compare as the moments do.
-        return (*primary, job["created_at"] or "", job["id"])
-
-    return key
-
-
 def count_jobs(
-    db: Database, status: str | Collection[str] | None = None, text: str | None = None,
-    since: datetime | None = None, until: datetime | None = None,
+    db: Database,
+    status: str | Collection[str] | None = None,
+    text: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> int:
     """How many jobs ``list_jobs`` would page through with the same filters."""
     query = _filtered(sa.select(sa.func.count()).select_from(Job).join(Job.video), status, text, since, until)
@@ -276,15 +314,16 @@ def finished_since(db: Database, since: datetime) -> dict[str, int]:
     """Jobs that finished at or after ``since``, by final status (0 included)."""
     query = (
         sa.select(Job.status, sa.func.count())
-        .where(Job.finished_at >= since, Job.status.in_(FINISHED_STATUSES))
+        .where(Job.finished_at >= since, Job.status.in_(ENDED_STATUSES))
         .group_by(Job.status)
     )
     with db.session(read_only=True) as session:
         counts = {status: count for status, count in session.execute(query).tuples()}
-    return {status: counts.get(status, 0) for status in STATUSES if status in FINISHED_STATUSES}
+    return {status: counts.get(status, 0) for status in STATUSES if status in ENDED_STATUSES}
 
 
 # -- state changes ---------------------------------------------------------------------------
+
 
 def mark_active(db: Database, job_id: str, node: str, attempt: int) -> bool:
     """A node starts a run. False if the job is settled (or unknown): the node must not run it.
@@ -298,10 +337,17 @@ def mark_active(db: Database, job_id: str, node: str, attempt: int) -> bool:
         if created_at is None:
             return False
         wait = max(0.0, (now - created_at).total_seconds())
-        return _update(
-            session, job_id, Job.status.not_in(TERMINAL_STATUSES),
-            status=JobStatus.ACTIVE.value, node=node, attempts=attempt, progress=0.0,
-            error=None, finished_at=None, started_at=now,
+        return update_where(
+            session,
+            job_id,
+            Job.status.not_in(FINAL_STATUSES),
+            status=JobStatus.ACTIVE.value,
+            node=node,
+            attempts=attempt,
+            progress=0.0,
+            error=None,
+            finished_at=None,
+            started_at=now,
             queue_wait_seconds=sa.func.coalesce(Job.queue_wait_seconds, wait),
         )
 
@@ -312,12 +358,19 @@ def update_progress(db: Database, job_id: str, progress: float, node: str | None
     if node is not None:
         conditions.append(Job.node == node)
     with db.session() as session:
-        return _update(session, job_id, *conditions, progress=_percent(progress))
+        return update_where(session, job_id, *conditions, progress=_percent(progress))
 
 
 def finish_job(
-    db: Database, job_id: str, status: str, *, attempt: int, outputs: list[dict[str, Any]] | None = None,
-    error: str | None = None, log_tail: str | None = None, node: str | None = None,
+    db: Database,
+    job_id: str,
+    status: str,
+    *,
+    attempt: int,
+    outputs: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+    log_tail: str | None = None,
+    node: str | None = None,
 ) -> bool:
     """Settle a run's result, unless the job is already completed or cancelled.
 
@@ -325,8 +378,8 @@ def finish_job(
     result (or the user's cancel) stands. ``node``: the node that made the result; the row names
     it (another run may have marked the row active on its node since this run started).
     """
-    if status not in FINISHED_STATUSES:
-        raise ValueError(f"a job finishes as one of {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}")
+    if status not in ENDED_STATUSES:
+        raise ValueError(f"a job finishes as one of {', '.join(sorted(ENDED_STATUSES))}, not {status!r}")
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -343,7 +396,7 @@ def finish_job(
     if node is not None:
         values["node"] = node
     with db.session() as session:
-        return _update(session, job_id, Job.status.not_in(TERMINAL_STATUSES), **values)
+        return update_where(session, job_id, Job.status.not_in(FINAL_STATUSES), **values)
 
 
 def requeue(db: Database, job_id: str, note: str | None = None) -> bool:
@@ -353,93 +406,109 @@ def requeue(db: Database, job_id: str, note: str | None = None) -> bool:
     the job is completed (or unknown).
     """
     with db.session() as session:
-        return _update(
-            session, job_id, Job.status != JobStatus.COMPLETED.value,
-            status=JobStatus.QUEUED.value, progress=0.0, error=error_text(note), finished_at=None, node=None,
+        return update_where(
+            session,
+            job_id,
+            Job.status != JobStatus.COMPLETED.value,
+            status=JobStatus.QUEUED.value,
+            progress=0.0,
+            error=error_text(note),
+            finished_at=None,
+            node=None,
         )
 
 
 def note_retry(db: Database, job_id: str, message: str) -> bool:
     """A run failed and the queue will try again: the job waits, with ``message`` as its error."""
     with db.session() as session:
-        return _update(
-            session, job_id, Job.status.not_in(TERMINAL_STATUSES),
-            status=JobStatus.QUEUED.value, progress=0.0, error=error_text(message), finished_at=None,
+        return update_where(
+            session,
+            job_id,
+            Job.status.not_in(FINAL_STATUSES),
+            status=JobStatus.QUEUED.value,
+            progress=0.0,
+            error=error_text(message),
+            finished_at=None,
         )
 
 
 def mark_cancelled(db: Database, job_id: str, reason: str) -> bool:
     """Cancel a job that is not settled yet; ``reason`` becomes its error. False otherwise."""
     with db.session() as session:
-        return _update(
-            session, job_id, Job.status.not_in(TERMINAL_STATUSES),
-            status=JobStatus.CANCELLED.value, error=error_text(reason), finished_at=utcnow(),
+        return update_where(
+            session,
+            job_id,
+            Job.status.not_in(FINAL_STATUSES),
+            status=JobStatus.CANCELLED.value,
+            error=error_text(reason),
+            finished_at=utcnow(),
         )
 
 
-# -- the job's JSON ------------------------------------------------------------------------------
+# -- the job as its readers see it ----------------------------------------------------------------
+
+
+def to_job(job: Job, video: Video | None = None) -> JobView:
+    """The row (and its video: ``video``, else the one loaded with it) as a ``farm.domain.job.Job``."""
+    return JobView(
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        attempts=job.attempts,
+        node=job.node,
+        error=job.error,
+        config=job.config,
+        priority=job.priority,
+        video=to_video(video if video is not None else job.video),
+        outputs=tuple(job.outputs or ()),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        queue_wait_seconds=job.queue_wait_seconds,
+        log_tail=job.log_tail,
+    )
+
+
+def to_video(video: Video) -> JobVideo:
+    return JobVideo(
+        id=video.id,
+        name=video.name,
+        key=video.key,
+        size=video.size,
+        duration=video.duration,
+        width=video.width,
+        height=video.height,
+        video_codec=video.video_codec,
+        audio_codec=video.audio_codec,
+        container=video.container,
+        submitted_by=video.submitted_by,
+        created_at=video.created_at,
+    )
+
 
 def job_to_dict(job: Job, video: Video | None = None) -> dict[str, Any]:
-    """The job as the CLI's ``--json`` and scripts see it; timestamps are ISO 8601 UTC strings."""
-    video = video if video is not None else job.video
-    outputs = list(job.outputs or [])
-    first = outputs[0] if outputs else None
-    return {
-        "id": job.id,
-        "status": job.status,
-        "progress": job.progress,
-        "attempts": job.attempts,
-        "node": job.node,
-        "error": job.error,
-        "config": job.config,
-        "priority": job.priority,
-        "video": video_to_dict(video) if video is not None else None,
-        "output": {"key": first.get("key"), "size": first.get("size")} if first else None,
-        "outputs": outputs,
-        "created_at": isoformat(job.created_at),
-        "started_at": isoformat(job.started_at),
-        "finished_at": isoformat(job.finished_at),
-        "updated_at": isoformat(job.updated_at),
-        "queue_wait_seconds": job.queue_wait_seconds,
-        "log_tail": job.log_tail,
-    }
+    """The job as the CLI's ``--json`` and scripts see it (``farm.domain.job.Job.to_json``)."""
+    return to_job(job, video).to_json()
 
 
 def video_to_dict(video: Video) -> dict[str, Any]:
-    return {
-        "id": video.id,
-        "name": video.name,
-        "key": video.key,
-        "size": video.size,
-        "duration": video.duration,
-        "width": video.width,
-        "height": video.height,
-        "video_codec": video.video_codec,
-        "audio_codec": video.audio_codec,
-        "container": video.container,
-        "submitted_by": video.submitted_by,
-        "created_at": isoformat(video.created_at),
-    }
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    """``2024-05-01T12:00:00.123Z``, the form JavaScript's ``toISOString`` gives."""
-    if moment is None:
-        return None
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return to_video(video).to_json()
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _update(session: Session, job_id: str, *conditions: Any, **values: Any) -> bool:
-    """One conditional UPDATE of a job; True if it changed the row."""
+
+def update_where(session: Session, job_id: str, *conditions: Any, **values: Any) -> bool:
+    """One conditional UPDATE of a job (``updated_at`` set to now); True if it changed the row, False
+    if the row did not meet ``conditions`` (someone else changed it first)."""
     statement = (
         sa.update(Job)
         .where(Job.id == job_id, *conditions)
         .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
-    return session.execute(statement).rowcount == 1
+    return cast("sa.CursorResult[Any]", session.execute(statement)).rowcount == 1
 
 
 def _insert_if_absent(session: Session, model: type[Video] | type[Job], values: dict[str, Any]) -> None:
@@ -455,8 +524,13 @@ def _insert_if_absent(session: Session, model: type[Video] | type[Job], values: 
         pass  # another caller inserted it first
 
 
-def _filtered(query: sa.Select, status: str | Collection[str] | None, text: str | None,
-              since: datetime | None, until: datetime | None) -> sa.Select:
+def _filtered(
+    query: sa.Select[Any],
+    status: str | Collection[str] | None,
+    text: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> sa.Select[Any]:
     if status is not None:
         wanted = [status] if isinstance(status, str) else list(status)
         unknown = set(wanted) - set(STATUSES)
@@ -464,8 +538,9 @@ def _filtered(query: sa.Select, status: str | Collection[str] | None, text: str 
             raise ValueError(f"unknown status {', '.join(sorted(unknown))}; choose from {', '.join(STATUSES)}")
         query = query.where(Job.status.in_(wanted))
     if text:
-        query = query.where(sa.or_(Video.name.icontains(text, autoescape=True),
-                                   Job.id.icontains(text, autoescape=True)))
+        query = query.where(
+            sa.or_(Video.name.icontains(text, autoescape=True), Job.id.icontains(text, autoescape=True))
+        )
     if since is not None:
         query = query.where(Job.created_at >= since)
     if until is not None:
@@ -492,10 +567,6 @@ def _order_columns(order_by: str, dialect: str) -> list[Any]:
         unfinished = sa.case((Job.finished_at.is_(None), 1), else_=0)
         return [unfinished, Job.finished_at, *tie_break]
     return tie_break
-
-
-def _status_rank(status: str) -> int:
-    return STATUSES.index(status) if status in STATUSES else len(STATUSES)
 
 
 def error_text(error: str | None) -> str | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit
 from urllib.request import url2pathname
 
+from farm.base.redact import redact_url
 from farm.domain.object_keys import InvalidKeyError, normalize_prefix
-from farm.base.settings import redact_url
 from farm.services.storage.base import (
     ObjectNotFound,
     ProgressCallback,
@@ -64,7 +65,7 @@ def open_storage(url: str, policy: RetryPolicy | None = None) -> Storage:
     raise StorageError(f"unsupported storage URL {shown!r}; {_FORMS}")
 
 
-def _open_s3(parts, shown: str, policy: RetryPolicy) -> Storage:
+def _open_s3(parts: SplitResult, shown: str, policy: RetryPolicy) -> Storage:
     from farm.services.storage.s3 import S3Storage  # boto3 takes a while to import; folder users skip it
 
     if "@" in parts.netloc:
@@ -83,7 +84,7 @@ def _open_s3(parts, shown: str, policy: RetryPolicy) -> Storage:
     return S3Storage(parts.netloc, prefix, policy=policy)
 
 
-def _open_folder(parts, shown: str, policy: RetryPolicy) -> Storage:
+def _open_folder(parts: SplitResult, shown: str, policy: RetryPolicy) -> Storage:
     if parts.netloc not in ("", "localhost"):
         raise StorageError(
             f"storage URL {shown!r} is not an absolute local path (the folder went into the host "
@@ -97,7 +98,7 @@ def _open_folder(parts, shown: str, policy: RetryPolicy) -> Storage:
     return LocalStorage(path, policy=policy)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # S3Storage is re-exported lazily so that importing farm.services.storage does not import boto3.
     if name == "S3Storage":
         from farm.services.storage.s3 import S3Storage

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+
+from farm.base.errors import FarmError
 
 ProgressCallback = Callable[[int], None]
 """Called with the bytes transferred so far (cumulative, never decreasing), ending at the size.
@@ -32,7 +34,7 @@ class StoredObject:
     modified: datetime  # timezone-aware, UTC
 
 
-class StorageError(RuntimeError):
+class StorageError(FarmError, RuntimeError):
     """A storage operation failed; the message says what failed and what to do. Never holds secrets."""
 
 

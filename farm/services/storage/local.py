@@ -28,9 +28,10 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path, PurePath
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from typing import BinaryIO, TypeVar
 
 import psutil
 
@@ -56,9 +57,19 @@ STALE_TEMP_SECONDS = 24 * 3600  # a temp file this old has no live writer, whate
 _TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}[0-9a-f]{{32}}-(?P<pid>\d+)-(?P<host>.+)")
 _PROBE_NAME = re.compile(rf"{re.escape(PROBE_PREFIX)}[0-9a-f]{{32}}")
 # What a NAS (NFS, SMB) answers while it is away or failing over: worth waiting for.
-_NAS_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
-               errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNABORTED,
-               errno.ECONNRESET, errno.ECONNREFUSED}
+_NAS_ERRNOS = {
+    errno.EIO,
+    errno.ESTALE,
+    errno.ENOTCONN,
+    errno.ETIMEDOUT,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.ECONNABORTED,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+}
 
 
 class LocalStorage(Storage):
@@ -166,7 +177,7 @@ class LocalStorage(Storage):
                     yield StoredObject(
                         key="/".join((*relative, name)),
                         size=stat.st_size,
-                        modified=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+                        modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
                     )
 
     def delete(self, key: str) -> None:
@@ -235,8 +246,9 @@ class LocalStorage(Storage):
                     if match is None and not _PROBE_NAME.fullmatch(name):
                         continue
                     path = os.path.join(folder, name)
-                    mine_and_dead = (match is not None and match["host"] == host
-                                     and not psutil.pid_exists(int(match["pid"])))
+                    mine_and_dead = (
+                        match is not None and match["host"] == host and not psutil.pid_exists(int(match["pid"]))
+                    )
                     try:
                         if mine_and_dead or now - os.lstat(path).st_mtime > stale_after:
                             os.unlink(path)
@@ -246,8 +258,12 @@ class LocalStorage(Storage):
         except OSError as exc:
             log.warning("could not sweep temp files in %s: %s", self.root, _reason(exc))
         if removed:
-            log.info("removed %d temp file(s) left in %s by interrupted uploads: %s", len(removed),
-                     self.root, ", ".join(os.path.relpath(p, self.root) for p in removed[:5]))
+            log.info(
+                "removed %d temp file(s) left in %s by interrupted uploads: %s",
+                len(removed),
+                self.root,
+                ", ".join(os.path.relpath(p, self.root) for p in removed[:5]),
+            )
         return len(removed)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -259,13 +275,21 @@ class LocalStorage(Storage):
 
     def _retrying(self, call: Callable[[], T], action: str, cancel: threading.Event | None = None) -> T:
         def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
-            return StorageUnavailable(unavailable_message(
-                self.url, action, seconds, tries, reason,
-                "check that the folder (or the network share it is on) is mounted and reachable "
-                "from this machine, then try again"))
+            return StorageUnavailable(
+                unavailable_message(
+                    self.url,
+                    action,
+                    seconds,
+                    tries,
+                    reason,
+                    "check that the folder (or the network share it is on) is mounted and reachable "
+                    "from this machine, then try again",
+                )
+            )
 
-        return self.policy.run(call, transient=_transient_reason, unavailable=unavailable, cancel=cancel,
-                               what=f"{action} in {self.root}")
+        return self.policy.run(
+            call, transient=_transient_reason, unavailable=unavailable, cancel=cancel, what=f"{action} in {self.root}"
+        )
 
     def _path(self, key: str) -> Path:
         parts = split_key(key)

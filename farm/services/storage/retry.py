@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
+from farm.base.backoff import Backoff
+from farm.base.settings import Settings
 from farm.services.storage.base import StorageError, TransferCancelled
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
 
 
 class StorageUnavailable(StorageError):
@@ -42,15 +44,24 @@ class RetryPolicy:
     read_timeout: float = 60.0  # S3: seconds without a byte before a request counts as failed
 
     @classmethod
-    def from_settings(cls, settings) -> "RetryPolicy":
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
         """The policy ``farm.base.settings.Settings`` asks for (its ``storage_*`` fields; unset: the defaults)."""
-        values = {"give_up_after": settings.storage_retry_seconds, "connect_timeout": settings.storage_connect_timeout,
-                  "read_timeout": settings.storage_read_timeout}
+        values = {
+            "give_up_after": settings.storage_retry_seconds,
+            "connect_timeout": settings.storage_connect_timeout,
+            "read_timeout": settings.storage_read_timeout,
+        }
         return cls(**{name: float(value) for name, value in values.items() if value is not None})
 
-    def run(self, call: Callable[[], T], *, transient: Callable[[BaseException], str | None],
-            unavailable: Callable[[float, int, str], StorageUnavailable],
-            cancel: threading.Event | None = None, what: str = "storage call") -> T:
+    def run(
+        self,
+        call: Callable[[], T],
+        *,
+        transient: Callable[[BaseException], str | None],
+        unavailable: Callable[[float, int, str], StorageUnavailable],
+        cancel: threading.Event | None = None,
+        what: str = "storage call",
+    ) -> T:
         """``call()`` until it succeeds, fails for good, or has failed for ``give_up_after`` seconds.
 
         ``transient(exc)`` says why an error may pass (a short reason, e.g. "connection refused"),
@@ -59,7 +70,7 @@ class RetryPolicy:
         is set raises ``TransferCancelled`` (not the outage's error).
         """
         first_failure = None
-        delay = self.first_delay
+        backoff = Backoff(first=self.first_delay, cap=self.max_delay)
         tries = 0
         while True:
             tries += 1
@@ -78,9 +89,8 @@ class RetryPolicy:
                 left = self.give_up_after - waited
                 if left <= 0:
                     raise unavailable(waited, tries, reason) from None
-                pause = min(delay, left)
+                pause = min(backoff.next(), left)
                 log.warning("%s failed (%s); retry %d in %.1f s", what, reason, tries, pause)
-                delay = min(delay * 2, self.max_delay)
             if cancel is not None:
                 cancel.wait(pause)
             else:
@@ -90,5 +100,7 @@ class RetryPolicy:
 def unavailable_message(url: str, action: str, seconds: float, tries: int, reason: str, advice: str) -> str:
     """The one wording of "storage did not answer", shared by the backends (users see it on jobs)."""
     tried = "once" if tries == 1 else f"{tries} times"
-    return (f"storage {url} did not answer (tried {tried} over {seconds:.0f} s; last: {reason}) "
-            f"when trying to {action}; {advice}")
+    return (
+        f"storage {url} did not answer (tried {tried} over {seconds:.0f} s; last: {reason}) "
+        f"when trying to {action}; {advice}"
+    )

@@ -21,9 +21,10 @@ import mimetypes
 import os
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -34,7 +35,6 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
-    ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
@@ -42,13 +42,16 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
+from farm.base.redact import redact_url
 from farm.domain.object_keys import InvalidKeyError, join_key, normalize_prefix
-from farm.base.settings import redact_url
 from farm.services.storage.base import (
     INTERNAL_PREFIX,
     ObjectNotFound,
@@ -78,16 +81,24 @@ _SERVER_BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeo
 class S3Storage(Storage):
     """Objects under ``prefix`` in ``bucket``; the key ``a/b`` is the S3 object ``<prefix>/a/b``."""
 
-    def __init__(self, bucket: str, prefix: str = "", session: boto3.session.Session | None = None,
-                 policy: RetryPolicy | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        session: boto3.session.Session | None = None,
+        policy: RetryPolicy | None = None,
+    ):
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.policy = policy or RetryPolicy()
         self._session = session or boto3.session.Session()
-        self._client = _make_client(self._session, max_attempts=REQUEST_ATTEMPTS,
-                                    connect_timeout=self.policy.connect_timeout,
-                                    read_timeout=self.policy.read_timeout)
+        self._client = _make_client(
+            self._session,
+            max_attempts=REQUEST_ATTEMPTS,
+            connect_timeout=self.policy.connect_timeout,
+            read_timeout=self.policy.read_timeout,
+        )
         # Multipart uploads started and not yet completed or aborted, by object key, so that a
         # failed upload can abort its own parts; and those whose abort did not get through.
         self._uploads_lock = threading.Lock()
@@ -104,7 +115,8 @@ class S3Storage(Storage):
 
     @property
     def endpoint(self) -> str:
-        return self._client.meta.endpoint_url
+        endpoint: str = self._client.meta.endpoint_url
+        return endpoint
 
     # -- transfers ---------------------------------------------------------------------------
     def upload_file(
@@ -180,7 +192,7 @@ class S3Storage(Storage):
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        size = future.meta.size
+        size: int = future.meta.size
         tracker.finish(size)
         return size
 
@@ -222,8 +234,7 @@ class S3Storage(Storage):
         try:
             action = f"read the size of {key!r}"
             with self._errors(action, key):
-                head = self._retrying(lambda: self._client.head_object(Bucket=self.bucket, Key=object_key),
-                                      action)
+                head = self._retrying(lambda: self._client.head_object(Bucket=self.bucket, Key=object_key), action)
         except ObjectNotFound:
             return None
         return int(head["ContentLength"])
@@ -236,13 +247,13 @@ class S3Storage(Storage):
         with self._errors(f"list {prefix or 'the root'}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
                 for item in page.get("Contents", []):
-                    key = item["Key"][len(base):]
+                    key = item["Key"][len(base) :]
                     if key.rsplit("/", 1)[-1].startswith(INTERNAL_PREFIX):
                         continue
                     yield StoredObject(
                         key=key,
                         size=int(item["Size"]),
-                        modified=item["LastModified"].astimezone(timezone.utc),
+                        modified=item["LastModified"].astimezone(UTC),
                     )
 
     def delete(self, key: str) -> None:
@@ -259,9 +270,7 @@ class S3Storage(Storage):
         with self._errors(f"delete the objects under {prefix!r}"):
             for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
                 batch = [{"Key": k} for k in keys[start : start + 1000]]
-                response = self._client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
+                response = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
                 if response.get("Errors"):
                     first = response["Errors"][0]
                     raise StorageError(
@@ -275,9 +284,10 @@ class S3Storage(Storage):
             raise ValueError(f"expires must be 1 to {MAX_PRESIGN_SECONDS} seconds, got {expires!r}")
         object_key = self._key(key)
         with self._errors(f"sign a URL for {key!r}", key):
-            return self._client.generate_presigned_url(
+            url: str = self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": object_key}, ExpiresIn=expires
             )
+            return url
 
     def check(self) -> None:
         """Reach the endpoint, find the bucket, then list and write under the prefix.
@@ -303,21 +313,24 @@ class S3Storage(Storage):
         """Abort multipart uploads that no live transfer owns: ours whose abort failed, and any
         under the prefix started more than a day ago (a node that died mid-upload)."""
         count = self._abort_unaborted()
-        cutoff = datetime.now(timezone.utc) - STALE_UPLOAD_AGE
+        cutoff = datetime.now(UTC) - STALE_UPLOAD_AGE
         listed = f"{self.prefix}/" if self.prefix else ""
         try:
             for page in self._client.get_paginator("list_multipart_uploads").paginate(
-                    Bucket=self.bucket, Prefix=listed):
+                Bucket=self.bucket, Prefix=listed
+            ):
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] < cutoff:
-                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                            UploadId=upload["UploadId"])
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
                         count += 1
         except (BotoCoreError, ClientError) as exc:
             log.warning("could not sweep incomplete uploads in %s: %s", self.url, _short_reason(exc))
         if count:
-            log.info("aborted %d incomplete multipart upload(s) in %s left by failed or crashed uploads",
-                     count, self.url)
+            log.info(
+                "aborted %d incomplete multipart upload(s) in %s left by failed or crashed uploads", count, self.url
+            )
         return count
 
     # -- helpers -----------------------------------------------------------------------------
@@ -328,16 +341,27 @@ class S3Storage(Storage):
         """``call()`` under the retry policy; a cancelled transfer is never retried."""
 
         def unavailable(seconds: float, tries: int, reason: str) -> StorageUnavailable:
-            return StorageUnavailable(unavailable_message(
-                f"{self.url} at {redact_url(self.endpoint)}", action, seconds, tries, reason,
-                "check that the S3 server is running and reachable from this machine "
-                "(AWS_ENDPOINT_URL), then try again"))
+            return StorageUnavailable(
+                unavailable_message(
+                    f"{self.url} at {redact_url(self.endpoint)}",
+                    action,
+                    seconds,
+                    tries,
+                    reason,
+                    "check that the S3 server is running and reachable from this machine "
+                    "(AWS_ENDPOINT_URL), then try again",
+                )
+            )
 
-        return self.policy.run(call, transient=_transient_reason, unavailable=unavailable,
-                               cancel=tracker.cancel_event if tracker is not None else None,
-                               what=f"{action} in {self.url}")
+        return self.policy.run(
+            call,
+            transient=_transient_reason,
+            unavailable=unavailable,
+            cancel=tracker.cancel_event if tracker is not None else None,
+            what=f"{action} in {self.url}",
+        )
 
-    def _note_upload(self, parsed: dict | None = None, **kwargs: Any) -> None:
+    def _note_upload(self, parsed: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if parsed and parsed.get("UploadId") and parsed.get("Key"):
             with self._uploads_lock:
                 self._open_uploads.setdefault(parsed["Key"], set()).add(parsed["UploadId"])
@@ -361,13 +385,17 @@ class S3Storage(Storage):
                 aborted += 1
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
-                    log.info("could not abort the failed upload of %s yet (%s); will try again",
-                             object_key, _short_reason(exc))
+                    log.info(
+                        "could not abort the failed upload of %s yet (%s); will try again",
+                        object_key,
+                        _short_reason(exc),
+                    )
                     continue
                 # already aborted (s3transfer's own clean-up got through)
             except BotoCoreError as exc:
-                log.info("could not abort the failed upload of %s yet (%s); will try again",
-                         object_key, _short_reason(exc))
+                log.info(
+                    "could not abort the failed upload of %s yet (%s); will try again", object_key, _short_reason(exc)
+                )
                 continue
             with self._uploads_lock:
                 self._unaborted.discard((object_key, upload_id))
@@ -399,29 +427,25 @@ class S3Storage(Storage):
             raise StorageError(f"cannot {action}: {exc.strerror or exc}") from None
 
 
-class _Subscriber(BaseSubscriber):
+class _Subscriber(BaseSubscriber):  # type: ignore[misc]  # s3transfer has no type hints
     def __init__(self, tracker: ProgressTracker):
         self.tracker = tracker
         self.done = threading.Event()
 
-    def on_progress(self, future, bytes_transferred, **kwargs):
+    def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
         self.tracker.add(bytes_transferred)
 
-    def on_done(self, future, **kwargs):
+    def on_done(self, future: TransferFuture, **kwargs: Any) -> None:
         self.done.set()
 
 
-def _client_error(
-    exc: ClientError, action: str, key: str | None, bucket: str, url: str, endpoint: str
-) -> StorageError:
+def _client_error(exc: ClientError, action: str, key: str | None, bucket: str, url: str, endpoint: str) -> StorageError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     message = error.get("Message") or ""
     if code == "NoSuchBucket" or (code in _MISSING_CODES and key is None):
-        return StorageError(
-            f"bucket {bucket!r} does not exist at {endpoint}; create it or fix ENCODEFLOW_STORAGE_URL"
-        )
+        return StorageError(f"bucket {bucket!r} does not exist at {endpoint}; create it or fix ENCODEFLOW_STORAGE_URL")
     if key is not None and code in _MISSING_CODES:
         return ObjectNotFound(f"there is no object {key!r} in {url}")
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
@@ -452,8 +476,7 @@ def _transient_reason(exc: BaseException | None) -> str | None:
             if status >= 500 or code in _SERVER_BUSY:
                 return f"the server answered {code or status}"
             return None
-        if isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError, ConnectionError,
-                            TimeoutError)):
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, RetriesExceededError, ConnectionError, TimeoutError)):
             return _short_reason(exc)
         if isinstance(exc, OSError) and exc.errno is None:
             return _short_reason(exc)  # urllib3's connection errors during a body
@@ -478,8 +501,9 @@ def _short_reason(exc: BaseException) -> str:
     return redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def _make_client(session: boto3.session.Session, *, max_attempts: int, connect_timeout: float,
-                 read_timeout: float) -> Any:
+def _make_client(
+    session: boto3.session.Session, *, max_attempts: int, connect_timeout: float, read_timeout: float
+) -> Any:
     config = Config(
         signature_version="s3v4",
         connect_timeout=connect_timeout,

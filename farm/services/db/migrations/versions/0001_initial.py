@@ -10,7 +10,7 @@ the schema as it was, and must not change when the models do.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -61,9 +61,7 @@ def upgrade() -> None:
         sa.Column("queue_wait_seconds", sa.Float(), nullable=True),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
-        sa.ForeignKeyConstraint(
-            ["video_id"], ["videos.id"], name=op.f("fk_jobs_video_id_videos"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["video_id"], ["videos.id"], name=op.f("fk_jobs_video_id_videos"), ondelete="CASCADE"),
         sa.CheckConstraint(
             "status IN ('queued', 'active', 'completed', 'failed', 'cancelled')",
             name=op.f("ck_jobs_status_known"),

@@ -7,18 +7,17 @@ import subprocess
 
 import pytest
 
-from farm.client import CheckedFile
 from app.intake import (
     Refused,
     check,
     describe,
     expand_paths,
     format_duration,
-    format_rate,
-    format_size,
     inspect,
     thumbnail,
 )
+from farm.base.units import format_rate, format_size
+from farm.client import CheckedFile
 from farm.domain.media import NotAVideoError, find_ffmpeg, probe
 from tests.clips import rotated
 
@@ -40,7 +39,10 @@ def test_folders_expand_recursively_to_videos_skipping_hidden(tmp_path, clip):
     expanded = expand_paths([shoot, text, shoot / "a.mp4"])
 
     assert [p.relative_to(tmp_path).as_posix() for p in expanded.files] == [
-        "shoot/a.mp4", "shoot/b.MOV", "shoot/day2/cam b/c.mkv", "readme.txt",
+        "shoot/a.mp4",
+        "shoot/b.MOV",
+        "shoot/day2/cam b/c.mkv",
+        "readme.txt",
     ]
     assert expanded.notes == []
 
@@ -103,12 +105,12 @@ def test_format_size_and_rate():
 def _pixel(thumb, x, y):
     width, _height, rgb = thumb
     offset = (y * width + x) * 3
-    return tuple(rgb[offset: offset + 3])
+    return tuple(rgb[offset : offset + 3])
 
 
 def _is(color, pixel):
     reds = {"red": (255, 0, 0), "blue": (0, 0, 255)}[color]
-    return all(abs(a - b) < 40 for a, b in zip(pixel, reds))
+    return all(abs(a - b) < 40 for a, b in zip(pixel, reds, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +122,17 @@ def red_over_blue(tmp_path_factory):
     def ffmpeg(*args):
         subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *map(str, args)], check=True)
 
-    ffmpeg("-f", "lavfi", "-i", "color=red:s=320x120:d=1[a];color=blue:s=320x120:d=1[b];[a][b]vstack",
-           "-c:v", "libx264", "-pix_fmt", "yuv444p", base)
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=red:s=320x120:d=1[a];color=blue:s=320x120:d=1[b];[a][b]vstack",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv444p",
+        base,
+    )
     clips = {0: base}
     for degrees in (90, -90, 180):
         clips[degrees] = folder / f"rot{degrees}.mp4"
@@ -141,12 +152,15 @@ def test_thumbnail_is_never_scaled_up(make_clip):
     assert (width, height) == (64, 48)
 
 
-@pytest.mark.parametrize("degrees, size, top_left, bottom_right", [
-    (0, (120, 90), "red", "blue"),
-    (90, (68, 90), "red", "blue"),  # turned counter-clockwise: the top is now on the left
-    (-90, (68, 90), "blue", "red"),
-    (180, (120, 90), "blue", "red"),
-])
+@pytest.mark.parametrize(
+    "degrees, size, top_left, bottom_right",
+    [
+        (0, (120, 90), "red", "blue"),
+        (90, (68, 90), "red", "blue"),  # turned counter-clockwise: the top is now on the left
+        (-90, (68, 90), "blue", "red"),
+        (180, (120, 90), "blue", "red"),
+    ],
+)
 def test_thumbnail_shows_the_frame_as_players_do(red_over_blue, degrees, size, top_left, bottom_right):
     thumb = thumbnail(red_over_blue[degrees], (160, 90))
     assert thumb[:2] == size
@@ -157,7 +171,25 @@ def test_thumbnail_shows_the_frame_as_players_do(red_over_blue, degrees, size, t
 def test_thumbnail_is_taken_about_ten_percent_in(tmp_path):
     """Black for the first 0.3 s, white after: the first frame is black, 10 % into 4 s (0.4 s) is white."""
     path = tmp_path / "fade.mp4"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "color=black:s=160x90:d=0.3:r=25[a];color=white:s=160x90:d=3.7:r=25[b];[a][b]concat=n=2",
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10", path], check=True)
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=black:s=160x90:d=0.3:r=25[a];color=white:s=160x90:d=3.7:r=25[b];[a][b]concat=n=2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "10",
+            path,
+        ],
+        check=True,
+    )
     assert _pixel(thumbnail(path, (160, 90)), 80, 45)[0] > 200  # the white part: not the first frame
