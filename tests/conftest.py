@@ -36,9 +36,11 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tests run in parallel (pytest-xdist, ``-n auto`` in pyproject.toml). Most of the long ones wait
-# on processes, Redis and FFmpeg rather than compute, so more workers than cores finish sooner:
-# on 2 cores, 6 workers ran the suite faster than 4.
-WORKERS_PER_CORE = 3
+# on processes, Redis and FFmpeg rather than compute, so more workers than cores finish sooner.
+# Not many more: the tests that check how soon a farm recovers (a dead node's job restarted within
+# lock + stalled checks, a cancel within seconds) run real nodes whose timers starve when six
+# workers' FFmpegs share two cores.
+WORKERS_PER_CORE = 2
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
