@@ -18,7 +18,7 @@ import hypothesis
 import pytest
 
 from farm.base.settings import CONFIG_ENV, ENV_VARS, Settings
-from tests.files import run_folder
+from tests.files import alone_or_together, run_folder
 from tests.prometheus_fixture import prometheus_server, promtool  # noqa: F401 - fixtures for every test
 
 # Hypothesis' "too slow" health check and its per-example deadline time the machine, not the code:
@@ -54,10 +54,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     """Longest first, so that no worker starts a long test while the others are nearly done: one
     test of the node bundle (which builds it), the tests marked slow, the rest of e2e and the
     whole-farm checks beside it (secrets, packaging), the panel's, the others; last, the rest of
-    the bundle's tests, which by then find it built."""
+    the bundle's tests, which by then find it built; the tests that must run alone at the very end,
+    when the others have run out of work anyway."""
     bundle = [item for item in items if item.path.name == "test_bundle.py"]
 
     def rank(item) -> int:
+        if item.get_closest_marker("alone"):
+            return 6
         if item in bundle:
             return 0 if item is bundle[0] else 5
         if item.get_closest_marker("slow"):
@@ -73,6 +76,19 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 TEST_REDIS_URL = os.environ.get("ENCODEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_PG_URL = os.environ.get("ENCODEFLOW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_marked(request, tmp_path_factory):
+    """A test marked ``alone`` measures how soon the farm reacts (a cancel, a dead node's job taken
+    over): beside other workers' FFmpegs on a small machine its nodes' timers starve, so in a
+    parallel run it runs with no other test running (first of the autouse fixtures: before any
+    of its set-up)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    with alone_or_together(run_folder(tmp_path_factory), alone=request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,27 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 @contextmanager
+def alone_or_together(folder: Path, *, alone: bool) -> Iterator[None]:
+    """Tests run together, except that one which must run ``alone`` waits until the others still
+    running have ended and starts no other until it has: a readers-writer lock over flock. A test
+    holds ``tests.rw`` shared, an ``alone`` test exclusive; the ``tests.turn`` lock, taken by each in
+    turn before it queues for ``tests.rw``, stops new tests from starting while an ``alone`` test
+    waits, so that it cannot be starved."""
+    with open(folder / "tests.turn", "a") as turn, open(folder / "tests.rw", "a") as rw:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(rw, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(turn, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(rw, fcntl.LOCK_UN)
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+
+@contextmanager
 def one_at_a_time(lock: Path) -> Iterator[None]:
     """Held by one process at a time (an exclusive flock on ``lock``): the first worker to need a
     shared thing makes it, the others wait for it and then find it made."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from farm.client import Farm
 from farm.domain.media import probe
 from farm.services.storage import open_storage
@@ -36,6 +38,7 @@ def test_six_jobs_on_two_nodes_all_complete(local_farm, make_clip, tmp_path):
         assert entries(node.work_dir) == [], "work dir must be empty after each job"
 
 
+@pytest.mark.alone
 def test_cancel_a_running_job(local_farm, make_clip):
     (node,) = local_farm(1)
     source = make_clip(1280, 720, seconds=20.0, name="long_720p.mp4")

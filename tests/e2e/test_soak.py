@@ -27,6 +27,7 @@ def load_soak():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 @pytest.mark.timeout(900)
 def test_every_job_completes_exactly_once_while_nodes_keep_dying(data_dir):
     soak = load_soak()
