@@ -83,6 +83,7 @@ class FarmNode:
         max_stalled: int = defaults.MAX_STALLED_COUNT,
         reconcile_interval_seconds: float = defaults.RECONCILE_INTERVAL_S,
         progress_timeout: float = defaults.PROGRESS_TIMEOUT_S,
+        threads: int | None = None,
     ):
         if concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
@@ -94,6 +95,8 @@ class FarmNode:
             raise ValueError("--max-stalled must be 0 or more")
         if not (math.isfinite(progress_timeout) and progress_timeout > 0):
             raise ValueError(f"--progress-timeout must be a positive number of seconds, got {progress_timeout:g}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
         self.settings = settings
         # Checked here, not first by the registry writer deep in run(): a bad --name is a usage error
         # (exit 2, one line) and must not leave a work dir or a database behind.
@@ -108,6 +111,7 @@ class FarmNode:
         self.max_stalled = max_stalled
         self.reconcile_interval_seconds = reconcile_interval_seconds
         self.progress_timeout = progress_timeout
+        self.threads = threads
         self.state = "run"  # desired: run, pause, drain
         self.stop_requests = 0
         self._stopping = asyncio.Event()
@@ -307,6 +311,7 @@ class FarmNode:
             lock_holder=queue.lock_holder,
             db_retry_seconds=self.lock_seconds,
             progress_timeout=self.progress_timeout,
+            threads=self.threads,
             disk=disk,
             room_elsewhere=lambda job_id: someone_else_may_have_room(
                 services.redis, self.settings.queue, self.name, job_id

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "keep it above the longest quiet spell of a healthy run (opening a slow input, "
         f"finishing a large output) (default {defaults.PROGRESS_TIMEOUT_S:g})",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="FFmpeg threads per job, so that a job uses about N cores and a node about N x "
+        "--concurrency (default: FFmpeg's own, about one thread per core)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     for flag in ("data-dir", "redis-url", "database-url", "storage-url", "queue"):
         p.add_argument(f"--{flag}", dest=flag.replace("-", "_"))
@@ -123,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             max_stalled=args.max_stalled,
             reconcile_interval_seconds=args.reconcile_interval_seconds,
             progress_timeout=args.progress_timeout,
+            threads=args.threads,
         )
     except ValueError as exc:
         print(f"farm-node: {exc}", file=sys.stderr)

@@ -134,6 +134,7 @@ class JobProcessor:
         lock_holder: Callable[[str], Awaitable[str | None]] | None = None,
         db_retry_seconds: float = 60.0,
         progress_timeout: float | None = defaults.PROGRESS_TIMEOUT_S,
+        threads: int | None = None,
         disk: DiskGuard | None = None,
         room_elsewhere: Callable[[str], Awaitable[bool]] | None = None,
     ):
@@ -149,6 +150,7 @@ class JobProcessor:
         self.lock_holder = lock_holder
         self.running: dict[str, RunningJob] = {}
         self.progress_timeout = progress_timeout  # FFmpeg silent this long is stopped (None: never)
+        self.threads = threads  # FFmpeg threads per job (None: FFmpeg's own choice)
         self.disk = disk  # None takes every job, full disk or not
         # ``await room_elsewhere(job_id)``: whether another node may have room for a job this one has none for.
         self.room_elsewhere = room_elsewhere
@@ -351,7 +353,7 @@ class JobProcessor:
     ) -> FFmpegResult:
         """FFmpeg from ``source`` to ``target``, its progress reported as it goes."""
         config = payload.config
-        args = build_args(self.ffmpeg, source, target, config, info)
+        args = build_args(self.ffmpeg, source, target, config, info, threads=self.threads)
         try:
             result = await run_ffmpeg(
                 args,

@@ -153,6 +153,7 @@ def test_a_read_only_work_dir_exits_2(redis_url, tmp_path):
     "args, env, named",
     [
         (("--concurrency", "lots"), {}, "--concurrency"),
+        (("--threads", "0"), {}, "--threads"),
         ((), {"redis_url": "http://127.0.0.1:6379"}, "ENCODEFLOW_REDIS_URL"),
         ((), {"storage_url": "ftp://somewhere/x"}, "ENCODEFLOW_STORAGE_URL"),
     ],
@@ -169,6 +170,7 @@ def test_a_bad_flag_or_url_exits_2(args, env, named, monkeypatch):
     [
         ("farm_node", ("--concurrency", "lots")),
         ("farm_node", ("--progress-timeout", "abc")),
+        ("farm_node", ("--threads", "two")),
         ("farm_node", ("--no-such-flag",)),
         ("farm", ("jobs", "--status", "nope")),
     ],

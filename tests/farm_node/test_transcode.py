@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -74,6 +75,36 @@ def test_every_format_at_every_resolution(hd_clip, tmp_path, fmt, resolution):
     if fmt == "hevc":
         with av.open(str(tmp_path / config.output_name)) as container:
             assert container.streams.video[0].codec_tag == "hvc1"  # what Apple players need
+
+
+@pytest.mark.parametrize("fmt", list(CODECS))
+def test_threads_cap_the_cores_a_job_uses(make_clip, tmp_path, fmt):
+    """``farm-node --threads 1``: decoder, filters and encoder (x265's pool too) each keep to one
+    thread, so the job's FFmpeg uses about one core of this machine however many it has; the
+    output is the same rendition. Measured as FFmpeg's CPU time over its wall time (more load on the
+    machine only lowers it)."""
+    source = make_clip(1280, 720, 3.0, audio=True, fps=25)
+    config = OutputConfig("720p", fmt)
+    info = probe(source)
+    output = tmp_path / config.output_name
+    args = build_args(find_ffmpeg(), source, output, config, info, threads=1)
+    assert args.count("-threads") == 2 and "-filter_threads" in args
+    assert fmt != "hevc" or any(arg.endswith(":pools=1") for arg in args)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cores = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+    assert cores < 1.35, f"{fmt} with one thread per stage used {cores:.2f} cores"
+    out = probe(output)
+    assert (out.video_codec, out.width, out.height) == (CODECS[fmt][0], 1280, 720)
+    assert out.duration == pytest.approx(info.duration, abs=0.2)
+
+
+def test_threads_below_one_are_refused(clip, tmp_path):
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        build_args("ffmpeg", clip, tmp_path / "out.mp4", OutputConfig("360p", "mp4"), probe(clip), threads=0)
 
 
 @pytest.mark.parametrize("fmt", list(CODECS))
