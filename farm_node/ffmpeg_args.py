@@ -73,17 +73,18 @@ def build_args(
 ) -> list[str]:
     """The full FFmpeg command line for ``config``, progress on stdout (``-progress pipe:1``).
 
-    ``threads`` (``farm-node --threads``) caps the threads of every stage, so that a job uses about
-    that many cores: the decoder's and the encoder's ``-threads``, the filters' ``-filter_threads``,
-    and x265's own thread pool (``pools``), which ``-threads`` does not reach. None: FFmpeg's own
-    choice (about one thread per core in each stage)."""
+    ``threads`` (``farm-node --threads``) caps the stages that do most of the work, so that a job
+    uses about that many cores: the encoder's ``-threads``, the filters' ``-filter_threads`` and
+    x265's own thread pool (``pools``), which ``-threads`` does not reach. The decoder keeps FFmpeg's
+    own choice (it is a small part of a transcode). None: FFmpeg's own choice everywhere (about one
+    thread per core in each stage)."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     muxer, video, audio, mux_options = _ENCODING[config.format]
     if threads is not None and "-x265-params" in video:
         at = video.index("-x265-params") + 1
         video = [*video[:at], f"{video[at]}:pools={threads}", *video[at + 1 :]]
-    per_job = ["-threads", str(threads)] if threads is not None else []
+    encoder_threads = ["-threads", str(threads)] if threads is not None else []
     width, height = target_dimensions(info.width, info.height, config)
     args = [
         os.fspath(ffmpeg),
@@ -98,7 +99,6 @@ def build_args(
         "-nostats",
         *(["-filter_threads", str(threads)] if threads is not None else []),
         *input_guard_args(info),
-        *per_job,  # the decoder's
         "-i",
         ffmpeg_url(input_path),
         "-map",
@@ -109,6 +109,6 @@ def build_args(
         args += ["-map", "0:a:0?"]
     args += ["-vf", f"scale={width}:{height},format=yuv420p", *video]
     args += audio if with_audio else ["-an"]
-    args += per_job  # the encoders'
+    args += encoder_threads
     args += [*mux_options, "-f", muxer, ffmpeg_url(output_path)]
     return args

@@ -43,6 +43,7 @@ from farm.domain.jobspec import OutputConfig, outputs_record
 from farm.domain.media import MediaInfo, NotAVideoError, probe
 from farm.domain.object_keys import output_filename, output_key, sanitize_name
 from farm.domain.payload import JobPayload, PayloadError
+from farm.domain.status import JobStatus
 from farm.services.db import Database, error_line, repo
 from farm.services.db.models import Job as JobRow
 from farm.services.storage import ObjectNotFound, Storage, StorageError, TransferCancelled
@@ -245,7 +246,7 @@ class JobProcessor:
             "the failure",
             repo.finish_job,
             run.job_id,
-            "failed",
+            JobStatus.FAILED.value,
             attempt=run.attempt,
             error=reason,
             log_tail=log_tail,
@@ -444,7 +445,7 @@ class JobProcessor:
         won = await self.database.call(
             repo.finish_job,
             payload.job_id,
-            "completed",
+            JobStatus.COMPLETED.value,
             attempt=run.attempt,
             outputs=outputs,
             log_tail=log_tail,
@@ -453,14 +454,14 @@ class JobProcessor:
         if not won:
             # A try that committed just before the link broke makes the retry "lose" to itself.
             row = await self.database.call(repo.get_job, payload.job_id)
-            if not (row is not None and row.status == "completed" and key in _keys(row.outputs)):
+            if not (row is not None and row.status == JobStatus.COMPLETED.value and key in _keys(row.outputs)):
                 raise await self._settled_elsewhere(payload.job_id, key, row)
 
     async def _settled_elsewhere(self, job_id: str, key: str, row: JobRow | None) -> Exception:
         """The row was settled while this run finished: another run completed it first, or the user
         cancelled it. Delete this run's output and return how the run ends: with the row's result
         (so BullMQ's return value names the output and node that the row names), or cancelled."""
-        if row is not None and row.status == "completed":
+        if row is not None and row.status == JobStatus.COMPLETED.value:
             log.warning("job %s was finished by another run; deleting this run's output", job_id)
             ending: Exception = AlreadyCompleted(row.outputs or [], row.node)
         else:
@@ -473,7 +474,7 @@ class JobProcessor:
         ok = await self.database.call(repo.mark_active, payload.job_id, self.node_name, run.attempt)
         if not ok:
             row = await self.database.call(repo.get_job, payload.job_id)
-            if row is not None and row.status == "completed":
+            if row is not None and row.status == JobStatus.COMPLETED.value:
                 # An earlier run finished the row, then its node died before telling BullMQ.
                 raise AlreadyCompleted(row.outputs or [], row.node)
             raise JobCancelled()  # cancelled meanwhile: a stale queue entry

@@ -173,7 +173,7 @@ class Reconciler:
                     node=None,
                     finished_at=None,
                 )
-                return Action(row.id, "queued", detail) if ok else None
+                return Action(row.id, JobStatus.QUEUED.value, detail) if ok else None
         return None
 
     # -- the three fixes ------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class Reconciler:
             finished_at=utcnow(),
             attempts=max(row.attempts, runs),
         )
-        return Action(row.id, "failed", reason) if ok else None
+        return Action(row.id, JobStatus.FAILED.value, reason) if ok else None
 
     async def _lost(self, row: _Row) -> Action | None:
         """The queue has no trace of the job: enqueue it again if it can still run, else fail it."""
@@ -206,7 +206,7 @@ class Reconciler:
             ok = await asyncio.to_thread(
                 _settle, self.db, row, status=JobStatus.FAILED.value, error=reason, finished_at=utcnow()
             )
-            return Action(row.id, "failed", reason) if ok else None
+            return Action(row.id, JobStatus.FAILED.value, reason) if ok else None
         payload = queue_payload(row.id, row.video_key, row.video_name, row.config, video_id=row.video_id)
         note = "re-queued: the job was lost from the queue (Redis data loss?)"
         # The row first, conditionally: if anyone changed it meanwhile, leave the queue alone too.
