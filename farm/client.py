@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,7 +37,7 @@ from farm.base.untrusted import storable
 from farm.domain.job import Job
 from farm.domain.jobspec import OutputConfig, validate_priority
 from farm.domain.media import MediaInfo, NotAVideoError, display_name, probe
-from farm.domain.nodes import DESIRED_STATES, NodeStatus
+from farm.domain.nodes import DESIRED_STATES, NodeStatus, Sample
 from farm.domain.object_keys import input_key, sanitize_name
 from farm.domain.payload import queue_payload
 from farm.domain.status import ENDED_STATUSES, OPEN_STATUSES, RETRYABLE_STATUSES, JobStatus
@@ -45,6 +45,7 @@ from farm.services.checks import check_redis
 from farm.services.db import repo
 from farm.services.db.engine import Database, open_database
 from farm.services.embedded import resolve_redis_url, running_embedded_redis
+from farm.services.fleet_monitor import FarmMonitor, FarmSnapshot
 from farm.services.queue import REDIS_READ_TIMEOUT_S, QueueClient, QueueStateError
 from farm.services.registry import NodeRegistry
 from farm.services.storage import RetryPolicy, Storage, StorageError, StoredObject, TransferCancelled, open_storage
@@ -68,7 +69,6 @@ __all__ = [
 CANCEL_WAIT_S = 10.0  # how long `cancel` waits for the node to confirm before answering "requested"
 RECENT_JOBS = 10  # the dashboard's latest jobs
 T = TypeVar("T")
-Sample = dict[str, Any]  # one CPU/memory sample of a node: {"t": epoch s, "cpu": percent, "mem": ratio}
 
 
 class SubmitError(FarmError):
@@ -546,66 +546,6 @@ class Farm:
     def monitor(self) -> FarmMonitor:
         """A reader for a thread that polls the nodes and the queue (the panel's)."""
         return FarmMonitor(lambda: self.redis_url, self.settings.queue)
-
-
-@dataclass(frozen=True)
-class FarmSnapshot:
-    nodes: list[NodeStatus]
-    fresh_samples: dict[str, list[Sample]]  # per node, the samples taken since the last poll
-    counts: dict[str, int]  # the queue's jobs per state: waiting, active, delayed, failed, ...
-
-
-class FarmMonitor:
-    """The nodes, their new samples and the queue's counts, read on one thread again and again.
-
-    It keeps its connections between polls; a poll that fails drops them and raises, and the next
-    one connects again (to ``redis_url()`` as it is then). What each node's samples were read up to
-    survives that, so no sample is handed out twice.
-    """
-
-    def __init__(self, redis_url: Callable[[], str], queue: str):
-        self._redis_url = redis_url
-        self._queue_name = queue
-        self._loop = asyncio.new_event_loop()
-        self._client: redis.Redis | None = None
-        self._queue: QueueClient | None = None
-        self._last_sample: dict[str, float] = {}
-
-    def poll(self) -> FarmSnapshot:
-        try:
-            if self._client is None or self._queue is None:
-                url = self._redis_url()
-                self._client = redis.Redis.from_url(
-                    url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3
-                )
-                self._queue = QueueClient(url, self._queue_name)
-            registry = NodeRegistry(self._client, self._queue_name)
-            nodes = registry.nodes()
-            fresh = {}
-            for node in nodes:
-                samples = registry.samples(node.name, since=self._last_sample.get(node.name))
-                if samples:
-                    self._last_sample[node.name] = samples[-1]["t"]
-                    fresh[node.name] = samples
-            counts = self._loop.run_until_complete(self._queue.counts())
-        except Exception:
-            self._disconnect()
-            raise
-        return FarmSnapshot(nodes, fresh, counts)
-
-    def close(self) -> None:
-        self._disconnect()
-        self._loop.close()
-
-    def _disconnect(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        if self._queue is not None:
-            try:
-                self._loop.run_until_complete(self._queue.close())
-            except Exception:  # the connection is gone already: nothing to close cleanly
-                pass
-        self._client = self._queue = None
 
 
 def _already_queued(job: Job) -> str:

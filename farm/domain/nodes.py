@@ -22,6 +22,7 @@ NODE_STATUSES = ("idle", "busy", "draining", "paused", "disk full")
 OFFLINE = "offline"  # never written by a node: what readers report once a node's key expired
 DESIRED_STATES = ("run", "pause", "drain")
 MAX_SAMPLES = 600  # 10 minutes at one sample a second
+Sample = dict[str, Any]  # one CPU/memory sample of a node: {"t": epoch s, "cpu": percent, "mem": ratio}
 
 
 class UnknownNodeError(FarmError, LookupError):
