@@ -225,14 +225,8 @@ def prepare(farm: Farm, clip: Path, info: MediaInfo) -> tuple[str, dict]:
         id=video_id,
         name=clip.name,
         key=key,
-        size=size,
-        duration=info.duration,
-        width=info.width,
-        height=info.height,
-        video_codec=info.video_codec,
-        audio_codec=info.audio_codec,
-        container=info.container,
         submitted_by="bench",
+        **repo.probe_fields(info) | {"size": size},
     )
     job = repo.create_job(farm.db, video.id, CONFIG.to_payload())
     return job.id, queue_payload(job.id, key, clip.name, CONFIG, video_id=video.id)

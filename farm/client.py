@@ -256,14 +256,8 @@ class Farm:
             id=video_id,
             name=name,
             key=key,
-            size=size,
-            duration=info.duration,
-            width=info.width,
-            height=info.height,
-            video_codec=info.video_codec,
-            audio_codec=info.audio_codec,
-            container=info.container,
             submitted_by=submitted_by or _user(),
+            **repo.probe_fields(info) | {"size": size},  # the size as stored
         )
         job = repo.create_job(self.db, video.id, config.to_payload(), priority=priority)
         payload = queue_payload(job.id, key, name, config, video_id=video.id)

@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from bullmq import Job, UnrecoverableError
 from bullmq.custom_errors import DelayedError
 
+from farm.base.errors import describe
 from farm.base.untrusted import shown
 from farm.domain import defaults
 from farm.domain.jobspec import OutputConfig, outputs_record
@@ -345,7 +346,7 @@ class JobProcessor:
                 await self.database.call(repo.ensure_from_payload, payload, _unreadable_fields(source))
             raise
         if known is None:
-            await self.database.call(repo.ensure_from_payload, payload, _probe_fields(info))
+            await self.database.call(repo.ensure_from_payload, payload, repo.probe_fields(info))
             await self._mark_active(payload, run)
         return info
 
@@ -735,8 +736,7 @@ def _reason(exc: Exception) -> str:
         return str(exc)
     if isinstance(exc, sa.exc.SQLAlchemyError):  # its text holds SQL and values: for the log, not users
         return "the database refused to record the job; the node's log says why"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return describe(exc).rstrip(": ")  # no dangling ":" where the first line ends in one
 
 
 def _shown(text: str, names: dict[Path, str]) -> str:
@@ -759,16 +759,4 @@ def _unreadable_fields(source: Path | None) -> dict[str, Any]:
         "height": 0,
         "video_codec": "",
         "container": "unreadable" if source else "missing",
-    }
-
-
-def _probe_fields(info: MediaInfo) -> dict[str, Any]:
-    return {
-        "size": info.size,
-        "duration": info.duration,
-        "width": info.width,
-        "height": info.height,
-        "video_codec": info.video_codec,
-        "audio_codec": info.audio_codec,
-        "container": info.container,
     }

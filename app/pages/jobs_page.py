@@ -166,21 +166,7 @@ class JobsPage(QWidget):
         self._build_actions()
         self.toolbar = QToolBar("Job actions")
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for action in (
-            self.act_cancel,
-            self.act_retry,
-            None,
-            self.act_details,
-            self.act_open,
-            self.act_download,
-            self.act_copy_link,
-            None,
-            self.act_refresh,
-        ):
-            if action is None:
-                self.toolbar.addSeparator()
-            else:
-                self.toolbar.addAction(action)
+        _add_actions(self.toolbar, (*self._job_actions(), None, self.act_refresh))
         layout.addWidget(self.toolbar)
 
         self.message_bar = MessageBar(timeout_ms=INFO_MESSAGE_MS)
@@ -228,6 +214,18 @@ class JobsPage(QWidget):
         self.model.rowsRemoved.connect(self._update_actions)
         layout.addWidget(table, 1)
         self._update_actions()
+
+    def _job_actions(self) -> tuple[QAction | None, ...]:
+        """What can be done to the selected jobs, in the toolbar and the context menu (None: a separator)."""
+        return (
+            self.act_cancel,
+            self.act_retry,
+            None,
+            self.act_details,
+            self.act_open,
+            self.act_download,
+            self.act_copy_link,
+        )
 
     def _build_actions(self) -> None:
         style = self.style()
@@ -411,19 +409,7 @@ class JobsPage(QWidget):
             self.select_row(index.row())
         self._update_actions()
         menu = QMenu(self)
-        for action in (
-            self.act_cancel,
-            self.act_retry,
-            None,
-            self.act_details,
-            self.act_open,
-            self.act_download,
-            self.act_copy_link,
-        ):
-            if action is None:
-                menu.addSeparator()
-            else:
-                menu.addAction(action)
+        _add_actions(menu, self._job_actions())
         if self.context_menu is not None:
             self.context_menu.deleteLater()
         self.context_menu = menu
@@ -632,6 +618,14 @@ class JobsPage(QWidget):
             return call
 
         self.runner.run(fn, alive(on_done), alive(on_error))
+
+
+def _add_actions(target: QToolBar | QMenu, actions: tuple[QAction | None, ...]) -> None:
+    for action in actions:
+        if action is None:
+            target.addSeparator()
+        else:
+            target.addAction(action)
 
 
 def _has_output(job: dict) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.services.db import open_database, repo, video_to_dict
+from farm.services.db import open_database, repo
 from farm.services.storage import open_storage
 from tests.bull import bull_job
 from tests.e2e.helpers import json_lines, run_cli, wait_for
@@ -77,7 +77,7 @@ def test_hostile_payloads_fail_at_once_are_listed_and_touch_nothing(backend, loc
         video_codec="h264",
         container="mov",
     )
-    before = video_to_dict(repo.get_video(db, theirs_id))
+    before = repo.to_video(repo.get_video(db, theirs_id)).to_json()
     control_id = str(uuid.uuid4())
     cases = {**hostile_jobs(theirs_id), "control": (control_id, {}, "")}
     inputs, payloads = {}, {}
@@ -124,7 +124,7 @@ def test_hostile_payloads_fail_at_once_are_listed_and_touch_nothing(backend, loc
     assert failed[control_id]["error"].startswith("clip.mp4 is empty"), failed[control_id]
     retried = run_cli("retry", cases["priority -1"][0])
     assert retried.returncode != 0 and "refused for its queue payload, so it cannot be retried" in retried.stderr
-    assert video_to_dict(repo.get_video(db, theirs.id)) == before, "the other video's row must not change"
+    assert repo.to_video(repo.get_video(db, theirs.id)).to_json() == before, "the other video's row must not change"
     assert not DB_WORDS.search(listed.stdout + listed.stderr)
     db.dispose()
 

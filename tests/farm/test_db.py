@@ -24,7 +24,6 @@ from farm.services.db import (
     DatabaseError,
     Job,
     Video,
-    job_to_dict,
     open_database,
     repo,
 )
@@ -145,7 +144,7 @@ def test_a_bad_url_is_a_database_error():
 def test_create_and_get_job_as_json(db):
     job = add_job(db, "holiday.mov", priority=3)
     assert job.status == "queued" and job.video.name == "holiday.mov"
-    data = job_to_dict(repo.get_job(db, job.id))
+    data = repo.to_job(repo.get_job(db, job.id)).to_json()
     assert data["id"] == job.id
     assert data["status"] == "queued" and data["progress"] == 0 and data["attempts"] == 0
     assert data["node"] is None and data["error"] is None and data["output"] is None
@@ -160,7 +159,7 @@ def test_create_and_get_job_as_json(db):
     json.dumps(data)  # the contract is JSON
     assert repo.get_job(db, "no-such-job") is None and repo.get_job_with_video(db, "no-such-job") is None
     found_job, found_video = repo.get_job_with_video(db, job.id)
-    assert job_to_dict(found_job, found_video) == data
+    assert repo.to_job(found_job, found_video).to_json() == data
     named = repo.create_video(
         db,
         id="7d7a0b1c-0000-4000-8000-000000000001",
@@ -235,8 +234,8 @@ def test_list_jobs_sorts_by_each_field_both_ways_and_order_key_agrees(db, order_
     repo.finish_job(db, jobs[2].id, "failed", attempt=1, error="boom")
     repo.mark_cancelled(db, jobs[3].id, "cancelled by user")
 
-    ascending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=False)]
-    descending = [repo.job_to_dict(j, v) for j, v in repo.list_jobs(db, order_by=order_by, descending=True)]
+    ascending = [repo.to_job(j, v).to_json() for j, v in repo.list_jobs(db, order_by=order_by, descending=False)]
+    descending = [repo.to_job(j, v).to_json() for j, v in repo.list_jobs(db, order_by=order_by, descending=True)]
     assert [j["id"] for j in descending] == [j["id"] for j in reversed(ascending)]
     key = order_key(order_by)
     assert [j["id"] for j in sorted(descending, key=key)] == [j["id"] for j in ascending]
@@ -347,7 +346,7 @@ def test_finish_job_settles_once(db):
     assert not repo.mark_active(db, job.id, "node-c", 2)
     assert not repo.mark_cancelled(db, job.id, "too late")
     assert not repo.requeue(db, job.id)
-    done = job_to_dict(repo.get_job(db, job.id))
+    done = repo.to_job(repo.get_job(db, job.id)).to_json()
     assert done["status"] == "completed" and done["progress"] == 100 and done["error"] is None
     assert done["outputs"] == outputs and done["output"] == {"key": outputs[0]["key"], "size": 99}
     assert len(done["log_tail"]) == 16_000 and done["finished_at"].endswith("Z")

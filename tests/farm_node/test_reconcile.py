@@ -235,7 +235,7 @@ def test_settled_and_fresh_rows_are_left_alone(services):
     repo.mark_active(db, completed_id, "node-a", 1)
     repo.finish_job(db, completed_id, "completed", attempt=1, outputs=[{"key": "k", "size": 1}])
     repo.mark_cancelled(db, cancelled_id, "cancelled by user")
-    before = {j: repo.job_to_dict(repo.get_job(db, j)) for j in (completed_id, cancelled_id, fresh_id)}
+    before = {j: repo.to_job(repo.get_job(db, j)).to_json() for j in (completed_id, cancelled_id, fresh_id)}
 
     async def scenario():
         async with QueueClient(settings.redis_url, settings.queue) as queue:
@@ -243,7 +243,7 @@ def test_settled_and_fresh_rows_are_left_alone(services):
             return await Reconciler(db, queue, storage, grace_s=30).run_once()
 
     assert run(scenario()) == []
-    assert {j: repo.job_to_dict(repo.get_job(db, j)) for j in before} == before
+    assert {j: repo.to_job(repo.get_job(db, j)).to_json() for j in before} == before
 
 
 def test_a_row_changed_while_the_pass_looked_is_not_overwritten(services, monkeypatch):

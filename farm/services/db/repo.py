@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, contains_eager
 from farm.base.untrusted import cut, printable, shown
 from farm.domain.job import ORDER_FIELDS, JobVideo
 from farm.domain.job import Job as JobView  # the ORM's Job is the row
+from farm.domain.media import MediaInfo
 from farm.domain.object_keys import InvalidKeyError, validate_id
 from farm.domain.payload import JobPayload, PayloadError, salvage
 from farm.domain.status import ENDED_STATUSES, FINAL_STATUSES, STATUSES, JobStatus
@@ -43,6 +44,11 @@ PROBE_FIELDS = ("size", "duration", "width", "height", "video_codec", "audio_cod
 _REQUIRED_PROBE_FIELDS = ("size", "duration", "width", "height", "video_codec", "container")
 # The video of a refused job gets an id derived from the job's, so two nodes make the same row.
 _VIDEO_ID_NAMESPACE = uuid.UUID("5b0e3c1e-6a8f-4f0e-9d3a-6e6f64656661")
+
+
+def probe_fields(info: MediaInfo) -> dict[str, Any]:
+    """The Video columns (``PROBE_FIELDS``) as a probe of the input measured them."""
+    return {field: getattr(info, field) for field in PROBE_FIELDS}
 
 
 # -- creating --------------------------------------------------------------------------------
@@ -243,7 +249,7 @@ def get_job(db: Database, job_id: str) -> Job | None:
 
 
 def get_job_with_video(db: Database, job_id: str) -> tuple[Job, Video] | None:
-    """``(job, video)``, ready for ``job_to_dict(*found)``, or None."""
+    """``(job, video)``, ready for ``to_job(*found)``, or None."""
     job = get_job(db, job_id)
     return None if job is None else (job, job.video)
 
@@ -485,15 +491,6 @@ def to_video(video: Video) -> JobVideo:
         submitted_by=video.submitted_by,
         created_at=video.created_at,
     )
-
-
-def job_to_dict(job: Job, video: Video | None = None) -> dict[str, Any]:
-    """The job as the CLI's ``--json`` and scripts see it (``farm.domain.job.Job.to_json``)."""
-    return to_job(job, video).to_json()
-
-
-def video_to_dict(video: Video) -> dict[str, Any]:
-    return to_video(video).to_json()
 
 
 # -- helpers -------------------------------------------------------------------------------------
